@@ -1,0 +1,230 @@
+"""The parameters every stage reads: params.yaml, validated against one schema.
+
+params.yaml is the Hydra composition of conf/ (written by `dvc exp run` or by
+`python -m pipeline.config`). Each stage validates the whole file before it
+touches any data or creates any MLflow run, so a wrong value fails at once with
+a message naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import ConfigError
+
+PARAMS_FILE = Path("params.yaml")
+CONFIG_DIRECTORY = Path("conf")
+MIRROR_ENVIRONMENT_VARIABLE = "MLP_DATA_MIRROR"
+
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "softmax", "elu", "gelu", "linear")
+KERNEL_INITIALIZERS = (
+    "glorot_uniform",
+    "glorot_normal",
+    "he_uniform",
+    "he_normal",
+    "lecun_uniform",
+    "lecun_normal",
+    "uniform",
+    "normal",
+    "zeros",
+)
+OPTIMIZERS = ("adam", "sgd", "rmsprop")
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class StrictModel(BaseModel):
+    # Unknown keys are errors: a misspelled key must not be silently ignored.
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+
+class FileSpec(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    sha256: Sha256
+    size: PositiveInt  # bytes
+
+
+class MnistFiles(StrictModel):
+    train_images: FileSpec
+    train_labels: FileSpec
+    test_images: FileSpec
+    test_labels: FileSpec
+
+
+class DatasetConfig(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    urls: list[Annotated[str, Field(pattern=r"^https?://")]] = Field(min_length=1)
+    files: MnistFiles
+    image_shape: list[PositiveInt] = Field(min_length=2, max_length=2)
+    num_classes: int = Field(ge=2)
+    validation_fraction: float = Field(ge=0.0, lt=1.0)
+    max_train_samples: PositiveInt | None
+    max_test_samples: PositiveInt | None
+
+    @model_validator(mode="after")
+    def subsets_large_enough_to_stratify(self) -> DatasetConfig:
+        # A stratified split needs at least one example of every class on each side.
+        smallest = 2 * self.num_classes
+        for key in ("max_train_samples", "max_test_samples"):
+            value = getattr(self, key)
+            if value is not None and value < smallest:
+                raise ValueError(f"dataset.{key} = {value} is too small to stratify: use at least {smallest} or null")
+        if self.max_train_samples and 0 < self.validation_fraction * self.max_train_samples < self.num_classes:
+            raise ValueError(
+                f"dataset.validation_fraction = {self.validation_fraction} of {self.max_train_samples} samples "
+                f"leaves fewer validation examples than the {self.num_classes} classes"
+            )
+        return self
+
+
+class ModelConfig(StrictModel):
+    hidden_units: list[PositiveInt]
+    activation: Literal[ACTIVATIONS]  # type: ignore[valid-type]
+    dropout_rate: float = Field(ge=0.0, lt=1.0)
+    kernel_initializer: Literal[KERNEL_INITIALIZERS]  # type: ignore[valid-type]
+    l2_weight_decay: float = Field(ge=0.0)
+
+
+class OptimizerConfig(StrictModel):
+    name: Literal[OPTIMIZERS]  # type: ignore[valid-type]
+    learning_rate: float = Field(gt=0.0)
+    # Only sgd and rmsprop have momentum; Keras' default is 0.
+    momentum: float | None = Field(default=None, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def momentum_only_where_it_exists(self) -> OptimizerConfig:
+        if self.name == "adam" and self.momentum is not None:
+            raise ValueError("momentum applies to sgd and rmsprop only; remove it for adam")
+        return self
+
+
+class TrainConfig(StrictModel):
+    batch_size: PositiveInt
+    epochs: PositiveInt
+    early_stopping_patience: PositiveInt | None
+
+
+class MlflowConfig(StrictModel):
+    experiment_name: str = Field(min_length=1)
+    registered_model_name: str = Field(min_length=1)
+
+
+class Params(StrictModel):
+    seed: int = Field(ge=0)
+    mirror: str | None
+    mlflow: MlflowConfig
+    dataset: DatasetConfig
+    model: ModelConfig
+    optimizer: OptimizerConfig
+    train: TrainConfig
+
+    @model_validator(mode="after")
+    def early_stopping_needs_validation(self) -> Params:
+        if self.train.early_stopping_patience and self.dataset.validation_fraction == 0:
+            raise ValueError(
+                "train.early_stopping_patience needs a validation set: "
+                "set dataset.validation_fraction > 0 or early_stopping_patience to null"
+            )
+        return self
+
+
+def load_params(path: Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml; raise ConfigError naming every bad key."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found: compose it from conf/ with `python -m pipeline.config`") from None
+    return parse_params(text, path)
+
+
+def parse_params(text: str, path: Path = PARAMS_FILE) -> Params:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of parameters, found {type(raw).__name__}")
+    missing = sorted(_unset_keys(raw))
+    if missing:
+        raise ConfigError(f"{path}: no value given (???) for {', '.join(missing)}; set it in conf/ or with -S key=value")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        problems = "\n".join(f"  {_describe(problem)}" for problem in error.errors())
+        raise ConfigError(f"{path} has invalid parameters:\n{problems}") from None
+
+
+def mirror_location(params: Params) -> str | None:
+    """The mirror to download from: the environment variable wins over params.yaml."""
+    return os.environ.get(MIRROR_ENVIRONMENT_VARIABLE) or params.mirror
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: the form MLflow params and `dvc params diff` use."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def compose(overrides: list[str] | None = None, config_directory: Path = CONFIG_DIRECTORY) -> str:
+    """The YAML text `dvc exp run` would write to params.yaml for these overrides."""
+    # The same function DVC calls, so the two can never disagree on the format.
+    from dvc.utils.hydra import compose_and_dump
+
+    with tempfile.TemporaryDirectory() as directory:
+        output = Path(directory) / "params.yaml"
+        compose_and_dump(output, str(config_directory.resolve()), None, "config", "", overrides or [])
+        return output.read_text(encoding="utf-8")
+
+
+def _unset_keys(mapping: dict[str, Any], prefix: str = "") -> list[str]:
+    return [key for key, value in flatten(mapping, prefix).items() if value == "???"]
+
+
+def _describe(problem: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+    if problem["type"] == "missing":
+        return f"{key}: missing; set it in conf/ or with -S {key}=<value>"
+    if problem["type"] == "extra_forbidden":
+        allowed = ", ".join(_allowed_keys(problem["loc"][:-1]))
+        return f"{key} = {problem['input']!r}: unknown key; allowed here: {allowed}"
+    return f"{key} = {problem['input']!r}: {problem['msg']}"
+
+
+def _allowed_keys(location: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = Params
+    for part in location:
+        annotation = model.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return list(model.model_fields)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Compose conf/ into params.yaml, as `dvc exp run` does.")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model.dropout_rate=0.3 optimizer=sgd")
+    parser.add_argument("--output", type=Path, default=PARAMS_FILE)
+    arguments = parser.parse_args()
+    text = compose(arguments.overrides)
+    parse_params(text, arguments.output)  # refuse to write a composition no stage would accept
+    arguments.output.write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    from pipeline.errors import run_stage
+
+    run_stage(main)

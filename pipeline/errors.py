@@ -1,0 +1,51 @@
+"""The errors a user can cause, and how a stage reports them.
+
+A stage's `main()` runs under `run_stage`: an error of ours becomes one or two
+lines on stderr and exit status 1, without a traceback (set MLP_TRACEBACK=1 to
+see it); anything else is a bug and keeps its traceback.
+"""
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+logger = logging.getLogger("pipeline")
+
+
+class PipelineError(Exception):
+    """An error the user can fix: bad config, bad file, unreachable mirror."""
+
+
+class ConfigError(PipelineError):
+    """params.yaml (the composition of conf/) holds a value no stage accepts."""
+
+
+class DataError(PipelineError):
+    """A data file is missing, corrupted, or not in the expected format."""
+
+
+class DownloadError(PipelineError):
+    """No URL served a file that verified."""
+
+
+def _raise_keyboard_interrupt(signal_number: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signal_number}")
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    # `dvc exp remove --queue`/`kill` and CI timeouts send SIGTERM: treat it like
+    # Ctrl-C so an open MLflow run is marked KILLED instead of staying RUNNING.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        main()
+    except PipelineError as error:
+        if os.environ.get("MLP_TRACEBACK"):
+            raise
+        logger.error("%s", error)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        logger.error("interrupted")
+        sys.exit(130)

@@ -1,0 +1,142 @@
+"""Stage `evaluate`: score the trained model on the test split and finish the MLflow run.
+
+Reads params `dataset.num_classes`, data/model/ and data/processed/test.npz;
+writes reports/metrics.json (DVC metrics: test loss and accuracy, macro and
+per-class precision/recall/F1, and the MLflow run id), reports/confusion_matrix.csv
+(one row per test example, for `dvc plots`' confusion template),
+reports/confusion_matrix.png and reports/learning_curves.png.
+
+Reopens the MLflow run the train stage created and adds the test metrics, the
+composed config, the plots and the classification report to it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: the pipeline runs headless
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay, classification_report, confusion_matrix  # noqa: E402
+
+from pipeline.config import load_params  # noqa: E402
+from pipeline.datasets import PROCESSED_DIRECTORY, load_split  # noqa: E402
+from pipeline.errors import DataError, run_stage  # noqa: E402
+from pipeline.train import HISTORY_FILE, MODEL_FILE, SUMMARY_FILE  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = Path("reports/metrics.json")
+CONFUSION_CSV = Path("reports/confusion_matrix.csv")
+CONFUSION_PNG = Path("reports/confusion_matrix.png")
+LEARNING_CURVES_PNG = Path("reports/learning_curves.png")
+CLASSIFICATION_REPORT_FILE = Path("reports/classification_report.txt")
+
+
+def evaluate(model, inputs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+    """Test loss and accuracy, macro and per-class precision/recall/F1, and the predictions."""
+    loss, accuracy = model.evaluate(inputs, labels, batch_size=1024, verbose=0)
+    predictions = model.predict(inputs, batch_size=1024, verbose=0).argmax(axis=1)
+    class_labels = list(range(num_classes))
+    report = classification_report(labels, predictions, labels=class_labels, output_dict=True, zero_division=0)
+    return {
+        "test": {
+            "loss": float(loss),
+            "accuracy": float(accuracy),
+            "precision_macro": report["macro avg"]["precision"],
+            "recall_macro": report["macro avg"]["recall"],
+            "f1_macro": report["macro avg"]["f1-score"],
+        },
+        "per_class": {
+            str(label): {
+                "precision": report[str(label)]["precision"],
+                "recall": report[str(label)]["recall"],
+                "f1": report[str(label)]["f1-score"],
+                "support": int(report[str(label)]["support"]),
+            }
+            for label in class_labels
+        },
+        "predictions": predictions,
+        "report_text": classification_report(labels, predictions, labels=class_labels, digits=4, zero_division=0),
+        "confusion_matrix": confusion_matrix(labels, predictions, labels=class_labels),
+    }
+
+
+def write_confusion_csv(labels: np.ndarray, predictions: np.ndarray, path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["actual", "predicted"])
+        writer.writerows(zip(labels.tolist(), predictions.tolist(), strict=True))
+
+
+def plot_confusion_matrix(matrix: np.ndarray, path: Path) -> None:
+    figure, axis = plt.subplots(figsize=(7, 6))
+    ConfusionMatrixDisplay(matrix).plot(ax=axis, cmap="Blues", colorbar=False, values_format="d")
+    axis.set_title("Confusion matrix, test split")
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def plot_learning_curves(history_file: Path, path: Path) -> None:
+    """Loss and accuracy per epoch, training and validation, from the train stage's history."""
+    with history_file.open(encoding="utf-8") as stream:
+        rows = list(csv.DictReader(stream))
+    if not rows:
+        raise DataError(f"{history_file} holds no epochs: re-run the train stage")
+    epochs = [int(row["epoch"]) for row in rows]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for prefix, label in (("", "training"), ("val_", "validation")):
+            if prefix + metric in rows[0]:
+                axis.plot(epochs, [float(row[prefix + metric]) for row in rows], marker="o", label=label)
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(metric)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle("Learning curves")
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def main() -> None:
+    params = load_params()
+    import keras
+    import mlflow
+
+    from pipeline.tracking import pipeline_run, read_run_id
+
+    run_id = read_run_id()
+    inputs, labels = load_split(PROCESSED_DIRECTORY, "test")
+    try:
+        model = keras.models.load_model(MODEL_FILE)
+    except (OSError, ValueError) as error:
+        raise DataError(f"{MODEL_FILE} cannot be loaded ({error}): re-run the train stage") from None
+
+    with pipeline_run(run_id=run_id):
+        results = evaluate(model, inputs, labels, params.dataset.num_classes)
+        metrics = {"test": results["test"], "per_class": results["per_class"], "mlflow_run_id": run_id}
+        METRICS_FILE.parent.mkdir(parents=True, exist_ok=True)
+        METRICS_FILE.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        write_confusion_csv(labels, results["predictions"], CONFUSION_CSV)
+        plot_confusion_matrix(results["confusion_matrix"], CONFUSION_PNG)
+        plot_learning_curves(HISTORY_FILE, LEARNING_CURVES_PNG)
+        CLASSIFICATION_REPORT_FILE.write_text(results["report_text"], encoding="utf-8")
+
+        mlflow.log_metrics({f"test_{name}": value for name, value in results["test"].items()})
+        for label, scores in results["per_class"].items():
+            mlflow.log_metrics({f"test_{name}_class_{label}": scores[name] for name in ("precision", "recall", "f1")})
+        for path in (CONFUSION_PNG, LEARNING_CURVES_PNG, CONFUSION_CSV, CLASSIFICATION_REPORT_FILE, SUMMARY_FILE):
+            mlflow.log_artifact(str(path), artifact_path="evaluation")
+        mlflow.log_dict(metrics, "evaluation/metrics.json")
+    logger.info("test accuracy %.4f, test loss %.4f", results["test"]["accuracy"], results["test"]["loss"])
+
+
+if __name__ == "__main__":
+    run_stage(main)

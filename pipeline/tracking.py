@@ -1,0 +1,124 @@
+"""Where MLflow runs go and how a stage opens and closes one.
+
+One MLflow run per pipeline execution: the train stage creates it and records
+the run id next to the model; the evaluate stage reopens that run to add the
+test metrics and plots. A stage that fails leaves the run FAILED, one that is
+interrupted leaves it KILLED; neither leaves it RUNNING.
+
+The default store is an SQLite file at the repository root, addressed by
+absolute path. `dvc exp run --queue` and `--temp` run the stages in a copy
+under .dvc/tmp/exps/; DVC passes the original repository's root in DVC_ROOT,
+so those runs land in the same store. MLFLOW_TRACKING_URI overrides it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from pipeline.errors import PipelineError
+
+logger = logging.getLogger(__name__)
+
+STORE_FILE = "mlflow.db"
+ARTIFACTS_DIRECTORY = "mlartifacts"
+RUN_FILE = Path("data/model/mlflow_run.json")
+
+
+def repository_root() -> Path:
+    # DVC sets DVC_ROOT for every stage command, to the original repository even
+    # when the stage runs in a temporary copy.
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repository_root() / STORE_FILE}"
+
+
+def experiment_id(name: str) -> str:
+    """The id of MLflow experiment `name`, created with artifacts beside the store if new."""
+    mlflow.set_tracking_uri(tracking_uri())
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    # Explicit and absolute: MLflow's default (./mlruns) would follow the
+    # working directory, which for queued experiments is a temporary copy.
+    location = None
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        location = (repository_root() / ARTIFACTS_DIRECTORY).as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+@contextmanager
+def pipeline_run(experiment_name: str | None = None, run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Start a new run in `experiment_name`, or reopen `run_id`; always end it with a final status."""
+    if run_id is None:
+        run = mlflow.start_run(
+            experiment_id=experiment_id(experiment_name), run_name=os.environ.get("DVC_EXP_NAME"), tags=lineage_tags()
+        )
+    else:
+        mlflow.set_tracking_uri(tracking_uri())
+        try:
+            run = mlflow.start_run(run_id=run_id)
+        except mlflow.exceptions.MlflowException as error:
+            raise PipelineError(
+                f"MLflow run {run_id} (from {RUN_FILE}) cannot be reopened in {tracking_uri()}: {error}. "
+                "Re-run training with `dvc repro --force train`."
+            ) from None
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def lineage_tags() -> dict[str, str]:
+    """What produced this run: the git commit, and the DVC experiment when under `dvc exp run`."""
+    tags = {}
+    commit = _git("rev-parse", "HEAD")
+    if commit:
+        tags["git.commit"] = commit
+        tags["git.dirty"] = str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower()
+    for variable, tag in (("DVC_EXP_NAME", "dvc.experiment_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev")):
+        if os.environ.get(variable):
+            tags[tag] = os.environ[variable]
+    return tags
+
+
+def write_run_file(run: mlflow.ActiveRun) -> None:
+    RUN_FILE.parent.mkdir(parents=True, exist_ok=True)
+    record = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "tracking_uri": tracking_uri()}
+    RUN_FILE.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def read_run_id() -> str:
+    try:
+        return json.loads(RUN_FILE.read_text(encoding="utf-8"))["run_id"]
+    except FileNotFoundError:
+        raise PipelineError(f"{RUN_FILE} not found: run the train stage first (dvc repro train)") from None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise PipelineError(f"{RUN_FILE} is not valid: expected JSON with a run_id; re-run the train stage") from None
+
+
+def client() -> MlflowClient:
+    return MlflowClient(tracking_uri())
+
+
+def _git(*arguments: str) -> str:
+    try:
+        result = subprocess.run(["git", *arguments], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return result.stdout.strip()

@@ -1,0 +1,181 @@
+"""Stage `train`: fit the MLP on the training split and log the run to MLflow.
+
+Reads params `seed`, `dataset.num_classes`, `model`, `optimizer`, `train`,
+`mlflow` and data/processed/; writes data/model/model.keras, data/model/mlflow_run.json
+(the MLflow run the evaluate stage adds to), reports/training_history.csv (one
+row per epoch, for `dvc plots`) and reports/model_summary.txt.
+
+The MLflow run gets every composed parameter (flattened), per-epoch training and
+validation metrics with their epoch as step, and the model with a signature and
+an input example, registered in the Model Registry.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import PARAMS_FILE, ModelConfig, OptimizerConfig, Params, TrainConfig, flatten, load_params
+from pipeline.datasets import PROCESSED_DIRECTORY, load_split
+from pipeline.errors import run_stage
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = Path("data/model/model.keras")
+HISTORY_FILE = Path("reports/training_history.csv")
+SUMMARY_FILE = Path("reports/model_summary.txt")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow from one seed and make TensorFlow's ops deterministic."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def train(
+    train_inputs: np.ndarray,
+    train_labels: np.ndarray,
+    validation_inputs: np.ndarray,
+    validation_labels: np.ndarray,
+    num_classes: int,
+    model_config: ModelConfig,
+    optimizer_config: OptimizerConfig,
+    train_config: TrainConfig,
+    callbacks: list | None = None,
+):
+    """Build, compile and fit the MLP; return (model, history) with history as {metric: [value per epoch]}."""
+    import keras
+
+    from pipeline.model import build_mlp, make_optimizer
+
+    model = build_mlp(train_inputs.shape[1], num_classes, model_config)
+    model.compile(
+        optimizer=make_optimizer(optimizer_config),
+        # Integer labels: the same loss as categorical cross-entropy on one-hot labels.
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    callbacks = list(callbacks or [])
+    has_validation = len(validation_labels) > 0
+    if train_config.early_stopping_patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=train_config.early_stopping_patience, restore_best_weights=True
+            )
+        )
+    history = model.fit(
+        train_inputs,
+        train_labels,
+        batch_size=train_config.batch_size,
+        epochs=train_config.epochs,
+        validation_data=(validation_inputs, validation_labels) if has_validation else None,
+        shuffle=True,
+        callbacks=callbacks,
+        verbose=2,  # one line per epoch: readable in `dvc repro` logs
+    )
+    return model, {name: [float(value) for value in values] for name, values in history.history.items()}
+
+
+def write_history(history: dict[str, list[float]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = list(history)
+    with path.open("w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["epoch", *names])
+        for epoch, values in enumerate(zip(*(history[name] for name in names), strict=True), start=1):
+            writer.writerow([epoch, *(f"{value:.6g}" for value in values)])
+
+
+def model_summary(model) -> str:
+    lines: list[str] = []
+    model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
+    return "\n".join(lines) + "\n"
+
+
+def save_model(model, path: Path) -> None:
+    """Save to a temporary .keras file beside `path`, then rename: never a half-written model."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(suffix=".keras", dir=path.parent)
+    os.close(handle)
+    try:
+        model.save(temporary)
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def log_model(model, example_inputs: np.ndarray, registered_model_name: str) -> None:
+    import keras
+    import mlflow
+    import tensorflow as tf
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(example_inputs, model.predict(example_inputs, verbose=0))
+    mlflow.keras.log_model(
+        model,
+        name="model",
+        signature=signature,
+        input_example=example_inputs,
+        registered_model_name=registered_model_name,
+        # Listed rather than inferred: inference re-loads the model in a
+        # subprocess, and would pick the GPU build of TensorFlow.
+        pip_requirements=[
+            f"tensorflow-cpu=={tf.__version__}",
+            f"keras=={keras.__version__}",
+            f"mlflow=={mlflow.__version__}",
+        ],
+    )
+
+
+def main() -> None:
+    params: Params = load_params()
+    import keras
+    import mlflow
+
+    from pipeline.tracking import pipeline_run, write_run_file
+
+    seed_everything(params.seed)
+    train_inputs, train_labels = load_split(PROCESSED_DIRECTORY, "train")
+    validation_inputs, validation_labels = load_split(PROCESSED_DIRECTORY, "validation")
+
+    with pipeline_run(experiment_name=params.mlflow.experiment_name) as run:
+        logger.info("MLflow run %s", run.info.run_id)
+        mlflow.log_params(flatten(params.model_dump()))
+        mlflow.log_artifact(str(PARAMS_FILE), artifact_path="config")
+        log_epoch = keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: mlflow.log_metrics(
+                {name: float(value) for name, value in logs.items()}, step=epoch + 1
+            )
+        )
+        model, history = train(
+            train_inputs,
+            train_labels,
+            validation_inputs,
+            validation_labels,
+            params.dataset.num_classes,
+            params.model,
+            params.optimizer,
+            params.train,
+            callbacks=[log_epoch],
+        )
+        save_model(model, MODEL_FILE)
+        write_history(history, HISTORY_FILE)
+        summary = model_summary(model)
+        SUMMARY_FILE.write_text(summary, encoding="utf-8")
+        mlflow.log_param("model.parameter_count", model.count_params())
+        mlflow.log_text(summary, "model_summary.txt")
+        log_model(model, train_inputs[:5], params.mlflow.registered_model_name)
+        write_run_file(run)
+    logger.info("trained %d parameters; model saved to %s", model.count_params(), MODEL_FILE)
+
+
+if __name__ == "__main__":
+    run_stage(main)
