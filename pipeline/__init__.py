@@ -1,0 +1,7 @@
+"""A DVC pipeline that trains Keras multilayer perceptrons and records every run in MLflow."""
+
+import os
+
+# TensorFlow's C++ start-up notices (CPU instruction sets, oneDNN) drown the
+# stage logs; warnings and errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, run_stage
 
 PARAMS_FILE = Path("params.yaml")
 CONFIG_DIRECTORY = Path("conf")
@@ -154,7 +154,9 @@ def parse_params(text: str, path: Path = PARAMS_FILE) -> Params:
         raise ConfigError(f"{path} must hold a mapping of parameters, found {type(raw).__name__}")
     missing = sorted(_unset_keys(raw))
     if missing:
-        raise ConfigError(f"{path}: no value given (???) for {', '.join(missing)}; set it in conf/ or with -S key=value")
+        raise ConfigError(
+            f"{path}: no value given (???) for {', '.join(missing)}; set it in conf/ or with -S key=value"
+        )
     try:
         return Params.model_validate(raw)
     except ValidationError as error:
@@ -225,6 +227,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from pipeline.errors import run_stage
-
     run_stage(main)

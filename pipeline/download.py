@@ -141,7 +141,12 @@ def _reason(error: Exception) -> str:
 def main() -> None:
     params = load_params()
     dataset = params.dataset
-    files = [dataset.files.train_images, dataset.files.train_labels, dataset.files.test_images, dataset.files.test_labels]
+    files = [
+        dataset.files.train_images,
+        dataset.files.train_labels,
+        dataset.files.test_images,
+        dataset.files.test_labels,
+    ]
     mirror = mirror_location(params)
     if mirror:
         logger.info("downloading from mirror %s instead of the public URLs", mirror)

@@ -95,7 +95,8 @@ def _stratified_subset(images: np.ndarray, labels: np.ndarray, size: int, seed: 
 
 def _scale_and_flatten(images: np.ndarray) -> np.ndarray:
     # uint8 pixels 0-255 -> float32 in [0, 1]; 28x28 -> 784 features for the Dense input layer.
-    return (images.reshape(len(images), -1).astype(np.float32)) / np.float32(255.0)
+    features = int(np.prod(images.shape[1:]))  # explicit: -1 cannot be inferred for an empty split
+    return images.reshape(len(images), features).astype(np.float32) / np.float32(255.0)
 
 
 def main() -> None:

@@ -39,21 +39,25 @@ def repository_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
 
 
+def default_tracking_uri() -> str:
+    return f"sqlite:///{repository_root() / STORE_FILE}"
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repository_root() / STORE_FILE}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
 def experiment_id(name: str) -> str:
     """The id of MLflow experiment `name`, created with artifacts beside the store if new."""
-    mlflow.set_tracking_uri(tracking_uri())
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)  # note: this also exports MLFLOW_TRACKING_URI
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     # Explicit and absolute: MLflow's default (./mlruns) would follow the
     # working directory, which for queued experiments is a temporary copy.
-    location = None
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        location = (repository_root() / ARTIFACTS_DIRECTORY).as_uri()
+    # Another store (a tracking server) keeps its own artifact root.
+    location = (repository_root() / ARTIFACTS_DIRECTORY).as_uri() if uri == default_tracking_uri() else None
     return mlflow.create_experiment(name, artifact_location=location)
 
 

@@ -119,7 +119,9 @@ def log_model(model, example_inputs: np.ndarray, registered_model_name: str) -> 
     from mlflow.models import infer_signature
 
     signature = infer_signature(example_inputs, model.predict(example_inputs, verbose=0))
-    mlflow.keras.log_model(
+    # The tensorflow flavor: it saves Keras 3 models as .keras files too, and
+    # (unlike mlflow.keras in this release) stores the input example correctly.
+    mlflow.tensorflow.log_model(
         model,
         name="model",
         signature=signature,

@@ -1,0 +1,143 @@
+"""Shared fixtures: a small synthetic dataset in the real IDX format, served over
+HTTP on 127.0.0.1, and a git copy of this repository to run DVC in.
+
+Nothing here stands in for DVC, MLflow or Keras: the end-to-end tests run the
+real tools on a dataset small enough to train in seconds.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+import yaml
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+# The virtual environment's bin folder, so that `python` and `dvc` in stage
+# commands are the ones running the tests.
+BIN_DIRECTORY = Path(sys.executable).parent
+
+TINY_DATASET = "tiny_digits"
+TINY_TRAIN_SIZE = 400
+TINY_TEST_SIZE = 100
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Encode a uint8 array in the IDX format (magic 0x0000080N, big-endian dimensions, data)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(size.to_bytes(4, "big") for size in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def synthetic_digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """28x28 images whose class is a bright horizontal band's position: learnable in one epoch."""
+    generator = np.random.default_rng(seed)
+    labels = np.arange(count) % 10
+    generator.shuffle(labels)
+    images = generator.integers(0, 60, size=(count, 28, 28), dtype=np.uint8)
+    for image, label in zip(images, labels, strict=True):
+        image[2 + 2 * label : 4 + 2 * label, 4:24] = 250
+    return images, labels.astype(np.uint8)
+
+
+def write_tiny_dataset(folder: Path) -> dict[str, dict]:
+    """Write the four gzipped IDX files into `folder`; return their file specs for the dataset config."""
+    folder.mkdir(parents=True, exist_ok=True)
+    train_images, train_labels = synthetic_digits(TINY_TRAIN_SIZE, seed=1)
+    test_images, test_labels = synthetic_digits(TINY_TEST_SIZE, seed=2)
+    arrays = {
+        "train_images": ("train-images-idx3-ubyte.gz", train_images),
+        "train_labels": ("train-labels-idx1-ubyte.gz", train_labels),
+        "test_images": ("t10k-images-idx3-ubyte.gz", test_images),
+        "test_labels": ("t10k-labels-idx1-ubyte.gz", test_labels),
+    }
+    specs = {}
+    for role, (name, array) in arrays.items():
+        # mtime=0: the same bytes, hence the same sha256, on every run.
+        data = gzip.compress(idx_bytes(array), mtime=0)
+        (folder / name).write_bytes(data)
+        specs[role] = {"name": name, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    return specs
+
+
+class ServedDataset(NamedTuple):
+    base_url: str  # http://127.0.0.1:<port>/<dataset name>/
+    specs: dict[str, dict]  # role -> {name, sha256, size}
+    root: Path  # the served folder, holding <dataset name>/<file name>
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+        pass
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset_server(tmp_path_factory):
+    """An HTTP server on 127.0.0.1 serving the tiny dataset."""
+    root = tmp_path_factory.mktemp("served")
+    specs = write_tiny_dataset(root / TINY_DATASET)
+    handler = lambda *args, **kwargs: QuietHandler(*args, directory=str(root), **kwargs)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield ServedDataset(f"http://127.0.0.1:{server.server_port}/{TINY_DATASET}/", specs, root)
+    server.shutdown()
+    server.server_close()
+
+
+def run(command: list[str], cwd: Path, check: bool = True, **environment: str) -> subprocess.CompletedProcess:
+    """Run a command as a user would in a shell, with this test run's virtual environment first on PATH."""
+    env = {**os.environ, "PATH": f"{BIN_DIRECTORY}{os.pathsep}{os.environ.get('PATH', '')}", **environment}
+    for variable in ("MLFLOW_TRACKING_URI", "MLP_DATA_MIRROR", "DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        if variable not in environment:
+            env.pop(variable, None)
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(command)} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+        )
+    return result
+
+
+def copy_repository(destination: Path) -> Path:
+    """The files git tracks (plus uncommitted edits to them), as a fresh git repository with one commit."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    for name in listed:
+        source = REPOSITORY / name
+        if source.is_file() and not name.startswith(("reports/", "dvc.lock")):
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    return destination
+
+
+def make_tiny_project(destination: Path, base_url: str, specs: dict[str, dict], *overrides: str) -> Path:
+    """A copy of the repository whose params.yaml trains on the tiny dataset for one epoch, committed."""
+    copy_repository(destination)
+    dataset = yaml.safe_load((destination / "conf/dataset/mnist.yaml").read_text())
+    dataset.update(name=TINY_DATASET, urls=[base_url], files=specs, validation_fraction=0.25)
+    (destination / f"conf/dataset/{TINY_DATASET}.yaml").write_text(yaml.safe_dump(dataset, sort_keys=False))
+    run(
+        [sys.executable, "-m", "pipeline.config", f"dataset={TINY_DATASET}", "train.epochs=1", *overrides],
+        cwd=destination,
+    )
+    git = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com"]
+    run(["git", "init", "-q"], cwd=destination)
+    run(["git", "add", "-A"], cwd=destination)
+    run([*git, "commit", "-qm", "tiny project"], cwd=destination)
+    return destination

@@ -1,0 +1,135 @@
+"""conf/ composes into the committed params.yaml, every experiment composes, and
+invalid values fail with a message naming the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPOSITORY
+
+from pipeline.config import ConfigError, compose, flatten, load_params, parse_params
+
+EXPERIMENTS = sorted(path.stem for path in (REPOSITORY / "conf/experiment").glob("*.yaml"))
+
+
+def default_params() -> dict:
+    return yaml.safe_load(compose(config_directory=REPOSITORY / "conf"))
+
+
+def test_committed_params_file_is_the_default_composition():
+    committed = (REPOSITORY / "params.yaml").read_text(encoding="utf-8")
+    assert committed == compose(config_directory=REPOSITORY / "conf"), (
+        "params.yaml differs from conf/: regenerate it with `make params`"
+    )
+
+
+def test_default_configuration_is_atienzas_listing():
+    params = parse_params(compose(config_directory=REPOSITORY / "conf"))
+    assert params.model.hidden_units == [256, 256]
+    assert params.model.activation == "relu"
+    assert params.model.dropout_rate == 0.45
+    assert params.optimizer.name == "adam"
+    assert params.optimizer.learning_rate == 0.001
+    assert (params.train.batch_size, params.train.epochs) == (128, 20)
+    assert params.dataset.num_classes == 10
+    assert params.mlflow.registered_model_name == "mnist-mlp"
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(experiment):
+    params = parse_params(compose([f"experiment={experiment}"], config_directory=REPOSITORY / "conf"))
+    assert params.train.epochs >= 1
+
+
+def test_experiment_files_start_with_the_global_package_line():
+    for path in (REPOSITORY / "conf/experiment").glob("*.yaml"):
+        assert path.read_text().startswith("# @package _global_\n"), path
+
+
+def test_overrides_compose_like_dvc_exp_run():
+    params = parse_params(
+        compose(["model.dropout_rate=0.3", "optimizer=sgd", "optimizer.momentum=0.9"], REPOSITORY / "conf")
+    )
+    assert params.model.dropout_rate == 0.3
+    assert (params.optimizer.name, params.optimizer.momentum) == ("sgd", 0.9)
+
+
+def with_change(key: str, value) -> str:
+    params = default_params()
+    *parents, last = key.split(".")
+    section = params
+    for parent in parents:
+        section = section[parent]
+    if value is DELETE:
+        del section[last]
+    else:
+        section[last] = value
+    return yaml.safe_dump(params)
+
+
+DELETE = object()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("train.epochs", 0, "train.epochs = 0: Input should be greater than or equal to 1"),
+        ("train.batch_size", -5, "train.batch_size = -5: Input should be greater than or equal to 1"),
+        ("model.dropout_rate", 1.0, "model.dropout_rate = 1.0: Input should be less than 1"),
+        ("model.dropout_rate", -0.1, "model.dropout_rate = -0.1: Input should be greater than or equal to 0"),
+        ("optimizer.learning_rate", 0, "optimizer.learning_rate = 0: Input should be greater than 0"),
+        ("optimizer.name", "adamw", "optimizer.name = 'adamw': Input should be 'adam', 'sgd' or 'rmsprop'"),
+        ("model.activation", "relux", "model.activation = 'relux': Input should be 'relu', 'tanh'"),
+        (
+            "model.dropout",
+            0.3,
+            "model.dropout = 0.3: unknown key; allowed here: hidden_units, activation, dropout_rate",
+        ),
+        ("train.epochs", DELETE, "train.epochs: missing; set it in conf/ or with -S train.epochs=<value>"),
+        ("train.epochs", "???", "no value given (???) for train.epochs"),
+        ("dataset.max_train_samples", 5, "dataset.max_train_samples = 5 is too small to stratify: use at least 20"),
+    ],
+)
+def test_invalid_values_name_key_value_and_what_is_allowed(key, value, expected):
+    with pytest.raises(ConfigError) as error:
+        parse_params(with_change(key, value))
+    assert expected in str(error.value)
+
+
+def test_momentum_is_refused_for_adam():
+    with pytest.raises(ConfigError, match="momentum applies to sgd and rmsprop only"):
+        parse_params(with_change("optimizer.momentum", 0.9))
+
+
+def test_flatten_uses_dotted_keys():
+    assert flatten({"model": {"dropout_rate": 0.45, "hidden_units": [256]}, "seed": 1}) == {
+        "model.dropout_rate": 0.45,
+        "model.hidden_units": [256],
+        "seed": 1,
+    }
+
+
+@pytest.mark.parametrize("stage", ["download", "preprocess", "train", "evaluate"])
+def test_stage_refuses_bad_config_before_touching_anything(tmp_path: Path, stage):
+    (tmp_path / "params.yaml").write_text(with_change("train.epochs", 0))
+    result = subprocess.run(
+        [sys.executable, "-m", f"pipeline.{stage}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPOSITORY), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 1
+    assert "train.epochs = 0: Input should be greater than or equal to 1" in result.stderr
+    assert "Traceback" not in result.stderr
+    # No data fetched or written, no MLflow store or run created.
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_load_params_reports_a_missing_file(tmp_path: Path):
+    with pytest.raises(ConfigError, match="not found: compose it from conf/"):
+        load_params(tmp_path / "params.yaml")

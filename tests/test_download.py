@@ -1,0 +1,84 @@
+"""Downloads: from a local folder or file:// mirror and from an HTTP server on
+127.0.0.1; failing URLs fall through to the next; nothing unverified is left
+under a final name."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from conftest import TINY_DATASET
+
+from pipeline.config import FileSpec
+from pipeline.download import download
+from pipeline.errors import DownloadError
+
+CLOSED_PORT_URL = "http://127.0.0.1:9/"  # the discard port: nothing listens there
+
+
+def specs_of(specs: dict[str, dict]) -> list[FileSpec]:
+    return [FileSpec(**spec) for spec in specs.values()]
+
+
+def verified(path, spec: FileSpec) -> bool:
+    return hashlib.sha256(path.read_bytes()).hexdigest() == spec.sha256
+
+
+def test_http_download_verifies_every_file(tmp_path, tiny_dataset_server):
+    base_url, specs, served_root = tiny_dataset_server
+    paths = download(specs_of(specs), [base_url], tmp_path, TINY_DATASET)
+    assert all(verified(path, spec) for path, spec in zip(paths, specs_of(specs), strict=True))
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(spec["name"] for spec in specs.values())
+
+
+def test_unreachable_and_missing_urls_fall_through_to_the_next(tmp_path, tiny_dataset_server):
+    base_url, specs, served_root = tiny_dataset_server
+    missing = base_url.replace(TINY_DATASET, "nowhere")
+    paths = download(specs_of(specs), [CLOSED_PORT_URL, missing, base_url], tmp_path, TINY_DATASET)
+    assert all(path.exists() for path in paths)
+
+
+@pytest.mark.parametrize("form", ["folder", "file_uri", "http"])
+def test_mirror_replaces_the_public_urls(tmp_path, tiny_dataset_server, form):
+    base_url, specs, served_root = tiny_dataset_server
+    mirror = {
+        "folder": str(served_root),
+        "file_uri": served_root.as_uri(),
+        "http": base_url.removesuffix(f"{TINY_DATASET}/"),
+    }[form]
+    paths = download(specs_of(specs), [CLOSED_PORT_URL], tmp_path / "raw", TINY_DATASET, mirror=mirror)
+    assert all(path.exists() for path in paths)
+
+
+def test_present_and_verified_files_need_no_network(tmp_path, tiny_dataset_server):
+    base_url, specs, served_root = tiny_dataset_server
+    download(specs_of(specs), [base_url], tmp_path, TINY_DATASET)
+    # Only a closed port left: any network access would fail.
+    download(specs_of(specs), [CLOSED_PORT_URL], tmp_path, TINY_DATASET)
+
+
+def test_checksum_mismatch_everywhere_fails_listing_each_url(tmp_path, tiny_dataset_server):
+    base_url, specs, served_root = tiny_dataset_server
+    wrong = FileSpec(**{**specs["train_labels"], "sha256": "0" * 64})
+    with pytest.raises(DownloadError) as error:
+        download([wrong], [CLOSED_PORT_URL, base_url], tmp_path, TINY_DATASET)
+    message = str(error.value)
+    assert f"{CLOSED_PORT_URL}{wrong.name}: connection failed" in message
+    assert f"{base_url}{wrong.name}: sha256 " in message
+    assert f"expected {'0' * 64}" in message
+    assert list(tmp_path.iterdir()) == [], "nothing unverified may remain"
+
+
+def test_http_error_status_is_reported(tmp_path, tiny_dataset_server):
+    base_url, specs, served_root = tiny_dataset_server
+    missing = FileSpec(name="absent.gz", sha256="0" * 64, size=10)
+    with pytest.raises(DownloadError, match="absent.gz: HTTP 404"):
+        download([missing], [base_url], tmp_path, TINY_DATASET)
+
+
+def test_a_corrupted_local_file_is_replaced(tmp_path, tiny_dataset_server):
+    base_url, specs, served_root = tiny_dataset_server
+    spec = specs_of(specs)[1]
+    (tmp_path / spec.name).write_bytes(b"corrupted")
+    download([spec], [base_url], tmp_path, TINY_DATASET)
+    assert verified(tmp_path / spec.name, spec)

@@ -1,0 +1,207 @@
+"""The real `dvc repro` and `dvc exp run` on a copy of this repository, trained on
+the tiny synthetic dataset for one epoch, checked through DVC's own commands and
+MLflow's client.
+
+The tests in this module share one project and run in file order: the no-op
+and partial re-run checks depend on the state the first `dvc repro` left.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from conftest import TINY_DATASET, make_tiny_project, run
+from mlflow.tracking import MlflowClient
+
+STAGES = ("download", "preprocess", "train", "evaluate")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_dataset_server):
+    base_url, specs, _ = tiny_dataset_server
+    path = make_tiny_project(tmp_path_factory.mktemp("project"), base_url, specs)
+    result = run(["dvc", "repro"], cwd=path)
+    return path, result
+
+
+@pytest.fixture(scope="module")
+def client(project):
+    path, _ = project
+    return MlflowClient(f"sqlite:///{path / 'mlflow.db'}")
+
+
+def metrics_of(path):
+    return json.loads((path / "reports/metrics.json").read_text())
+
+
+def test_repro_runs_every_stage_and_writes_outputs(project):
+    path, result = project
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in result.stdout
+    for name in ("train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        assert (path / "data/raw" / name).is_file()
+    for split in ("train", "validation", "test"):
+        with np.load(path / f"data/processed/{split}.npz") as arrays:
+            assert arrays["inputs"].shape[1] == 784
+            assert arrays["inputs"].dtype == np.float32
+    assert (path / "data/model/model.keras").stat().st_size > 0
+    for report in ("sample_images.png", "confusion_matrix.png", "learning_curves.png", "class_counts.json"):
+        assert (path / "reports" / report).stat().st_size > 0
+    assert "Trainable params: 269,322" in (path / "reports/model_summary.txt").read_text()
+    assert not list(path.glob("data/raw/*.part")), "no temporary download may remain"
+    # DVC-managed data stays out of git.
+    for name in ("data/raw/train-images-idx3-ubyte.gz", "data/processed/test.npz", "data/model/model.keras"):
+        run(["git", "check-ignore", "-q", name], cwd=path)
+
+
+def test_lock_file_records_every_stage_with_hashes(project):
+    path, _ = project
+    lock = yaml.safe_load((path / "dvc.lock").read_text())
+    assert set(lock["stages"]) == set(STAGES)
+    assert lock["stages"]["train"]["params"]["params.yaml"]["model"]["dropout_rate"] == 0.45
+    assert "dataset" not in lock["stages"]["train"]["params"]["params.yaml"] or set(
+        lock["stages"]["train"]["params"]["params.yaml"]["dataset"]
+    ) <= {"num_classes"}
+    for stage in STAGES:
+        for output in lock["stages"][stage]["outs"]:
+            assert len(output["md5"].removesuffix(".dir")) == 32
+
+
+def test_metrics_hold_test_scores_and_the_mlflow_run_id(project, client):
+    path, _ = project
+    metrics = metrics_of(path)
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    assert metrics["test"]["loss"] > 0
+    per_class = json.loads((path / "reports/per_class_metrics.json").read_text())
+    assert set(per_class) == {str(label) for label in range(10)}
+    run_data = client.get_run(metrics["mlflow_run_id"]).data
+    assert run_data.metrics["test_accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+
+
+def test_mlflow_run_holds_params_epoch_metrics_artifacts_and_lineage(project, client):
+    path, _ = project
+    run_id = metrics_of(path)["mlflow_run_id"]
+    mlflow_run = client.get_run(run_id)
+    assert mlflow_run.info.status == "FINISHED"
+    params = mlflow_run.data.params
+    assert params["model.dropout_rate"] == "0.45"
+    assert params["dataset.name"] == TINY_DATASET
+    assert params["optimizer.name"] == "adam"
+    assert params["train.epochs"] == "1"
+    assert params["model.parameter_count"] == "269322"
+    for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert [point.step for point in client.get_metric_history(run_id, metric)] == [1]
+    for metric in ("test_loss", "test_accuracy", "test_f1_macro", "test_precision_class_3"):
+        assert metric in mlflow_run.data.metrics
+    artifacts = {item.path for folder in ("", "config", "evaluation") for item in client.list_artifacts(run_id, folder)}
+    for artifact in (
+        "config/params.yaml",
+        "model_summary.txt",
+        "evaluation/confusion_matrix.png",
+        "evaluation/learning_curves.png",
+        "evaluation/classification_report.txt",
+        "evaluation/confusion_matrix.csv",
+    ):
+        assert artifact in artifacts
+    commit = run(["git", "rev-parse", "HEAD"], cwd=path).stdout.strip()
+    assert mlflow_run.data.tags["git.commit"] == commit
+    # Artifacts live beside the store, not in the stage's working directory.
+    assert mlflow_run.info.artifact_uri.startswith((path / "mlartifacts").as_uri())
+
+
+def test_model_is_registered_and_loads_from_the_registry(project, client):
+    path, _ = project
+    import mlflow
+
+    run_id = metrics_of(path)["mlflow_run_id"]
+    versions = client.search_model_versions(f"name='{TINY_DATASET}-mlp'")
+    assert [version.run_id for version in versions] == [run_id]
+    mlflow.set_tracking_uri(f"sqlite:///{path / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model(f"models:/{TINY_DATASET}-mlp/1")
+    assert model.metadata.signature is not None
+    with np.load(path / "data/processed/test.npz") as arrays:
+        probabilities = np.asarray(model.predict(arrays["inputs"][:3]))
+    assert probabilities.shape == (3, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_dvc_views_show_metrics_plots_and_params(project, tmp_path):
+    path, _ = project
+    metrics = run(["dvc", "metrics", "show", "--json"], cwd=path).stdout
+    # The workspace's entry is keyed "" in `dvc metrics show --json`.
+    shown = json.loads(metrics)[""]["data"]
+    assert set(shown["reports/metrics.json"]["data"]["test"]) >= {"accuracy", "loss", "f1_macro"}
+    assert set(shown["reports/per_class_metrics.json"]["data"]) == {str(label) for label in range(10)}
+    plots = run(["dvc", "plots", "show", "--json"], cwd=path).stdout
+    for title in ("Loss per epoch", "Accuracy per epoch", "Confusion matrix (test split)"):
+        assert title in plots
+    assert "reports/learning_curves.png" in plots
+
+
+def test_second_repro_runs_nothing(project):
+    path, _ = project
+    result = run(["dvc", "repro"], cwd=path)
+    assert "Running stage" not in result.stdout
+    assert "up to date" in run(["dvc", "status"], cwd=path).stdout
+
+
+def test_training_parameter_change_reruns_only_train_and_evaluate(project):
+    path, _ = project
+    overrides = [f"dataset={TINY_DATASET}", "train.epochs=1", "model.dropout_rate=0.3"]
+    run([sys.executable, "-m", "pipeline.config", *overrides], cwd=path)
+    diff = run(["dvc", "params", "diff", "--json"], cwd=path).stdout
+    change = json.loads(diff)["params.yaml"]["model.dropout_rate"]
+    assert (change["old"], change["new"]) == (0.45, 0.3)
+    result = run(["dvc", "repro"], cwd=path)
+    assert "Running stage 'train'" in result.stdout
+    assert "Running stage 'evaluate'" in result.stdout
+    assert "Running stage 'download'" not in result.stdout
+    assert "Running stage 'preprocess'" not in result.stdout
+    run(["git", "checkout", "--", "params.yaml"], cwd=path)
+    run(["dvc", "checkout", "--force"], cwd=path)
+
+
+def test_exp_run_composes_overrides_and_links_mlflow(project, client):
+    path, _ = project
+    # -S composes conf/ afresh, so the tiny dataset and one epoch are chosen again.
+    overrides = [f"dataset={TINY_DATASET}", "train.epochs=1", "model.dropout_rate=0.2", "optimizer=sgd"]
+    run(["dvc", "exp", "run", "-n", "sgd-dropout-02", *(f"-S{override}" for override in overrides)], cwd=path)
+    params = yaml.safe_load((path / "params.yaml").read_text())
+    assert params["model"]["dropout_rate"] == 0.2
+    assert params["optimizer"] == {"name": "sgd", "learning_rate": 0.01, "momentum": 0.0}
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], cwd=path).stdout)
+    experiments = [
+        experiment
+        for baseline in shown
+        for experiment in (baseline.get("experiments") or [])
+        if experiment.get("name") == "sgd-dropout-02"
+    ]
+    assert experiments, f"experiment not listed by dvc exp show: {shown}"
+    revision = experiments[0]["revs"][0]["data"]
+    run_id = revision["metrics"]["reports/metrics.json"]["data"]["mlflow_run_id"]
+    assert revision["params"]["params.yaml"]["data"]["optimizer"]["name"] == "sgd"
+    mlflow_run = client.get_run(run_id)
+    assert mlflow_run.data.tags["dvc.experiment_name"] == "sgd-dropout-02"
+    assert mlflow_run.info.run_name == "sgd-dropout-02"
+    assert mlflow_run.data.params["optimizer.name"] == "sgd"
+    assert mlflow_run.info.status == "FINISHED"
+
+
+def test_failing_stage_marks_its_mlflow_run_failed(project, client):
+    path, _ = project
+    run_id = metrics_of(path)["mlflow_run_id"]
+    history = path / "reports/training_history.csv"
+    original = history.read_text()
+    history.write_text(original.splitlines()[0] + "\n")  # the header, no epochs
+    try:
+        result = run([sys.executable, "-m", "pipeline.evaluate"], cwd=path, check=False)
+    finally:
+        history.write_text(original)
+    assert result.returncode == 1
+    assert "reports/training_history.csv holds no epochs" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert client.get_run(run_id).info.status == "FAILED"

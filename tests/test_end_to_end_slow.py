@@ -1,0 +1,135 @@
+"""Slower end-to-end checks (make test-slow): a queued sweep and a --temp run
+landing in the repository's MLflow store, the registered model served over
+HTTP, and the real MNIST files through a local mirror."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from conftest import BIN_DIRECTORY, TINY_DATASET, copy_repository, make_tiny_project, run
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+TINY = [f"dataset={TINY_DATASET}", "train.epochs=1"]
+
+
+def wait_for_queue(path, timeout_seconds=900):
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], cwd=path).stdout
+        if "Queued" not in status and "Running" not in status:
+            return status
+        time.sleep(5)
+    raise AssertionError(f"queue still busy after {timeout_seconds} s:\n{status}")
+
+
+def test_queued_sweep_and_temp_run_land_in_the_repository_store(tmp_path, tiny_dataset_server):
+    base_url, specs, _ = tiny_dataset_server
+    path = make_tiny_project(tmp_path / "project", base_url, specs)
+    run(
+        ["dvc", "exp", "run", "--queue", *(f"-S{override}" for override in TINY), "-Smodel.dropout_rate=0.1,0.2"],
+        cwd=path,
+    )
+    run(["dvc", "queue", "start"], cwd=path)
+    status = wait_for_queue(path)
+    assert "Failed" not in status, status
+    run(["dvc", "exp", "run", "--temp", "-n", "temporary", *(f"-S{override}" for override in TINY)], cwd=path)
+
+    client = MlflowClient(f"sqlite:///{path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("keras-mlp").experiment_id])
+    by_dropout = {mlflow_run.data.params["model.dropout_rate"]: mlflow_run for mlflow_run in runs}
+    assert set(by_dropout) == {"0.1", "0.2", "0.45"}
+    for mlflow_run in runs:
+        assert mlflow_run.info.status == "FINISHED"
+        assert "test_accuracy" in mlflow_run.data.metrics
+        assert mlflow_run.data.tags["dvc.experiment_name"]
+        assert mlflow_run.info.artifact_uri.startswith((path / "mlartifacts").as_uri())
+    assert by_dropout["0.45"].data.tags["dvc.experiment_name"] == "temporary"
+    # Nothing was written into the temporary copies' own folders.
+    assert not list(path.glob(".dvc/tmp/exps/**/mlflow.db"))
+
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], cwd=path).stdout)
+    listed = {
+        experiment["revs"][0]["data"]["metrics"]["reports/metrics.json"]["data"]["mlflow_run_id"]
+        for baseline in shown
+        for experiment in (baseline.get("experiments") or [])
+    }
+    assert listed == {mlflow_run.info.run_id for mlflow_run in runs}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_registered_model_is_served_by_mlflow_models_serve(tmp_path, tiny_dataset_server):
+    base_url, specs, _ = tiny_dataset_server
+    path = make_tiny_project(tmp_path / "project", base_url, specs)
+    run(["dvc", "repro"], cwd=path)
+    port = free_port()
+    environment = {
+        **os.environ,
+        "PATH": f"{BIN_DIRECTORY}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{path / 'mlflow.db'}",
+    }
+    command = ["mlflow", "models", "serve", "-m", f"models:/{TINY_DATASET}-mlp/1", "--env-manager", "local"]
+    server = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=path,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"server did not start: {server.stderr.read().decode()}") from None
+                time.sleep(1)
+        with np.load(path / "data/processed/test.npz") as arrays:
+            inputs, labels = arrays["inputs"][:5], arrays["labels"][:5]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": inputs.tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            predictions = np.asarray(json.loads(response.read())["predictions"])
+        assert predictions.shape == (5, 10)
+        np.testing.assert_allclose(predictions.sum(axis=1), 1.0, rtol=1e-5)
+        # The tiny dataset is learnable: the served model gets most of these right.
+        assert (predictions.argmax(axis=1) == labels).mean() >= 0.6
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+@pytest.mark.skipif(not os.environ.get("MLP_DATA_MIRROR"), reason="set MLP_DATA_MIRROR to a folder holding mnist/")
+def test_real_mnist_through_the_mirror(tmp_path):
+    path = copy_repository(tmp_path / "project")
+    run([sys.executable, "-m", "pipeline.config", "experiment=smoke"], cwd=path)
+    run(["git", "init", "-q"], cwd=path)
+    result = run(["dvc", "repro"], cwd=path, MLP_DATA_MIRROR=os.environ["MLP_DATA_MIRROR"])
+    assert "downloading from mirror" in result.stderr
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
+        assert f"data/raw/{name} downloaded from file://" in result.stderr
+    counts = json.loads((path / "reports/class_counts.json").read_text())
+    assert sum(counts["train"].values()) + sum(counts["validation"].values()) == 1000
+    assert sum(counts["test"].values()) == 500
+    # One epoch on 900 real digits already gets well above chance (10%).
+    assert json.loads((path / "reports/metrics.json").read_text())["test"]["accuracy"] > 0.5

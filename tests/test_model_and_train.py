@@ -1,0 +1,110 @@
+"""The MLP built from config, and a real (tiny) Keras training."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from conftest import synthetic_digits
+
+from pipeline.config import ModelConfig, OptimizerConfig, TrainConfig
+from pipeline.model import build_mlp, make_optimizer
+from pipeline.train import seed_everything, train, write_history
+
+DEFAULT_MODEL = ModelConfig(
+    hidden_units=[256, 256],
+    activation="relu",
+    dropout_rate=0.45,
+    kernel_initializer="glorot_uniform",
+    l2_weight_decay=0,
+)
+
+
+def test_default_network_has_atienzas_269322_parameters():
+    model = build_mlp(784, 10, DEFAULT_MODEL)
+    assert model.count_params() == 269_322
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds == ["Dense", "Dropout", "Dense", "Dropout", "Dense"]
+    assert [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)] == [0.45, 0.45]
+    assert model.layers[-1].activation.__name__ == "softmax"
+
+
+def test_no_dropout_layers_at_rate_zero_and_l2_on_every_hidden_layer():
+    config = DEFAULT_MODEL.model_copy(update={"dropout_rate": 0.0, "l2_weight_decay": 0.001, "hidden_units": [8, 8, 8]})
+    model = build_mlp(784, 10, config)
+    hidden = [layer for layer in model.layers if layer.name.startswith("hidden")]
+    assert len(model.layers) == 4
+    assert all(layer.kernel_regularizer.l2 == pytest.approx(0.001) for layer in hidden)
+
+
+@pytest.mark.parametrize(("name", "low", "high"), [("uniform", -0.05, 0.05), ("zeros", 0.0, 0.0)])
+def test_fixed_range_initializers(name, low, high):
+    seed_everything(0)
+    model = build_mlp(784, 10, DEFAULT_MODEL.model_copy(update={"kernel_initializer": name}))
+    kernel = model.layers[0].kernel.numpy()
+    assert low <= kernel.min() and kernel.max() <= high
+
+
+def test_normal_initializer_has_standard_deviation_005():
+    seed_everything(0)
+    model = build_mlp(784, 10, DEFAULT_MODEL.model_copy(update={"kernel_initializer": "normal"}))
+    assert model.layers[0].kernel.numpy().std() == pytest.approx(0.05, rel=0.02)
+
+
+@pytest.mark.parametrize(
+    ("config", "kind", "momentum"),
+    [
+        (OptimizerConfig(name="adam", learning_rate=0.002), keras.optimizers.Adam, None),
+        (OptimizerConfig(name="sgd", learning_rate=0.1, momentum=0.9), keras.optimizers.SGD, 0.9),
+        (OptimizerConfig(name="rmsprop", learning_rate=0.001, momentum=0.5), keras.optimizers.RMSprop, 0.5),
+    ],
+)
+def test_optimizer_by_name(config, kind, momentum):
+    optimizer = make_optimizer(config)
+    assert isinstance(optimizer, kind)
+    assert float(optimizer.learning_rate) == pytest.approx(config.learning_rate)
+    if momentum is not None:
+        assert optimizer.momentum == pytest.approx(momentum)
+
+
+def tiny_training(seed: int, **train_options):
+    images, labels = synthetic_digits(300, seed=1)
+    inputs = images.reshape(300, -1).astype(np.float32) / 255
+    seed_everything(seed)
+    return train(
+        inputs[:250],
+        labels[:250],
+        inputs[250:],
+        labels[250:],
+        10,
+        DEFAULT_MODEL.model_copy(update={"hidden_units": [32]}),
+        OptimizerConfig(name="adam", learning_rate=0.01),
+        TrainConfig(**{"batch_size": 32, "epochs": 3, "early_stopping_patience": None, **train_options}),
+    )
+
+
+def test_training_learns_and_records_every_epoch():
+    model, history = tiny_training(seed=0)
+    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert len(history["loss"]) == 3
+    assert history["loss"][-1] < history["loss"][0]
+    assert history["val_accuracy"][-1] > 0.5  # the synthetic classes are easy to tell apart
+
+
+def test_training_is_repeatable_from_the_seed():
+    first, _ = tiny_training(seed=7)
+    again, _ = tiny_training(seed=7)
+    other, _ = tiny_training(seed=8)
+    for a, b in zip(first.get_weights(), again.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first.get_weights()[0], other.get_weights()[0])
+
+
+def test_early_stopping_stops_before_the_last_epoch():
+    _, history = tiny_training(seed=0, epochs=40, early_stopping_patience=1)
+    assert len(history["loss"]) < 40
+
+
+def test_history_csv_has_one_row_per_epoch(tmp_path):
+    write_history({"loss": [0.5, 0.25], "val_loss": [0.6, 0.3]}, tmp_path / "history.csv")
+    assert (tmp_path / "history.csv").read_text().splitlines() == ["epoch,loss,val_loss", "1,0.5,0.6", "2,0.25,0.3"]
