@@ -23,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display: the pipeline runs headless
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, classification_report, confusion_matrix  # noqa: E402
 
 from pipeline.config import load_params  # noqa: E402
@@ -99,6 +100,7 @@ def plot_learning_curves(history_file: Path, path: Path) -> None:
             if prefix + metric in rows[0]:
                 axis.plot(epochs, [float(row[prefix + metric]) for row in rows], marker="o", label=label)
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel(metric)
         axis.grid(alpha=0.3)
         axis.legend()
