@@ -2,13 +2,14 @@
 
 Reads params `dataset.num_classes`, data/model/ and data/processed/test.npz;
 writes reports/metrics.json (DVC metrics: test loss and accuracy, macro
-precision/recall/F1, and the MLflow run id), reports/per_class_metrics.json
+precision/recall/F1, the sha256 of the model's weights and the MLflow run id), reports/per_class_metrics.json
 (DVC metrics: precision/recall/F1 of each class), reports/confusion_matrix.csv
 (one row per test example, for `dvc plots`' confusion template),
 reports/confusion_matrix.png and reports/learning_curves.png.
 
 Reopens the MLflow run the train stage created and adds the test metrics, the
-composed config, the plots and the classification report to it.
+plots, the classification report, and the md5s dvc.lock records for the
+stages that produced the model.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from sklearn.metrics import ConfusionMatrixDisplay, classification_report, confu
 from pipeline.config import load_params  # noqa: E402
 from pipeline.datasets import PROCESSED_DIRECTORY, load_split  # noqa: E402
 from pipeline.errors import DataError, run_stage  # noqa: E402
-from pipeline.train import HISTORY_FILE, MODEL_FILE, SUMMARY_FILE  # noqa: E402
+from pipeline.train import HISTORY_FILE, MODEL_FILE, SUMMARY_FILE, log_datasets  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,8 @@ def main() -> None:
     import keras
     import mlflow
 
+    from pipeline.lineage import LOCK_FILE, lock_tags
+    from pipeline.model import weights_sha256
     from pipeline.tracking import pipeline_run, read_run_id
 
     run_id = read_run_id()
@@ -126,7 +129,7 @@ def main() -> None:
 
     with pipeline_run(run_id=run_id):
         results = evaluate(model, inputs, labels, params.dataset.num_classes)
-        metrics = {"test": results["test"], "mlflow_run_id": run_id}
+        metrics = {"test": results["test"], "weights_sha256": weights_sha256(model), "mlflow_run_id": run_id}
         METRICS_FILE.parent.mkdir(parents=True, exist_ok=True)
         METRICS_FILE.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         PER_CLASS_METRICS_FILE.write_text(json.dumps(results["per_class"], indent=2) + "\n", encoding="utf-8")
@@ -136,6 +139,10 @@ def main() -> None:
         CLASSIFICATION_REPORT_FILE.write_text(results["report_text"], encoding="utf-8")
 
         mlflow.log_metrics({f"test_{name}": value for name, value in results["test"].items()})
+        # dvc.lock now holds the upstream stages as they ran for this model.
+        mlflow.set_tags(lock_tags(("download", "preprocess", "train")))
+        mlflow.log_artifact(str(LOCK_FILE), artifact_path="lineage")
+        log_datasets(params, {"test": (inputs, labels)}, "test")
         for label, scores in results["per_class"].items():
             mlflow.log_metrics({f"test_{name}_class_{label}": scores[name] for name in ("precision", "recall", "f1")})
         for path in (CONFUSION_PNG, LEARNING_CURVES_PNG, CONFUSION_CSV, CLASSIFICATION_REPORT_FILE, SUMMARY_FILE):

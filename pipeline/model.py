@@ -7,6 +7,7 @@ TensorFlow.
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING
 
 from pipeline.config import ModelConfig, OptimizerConfig
@@ -59,3 +60,16 @@ def _initializer(name: str) -> str | keras.initializers.Initializer:
     if name == "normal":
         return keras.initializers.RandomNormal(mean=0.0, stddev=0.05)
     return name
+
+
+def weights_sha256(model: keras.Model) -> str:
+    """sha256 over the weight arrays in layer order (dtype, shape and bytes of each).
+
+    Independent of how or when the model file was written: two trainings that
+    end with the same weights have the same hash.
+    """
+    digest = hashlib.sha256()
+    for weights in model.get_weights():
+        digest.update(f"{weights.dtype.str}{weights.shape}".encode())
+        digest.update(weights.tobytes(order="C"))
+    return digest.hexdigest()

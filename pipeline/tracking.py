@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,11 +61,13 @@ def experiment_id(name: str) -> str:
 
 
 @contextmanager
-def pipeline_run(experiment_name: str | None = None, run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+def pipeline_run(
+    experiment_name: str | None = None, run_id: str | None = None, tags: dict[str, str] | None = None
+) -> Iterator[mlflow.ActiveRun]:
     """Start a new run in `experiment_name`, or reopen `run_id`; always end it with a final status."""
     if run_id is None:
         run = mlflow.start_run(
-            experiment_id=experiment_id(experiment_name), run_name=os.environ.get("DVC_EXP_NAME"), tags=lineage_tags()
+            experiment_id=experiment_id(experiment_name), run_name=os.environ.get("DVC_EXP_NAME"), tags=tags
         )
     else:
         mlflow.set_tracking_uri(tracking_uri())
@@ -88,19 +89,6 @@ def pipeline_run(experiment_name: str | None = None, run_id: str | None = None) 
     mlflow.end_run("FINISHED")
 
 
-def lineage_tags() -> dict[str, str]:
-    """What produced this run: the git commit, and the DVC experiment when under `dvc exp run`."""
-    tags = {}
-    commit = _git("rev-parse", "HEAD")
-    if commit:
-        tags["git.commit"] = commit
-        tags["git.dirty"] = str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower()
-    for variable, tag in (("DVC_EXP_NAME", "dvc.experiment_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev")):
-        if os.environ.get(variable):
-            tags[tag] = os.environ[variable]
-    return tags
-
-
 def write_run_file(run: mlflow.ActiveRun) -> None:
     RUN_FILE.parent.mkdir(parents=True, exist_ok=True)
     record = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "tracking_uri": tracking_uri()}
@@ -118,11 +106,3 @@ def read_run_id() -> str:
 
 def client() -> MlflowClient:
     return MlflowClient(tracking_uri())
-
-
-def _git(*arguments: str) -> str:
-    try:
-        result = subprocess.run(["git", *arguments], capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-    return result.stdout.strip()

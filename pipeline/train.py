@@ -7,11 +7,17 @@ row per epoch, for `dvc plots`) and reports/model_summary.txt.
 
 The MLflow run gets every composed parameter (flattened), per-epoch training and
 validation metrics with their epoch as step, and the model with a signature and
-an input example, registered in the Model Registry.
+an input example, registered in the Model Registry; and the run's lineage
+(pipeline.lineage): commit, configuration overrides, data hashes, package
+versions, CPU and thread settings, and the sha256 of the trained weights.
+
+`python -m pipeline.train --hash-only` trains without writing anything and
+prints the weights' sha256: the repeatability check runs it twice.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import logging
 import os
@@ -49,12 +55,18 @@ def train(
     model_config: ModelConfig,
     optimizer_config: OptimizerConfig,
     train_config: TrainConfig,
+    seed: int,
     callbacks: list | None = None,
 ):
     """Build, compile and fit the MLP; return (model, history) with history as {metric: [value per epoch]}."""
     import keras
 
     from pipeline.model import build_mlp, make_optimizer
+
+    # Seeded here, right before the first random draw: anything that ran before
+    # (MLflow picks run names with Python's global `random`, which Keras also
+    # draws initializer seeds from) cannot change the weights.
+    seed_everything(seed)
 
     model = build_mlp(train_inputs.shape[1], num_classes, model_config)
     model.compile(
@@ -137,46 +149,86 @@ def log_model(model, example_inputs: np.ndarray, registered_model_name: str) -> 
     )
 
 
+def log_datasets(params: Params, splits: dict[str, tuple[np.ndarray, np.ndarray]], context: str) -> None:
+    """Log each split as an MLflow dataset input (MLflow computes its digest)."""
+    import mlflow
+
+    source = params.dataset.urls[0]
+    for split, (inputs, labels) in splits.items():
+        if len(labels):
+            dataset = mlflow.data.from_numpy(
+                inputs, targets=labels, name=f"{params.dataset.name}-{split}", source=source
+            )
+            mlflow.log_input(dataset, context=context if split != "validation" else "validation")
+
+
+def run_tags(params: Params) -> tuple[dict[str, str], str]:
+    """The lineage tags of a new run, and the uncommitted diff of the code ("" when clean)."""
+    from pipeline import lineage
+
+    code, diff = lineage.code_tags()
+    files = params.dataset.files
+    # The pinned hashes: the download stage verified every raw file against them.
+    data = {
+        f"data.{spec.name}.sha256": spec.sha256 for spec in (getattr(files, role) for role in type(files).model_fields)
+    }
+    overrides = " ".join(lineage.config_overrides()) or "(none)"
+    return {**code, **lineage.environment_tags(), **data, "config.overrides": overrides}, diff
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description="Train the MLP on data/processed and log the run to MLflow.")
+    parser.add_argument(
+        "--hash-only",
+        action="store_true",
+        help="train, print the weights' sha256 and exit: no files written, no MLflow run (for repeatability checks)",
+    )
+    arguments = parser.parse_args()
     params: Params = load_params()
     import keras
     import mlflow
 
+    from pipeline.model import weights_sha256
     from pipeline.tracking import pipeline_run, write_run_file
 
-    seed_everything(params.seed)
     train_inputs, train_labels = load_split(PROCESSED_DIRECTORY, "train")
     validation_inputs, validation_labels = load_split(PROCESSED_DIRECTORY, "validation")
+    arrays = (train_inputs, train_labels, validation_inputs, validation_labels, params.dataset.num_classes)
+    configs = (params.model, params.optimizer, params.train, params.seed)
 
-    with pipeline_run(experiment_name=params.mlflow.experiment_name) as run:
+    if arguments.hash_only:
+        model, _ = train(*arrays, *configs)
+        print(weights_sha256(model))
+        return
+
+    tags, diff = run_tags(params)
+    with pipeline_run(experiment_name=params.mlflow.experiment_name, tags=tags) as run:
         logger.info("MLflow run %s", run.info.run_id)
         mlflow.log_params(flatten(params.model_dump()))
         mlflow.log_artifact(str(PARAMS_FILE), artifact_path="config")
+        if diff:
+            mlflow.log_text(diff, "lineage/git_diff.patch")
+        log_datasets(
+            params,
+            {"train": (train_inputs, train_labels), "validation": (validation_inputs, validation_labels)},
+            "training",
+        )
         log_epoch = keras.callbacks.LambdaCallback(
             on_epoch_end=lambda epoch, logs: mlflow.log_metrics(
                 {name: float(value) for name, value in logs.items()}, step=epoch + 1
             )
         )
-        model, history = train(
-            train_inputs,
-            train_labels,
-            validation_inputs,
-            validation_labels,
-            params.dataset.num_classes,
-            params.model,
-            params.optimizer,
-            params.train,
-            callbacks=[log_epoch],
-        )
+        model, history = train(*arrays, *configs, callbacks=[log_epoch])
         save_model(model, MODEL_FILE)
         write_history(history, HISTORY_FILE)
         summary = model_summary(model)
         SUMMARY_FILE.write_text(summary, encoding="utf-8")
         mlflow.log_param("model.parameter_count", model.count_params())
+        mlflow.set_tag("model.weights_sha256", weights_sha256(model))
         mlflow.log_text(summary, "model_summary.txt")
         log_model(model, train_inputs[:5], params.mlflow.registered_model_name)
         write_run_file(run)
-    logger.info("trained %d parameters; model saved to %s", model.count_params(), MODEL_FILE)
+    logger.info("trained %d parameters; weights sha256 %s", model.count_params(), weights_sha256(model))
 
 
 if __name__ == "__main__":

@@ -70,7 +70,6 @@ def test_optimizer_by_name(config, kind, momentum):
 def tiny_training(seed: int, **train_options):
     images, labels = synthetic_digits(300, seed=1)
     inputs = images.reshape(300, -1).astype(np.float32) / 255
-    seed_everything(seed)
     return train(
         inputs[:250],
         labels[:250],
@@ -80,6 +79,7 @@ def tiny_training(seed: int, **train_options):
         DEFAULT_MODEL.model_copy(update={"hidden_units": [32]}),
         OptimizerConfig(name="adam", learning_rate=0.01),
         TrainConfig(**{"batch_size": 32, "epochs": 3, "early_stopping_patience": None, **train_options}),
+        seed,
     )
 
 

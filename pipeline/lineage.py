@@ -1,0 +1,120 @@
+"""What produced a run: code, configuration, data, software and hardware.
+
+Collected by the train and evaluate stages into the MLflow run as tags, so
+that `python -m pipeline.reproduce <run id>` can rebuild the run from its
+record alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.config import PARAMS_FILE, compose, flatten
+
+LOCK_FILE = Path("dvc.lock")
+REQUIREMENTS_LOCK = Path("requirements.lock")
+PACKAGES = ("tensorflow-cpu", "keras", "dvc", "hydra-core", "mlflow", "numpy")
+# Set by `python -m pipeline.reproduce` for the runs it starts.
+REPRODUCES_VARIABLE = "MLP_REPRODUCES_RUN"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def git(*arguments: str, cwd: Path | None = None) -> str:
+    """Output of a git command, or "" outside a git repository."""
+    try:
+        result = subprocess.run(["git", *arguments], cwd=cwd, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return result.stdout.strip()
+
+
+def code_tags() -> tuple[dict[str, str], str]:
+    """Git commit and dirtiness as tags, and the uncommitted diff ("" when clean)."""
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return {}, ""
+    # Tracked files only: untracked outputs (data, reports) are not code.
+    diff = git("diff", "HEAD", "--", ".", ":(exclude)params.yaml", ":(exclude)dvc.lock", ":(exclude)reports")
+    tags = {"git.commit": commit, "git.dirty": str(bool(diff)).lower()}
+    for variable, tag in (("DVC_EXP_NAME", "dvc.experiment_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev")):
+        if os.environ.get(variable):
+            tags[tag] = os.environ[variable]
+    if os.environ.get(REPRODUCES_VARIABLE):
+        tags["reproduces"] = os.environ[REPRODUCES_VARIABLE]
+    return tags, diff
+
+
+def environment_tags() -> dict[str, str]:
+    """Software versions, the lock file's hash, the CPU and the thread settings."""
+    import tensorflow as tf
+
+    tags = {"python.version": platform.python_version()}
+    for package in PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            tags[f"package.{package}"] = metadata.version(package)
+    if REQUIREMENTS_LOCK.exists():
+        tags["requirements_lock.sha256"] = file_sha256(REQUIREMENTS_LOCK)
+    tags["cpu.model"] = cpu_model()
+    tags["cpu.count"] = str(os.cpu_count())
+    # 0 means "TensorFlow picks", which is the number of cores.
+    tags["threads.intra_op"] = str(tf.config.threading.get_intra_op_parallelism_threads())
+    tags["threads.inter_op"] = str(tf.config.threading.get_inter_op_parallelism_threads())
+    tags["platform"] = f"{platform.system()} {platform.machine()}"
+    return tags
+
+
+def data_tags(raw_files: list[Path]) -> dict[str, str]:
+    return {f"data.{path.name}.sha256": file_sha256(path) for path in raw_files}
+
+
+def config_overrides(params_file: Path = PARAMS_FILE) -> list[str]:
+    """The `key=value` changes that turn conf/'s default composition into params_file."""
+    current = flatten(yaml.safe_load(params_file.read_text(encoding="utf-8")))
+    default = flatten(yaml.safe_load(compose()))
+    changed = [f"{key}={_yaml_value(value)}" for key, value in current.items() if default.get(key, object()) != value]
+    removed = [f"~{key}" for key in default if key not in current]
+    return sorted(changed + removed)
+
+
+def lock_tags(stages: tuple[str, ...]) -> dict[str, str]:
+    """The md5 that dvc.lock records for each dependency and output of `stages`."""
+    if not LOCK_FILE.exists():
+        return {}
+    lock = yaml.safe_load(LOCK_FILE.read_text(encoding="utf-8")) or {}
+    tags = {}
+    for stage in stages:
+        entry = lock.get("stages", {}).get(stage, {})
+        for kind in ("deps", "outs"):
+            for item in entry.get(kind, []):
+                tags[f"dvc.lock.{stage}.{kind}.{item['path']}"] = item.get("md5", "")
+    return tags
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _yaml_value(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()

@@ -1,0 +1,222 @@
+"""Re-run a recorded MLflow run from its lineage alone and say whether it matches.
+
+    python -m pipeline.reproduce RUN_ID
+        Checks out the run's recorded commit in a temporary git worktree (applying
+        its recorded diff if the tree was dirty), writes its recorded params.yaml,
+        verifies the raw data against the recorded sha256s, shares this
+        repository's DVC cache, runs `dvc repro --force` (which re-executes every
+        stage rather than restoring DVC's run cache) into the same MLflow store,
+        and compares every test metric and the weights' sha256. The reproduction
+        is an MLflow run tagged `reproduces` and `reproduction.verdict`.
+        Exit status: 0 when everything matches, 1 otherwise.
+
+    python -m pipeline.reproduce --repeatability
+        Trains the current configuration on data/processed twice, in separate
+        processes, and compares the weights' sha256.
+
+Not a DVC stage: it runs the pipeline rather than being part of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.config import PARAMS_FILE, parse_params
+from pipeline.datasets import RAW_DIRECTORY
+from pipeline.errors import PipelineError, run_stage
+from pipeline.lineage import REPRODUCES_VARIABLE, file_sha256
+
+logger = logging.getLogger(__name__)
+
+BIN_DIRECTORY = Path(sys.executable).parent
+
+
+@dataclass
+class Comparison:
+    name: str
+    original: float | str
+    reproduced: float | str | None
+
+    @property
+    def matches(self) -> bool:
+        return self.original == self.reproduced
+
+
+@dataclass
+class Reproduction:
+    run_id: str
+    comparisons: list[Comparison]
+
+    @property
+    def matches(self) -> bool:
+        return all(comparison.matches for comparison in self.comparisons)
+
+    def report(self, original_run_id: str) -> str:
+        lines = [f"reproduction {self.run_id} of run {original_run_id}:"]
+        for comparison in self.comparisons:
+            verdict = "match" if comparison.matches else "MISMATCH"
+            lines.append(f"  {comparison.name:<28} {comparison.original!s:<66} {comparison.reproduced!s:<66} {verdict}")
+        lines.append("verdict: " + ("match" if self.matches else "MISMATCH"))
+        return "\n".join(lines)
+
+
+def reproduce(run_id: str, repository: Path) -> Reproduction:
+    """Rebuild run `run_id` from its lineage record and compare it; raise PipelineError if it cannot be rebuilt."""
+    import mlflow
+
+    from pipeline import tracking
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    client = tracking.client()
+    try:
+        original = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise PipelineError(f"run {run_id} not found in the MLflow store {tracking.tracking_uri()}") from None
+    tags = original.data.tags
+    commit = tags.get("git.commit")
+    weights = tags.get("model.weights_sha256")
+    test_metrics = {name: value for name, value in original.data.metrics.items() if name.startswith("test_")}
+    if not commit or not weights or not test_metrics:
+        raise PipelineError(
+            f"run {run_id} has no complete lineage record (git.commit, model.weights_sha256 and test metrics "
+            "are needed): it was not made by this pipeline, or its evaluate stage did not finish"
+        )
+    if subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=repository).returncode != 0:
+        raise PipelineError(f"run {run_id} was made at commit {commit}, which this repository does not have: fetch it")
+
+    params_text = Path(
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config/params.yaml")
+    ).read_text()
+    params = parse_params(params_text, Path(f"the recorded config of run {run_id}"))
+    recorded_data = {
+        name.removeprefix("data.").removesuffix(".sha256"): value
+        for name, value in tags.items()
+        if name.startswith("data.")
+    }
+    pinned = {
+        spec.name: spec.sha256
+        for spec in (getattr(params.dataset.files, role) for role in type(params.dataset.files).model_fields)
+    }
+    if pinned != recorded_data:
+        raise PipelineError(
+            f"the recorded config of run {run_id} pins other data than the run recorded: {pinned} != {recorded_data}"
+        )
+    local_files = _verified_local_data(repository, recorded_data)
+
+    with tempfile.TemporaryDirectory(prefix="reproduce-") as temporary:
+        worktree = Path(temporary) / "worktree"
+        _run(["git", "worktree", "add", "--quiet", "--detach", str(worktree), commit], repository)
+        try:
+            if tags.get("git.dirty") == "true":
+                patch = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="lineage/git_diff.patch"))
+                if subprocess.run(["git", "apply", str(patch)], cwd=worktree).returncode != 0:
+                    raise PipelineError(f"the recorded diff of run {run_id} does not apply to commit {commit}")
+            (worktree / PARAMS_FILE).write_text(params_text, encoding="utf-8")
+            (worktree / RAW_DIRECTORY).mkdir(parents=True, exist_ok=True)
+            for path in local_files:
+                shutil.copy2(path, worktree / RAW_DIRECTORY / path.name)
+            # One cache for both: nothing is stored or fetched twice.
+            _run([_tool("dvc"), "config", "--local", "cache.dir", str(repository / ".dvc" / "cache")], worktree)
+            environment = {
+                **os.environ,
+                "PATH": f"{BIN_DIRECTORY}{os.pathsep}{os.environ.get('PATH', '')}",
+                "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
+                REPRODUCES_VARIABLE: run_id,
+            }
+            for variable in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+                environment.pop(variable, None)
+            logger.info("re-running commit %s with the recorded config in %s", commit[:12], worktree)
+            result = subprocess.run([_tool("dvc"), "repro", "--force"], cwd=worktree, env=environment)
+            if result.returncode != 0:
+                raise PipelineError(
+                    f"the reproduction of run {run_id} failed: `dvc repro --force` exited {result.returncode}"
+                )
+            metrics = json.loads((worktree / "reports/metrics.json").read_text(encoding="utf-8"))
+            reproduced_data = {name: file_sha256(worktree / RAW_DIRECTORY / name) for name in recorded_data}
+        finally:
+            _run(["git", "worktree", "remove", "--force", str(worktree)], repository)
+
+    new_run = client.get_run(metrics["mlflow_run_id"])
+    comparisons = [
+        Comparison(name, value, new_run.data.metrics.get(name)) for name, value in sorted(test_metrics.items())
+    ]
+    comparisons.append(Comparison("model.weights_sha256", weights, new_run.data.tags.get("model.weights_sha256")))
+    comparisons += [
+        Comparison(f"data {name}", recorded_data[name], reproduced_data[name]) for name in sorted(recorded_data)
+    ]
+    reproduction = Reproduction(new_run.info.run_id, comparisons)
+    client.set_tag(new_run.info.run_id, "reproduction.verdict", "match" if reproduction.matches else "mismatch")
+    return reproduction
+
+
+def check_repeatability(repetitions: int = 2) -> list[str]:
+    """Train the current configuration `repetitions` times in separate processes; return the weights hashes."""
+    hashes = []
+    for attempt in range(1, repetitions + 1):
+        logger.info("training %d of %d", attempt, repetitions)
+        result = subprocess.run(
+            [sys.executable, "-m", "pipeline.train", "--hash-only"], stdout=subprocess.PIPE, text=True
+        )
+        if result.returncode != 0:
+            raise PipelineError(f"training {attempt} of {repetitions} failed (exit status {result.returncode})")
+        hashes.append(result.stdout.strip().splitlines()[-1])
+    return hashes
+
+
+def _verified_local_data(repository: Path, recorded: dict[str, str]) -> list[Path]:
+    """Local raw files that match the record; a file that exists but differs is refused, a missing one is fetched."""
+    present = []
+    for name, sha256 in recorded.items():
+        path = repository / RAW_DIRECTORY / name
+        if not path.exists():
+            logger.info("%s is not here: the download stage will fetch and verify it", path)
+            continue
+        actual = file_sha256(path)
+        if actual != sha256:
+            raise PipelineError(f"{path} no longer verifies: sha256 {actual}, the run recorded {sha256}")
+        present.append(path)
+    return present
+
+
+def _tool(name: str) -> str:
+    candidate = BIN_DIRECTORY / name
+    return str(candidate) if candidate.exists() else name
+
+
+def _run(command: list[str], cwd: Path) -> None:
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise PipelineError(f"`{' '.join(command)}` failed: {result.stderr.strip()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Reproduce a recorded MLflow run, or check repeatability.")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("run_id", nargs="?", help="the MLflow run to reproduce")
+    group.add_argument("--repeatability", action="store_true", help="train the current configuration twice and compare")
+    arguments = parser.parse_args()
+    if arguments.repeatability:
+        hashes = check_repeatability()
+        print("\n".join(f"training {index}: weights sha256 {value}" for index, value in enumerate(hashes, start=1)))
+        repeatable = len(set(hashes)) == 1
+        print("verdict: " + ("repeatable" if repeatable else "NOT repeatable"))
+        sys.exit(0 if repeatable else 1)
+    repository = Path(
+        subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True).stdout.strip() or "."
+    )
+    reproduction = reproduce(arguments.run_id, repository.resolve())
+    print(reproduction.report(arguments.run_id))
+    sys.exit(0 if reproduction.matches else 1)
+
+
+if __name__ == "__main__":
+    run_stage(main)

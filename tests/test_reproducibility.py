@@ -1,0 +1,141 @@
+"""Deterministic training, the lineage record on every run, and `reproduce <run id>`,
+on a tiny project run with the real DVC, MLflow and Keras.
+
+The tests share one project and run in file order; each restores what it tampers with.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+from conftest import TINY_DATASET, make_tiny_project, run
+from mlflow.tracking import MlflowClient
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_dataset_server):
+    base_url, specs, _ = tiny_dataset_server
+    path = make_tiny_project(tmp_path_factory.mktemp("project"), base_url, specs)
+    run(["dvc", "repro"], cwd=path)
+    metrics = json.loads((path / "reports/metrics.json").read_text())
+    return path, metrics["mlflow_run_id"], specs
+
+
+@pytest.fixture(scope="module")
+def client(project):
+    path, _, _ = project
+    return MlflowClient(f"sqlite:///{path / 'mlflow.db'}")
+
+
+def reproduce(path, *arguments):
+    return run([sys.executable, "-m", "pipeline.reproduce", *arguments], cwd=path, check=False)
+
+
+def test_run_carries_the_lineage_record(project, client):
+    path, run_id, specs = project
+    mlflow_run = client.get_run(run_id)
+    tags = mlflow_run.data.tags
+    assert tags["git.commit"] == run(["git", "rev-parse", "HEAD"], cwd=path).stdout.strip()
+    assert tags["git.dirty"] == "false"
+    for package in ("tensorflow-cpu", "keras", "dvc", "hydra-core", "mlflow"):
+        assert tags[f"package.{package}"]
+    assert len(tags["requirements_lock.sha256"]) == 64
+    assert tags["cpu.model"] and int(tags["cpu.count"]) >= 1
+    assert "threads.intra_op" in tags and "threads.inter_op" in tags
+    for spec in specs.values():
+        assert tags[f"data.{spec['name']}.sha256"] == spec["sha256"]
+    overrides = tags["config.overrides"].split()
+    assert "train.epochs=1" in overrides and f"dataset.name={TINY_DATASET}" in overrides
+    lock = yaml.safe_load((path / "dvc.lock").read_text())["stages"]
+    train_dependency = next(item for item in lock["train"]["deps"] if item["path"] == "pipeline/train.py")
+    assert tags["dvc.lock.train.deps.pipeline/train.py"] == train_dependency["md5"]
+    assert tags["dvc.lock.preprocess.outs.data/processed"] == lock["preprocess"]["outs"][0]["md5"]
+    metrics = json.loads((path / "reports/metrics.json").read_text())
+    assert tags["model.weights_sha256"] == metrics["weights_sha256"]
+    inputs = {item.dataset.name: item for item in mlflow_run.inputs.dataset_inputs}
+    assert set(inputs) == {f"{TINY_DATASET}-{split}" for split in ("train", "validation", "test")}
+    assert all(item.dataset.digest for item in inputs.values())
+
+
+def test_training_twice_in_separate_processes_gives_the_same_weights(project, client):
+    path, run_id, _ = project
+    result = reproduce(path, "--repeatability")
+    assert result.returncode == 0, result.stderr
+    hashes = [line.split()[-1] for line in result.stdout.splitlines() if line.startswith("training ")]
+    assert len(hashes) == 2 and hashes[0] == hashes[1]
+    assert "verdict: repeatable" in result.stdout
+    # The same configuration trained by `dvc repro` ended with the same weights.
+    assert hashes[0] == client.get_run(run_id).data.tags["model.weights_sha256"]
+
+
+def test_another_seed_gives_other_weights(project, client):
+    path, run_id, _ = project
+    params = path / "params.yaml"
+    original = params.read_text()
+    params.write_text(original.replace("seed: 42", "seed: 43"))
+    try:
+        result = run([sys.executable, "-m", "pipeline.train", "--hash-only"], cwd=path)
+    finally:
+        params.write_text(original)
+    assert result.stdout.strip().splitlines()[-1] != client.get_run(run_id).data.tags["model.weights_sha256"]
+
+
+def test_reproduce_reports_a_match_and_records_the_reproduction(project, client):
+    path, run_id, _ = project
+    result = reproduce(path, run_id)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "verdict: match" in result.stdout
+    assert "MISMATCH" not in result.stdout
+    reproductions = client.search_runs(
+        [client.get_run(run_id).info.experiment_id], filter_string=f"tags.reproduces = '{run_id}'"
+    )
+    assert len(reproductions) == 1
+    assert reproductions[0].data.tags["reproduction.verdict"] == "match"
+    assert reproductions[0].data.tags["git.commit"] == client.get_run(run_id).data.tags["git.commit"]
+    assert "worktree" not in run(["git", "worktree", "list"], cwd=path).stdout.split("\n", 1)[-1]
+
+
+def test_reproduce_refuses_data_that_no_longer_verifies(project):
+    path, run_id, specs = project
+    data_file = path / "data/raw" / specs["test_labels"]["name"]
+    original = data_file.read_bytes()
+    data_file.write_bytes(original[:-1] + bytes([original[-1] ^ 0xFF]))
+    try:
+        result = reproduce(path, run_id)
+    finally:
+        data_file.write_bytes(original)
+    assert result.returncode == 1
+    assert f"{data_file} no longer verifies: sha256 " in result.stderr
+    assert f"the run recorded {specs['test_labels']['sha256']}" in result.stderr
+
+
+def test_reproduce_refuses_a_missing_commit(project, client):
+    path, run_id, _ = project
+    commit = client.get_run(run_id).data.tags["git.commit"]
+    client.set_tag(run_id, "git.commit", "0" * 40)
+    try:
+        result = reproduce(path, run_id)
+    finally:
+        client.set_tag(run_id, "git.commit", commit)
+    assert result.returncode == 1
+    assert f"was made at commit {'0' * 40}, which this repository does not have" in result.stderr
+
+
+def test_reproduce_reports_a_mismatch_when_the_recorded_config_was_tampered_with(project, client):
+    path, run_id, _ = project
+    # The default store keeps artifacts as plain files under mlartifacts/.
+    recorded = Path(urlparse(client.get_run(run_id).info.artifact_uri).path) / "config/params.yaml"
+    original = recorded.read_text()
+    recorded.write_text(original.replace("dropout_rate: 0.45", "dropout_rate: 0.2"))
+    try:
+        result = reproduce(path, run_id)
+    finally:
+        recorded.write_text(original)
+    assert result.returncode == 1
+    assert "model.weights_sha256" in result.stdout and "MISMATCH" in result.stdout
+    assert "verdict: MISMATCH" in result.stdout
