@@ -64,7 +64,7 @@ class Reproduction:
         lines = [f"reproduction {self.run_id} of run {original_run_id}:"]
         for comparison in self.comparisons:
             verdict = "match" if comparison.matches else "MISMATCH"
-            lines.append(f"  {comparison.name:<28} {comparison.original!s:<66} {comparison.reproduced!s:<66} {verdict}")
+            lines.append(f"  {comparison.name:<34} {comparison.original!s:<66} {comparison.reproduced!s:<66} {verdict}")
         lines.append("verdict: " + ("match" if self.matches else "MISMATCH"))
         return "\n".join(lines)
 
