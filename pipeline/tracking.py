@@ -91,7 +91,8 @@ def pipeline_run(
 
 def write_run_file(run: mlflow.ActiveRun) -> None:
     RUN_FILE.parent.mkdir(parents=True, exist_ok=True)
-    record = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "tracking_uri": tracking_uri()}
+    # No store path: this file is a versioned output and must not depend on where the repository lives.
+    record = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}
     RUN_FILE.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
