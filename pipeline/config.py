@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -39,6 +40,7 @@ OPTIMIZERS = ("adam", "sgd", "rmsprop")
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Md5 = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 
 
 class StrictModel(BaseModel):
@@ -47,30 +49,79 @@ class StrictModel(BaseModel):
 
 
 class FileSpec(StrictModel):
-    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
-    sha256: Sha256
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")  # in data/raw/ and in a mirror's <dataset>/ folder
+    # The file's name at the public URLs, where it differs from `name`.
+    remote_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]+$")
     size: PositiveInt  # bytes
+    sha256: Sha256 | None = None
+    # Only where no sha256 is published; sha256 is preferred when both are given.
+    md5: Md5 | None = None
+
+    @model_validator(mode="after")
+    def has_a_checksum(self) -> FileSpec:
+        if self.sha256 is None and self.md5 is None:
+            raise ValueError(f"file {self.name} needs a sha256 (or, failing that, an md5) to be verified")
+        return self
 
 
-class MnistFiles(StrictModel):
-    train_images: FileSpec
-    train_labels: FileSpec
-    test_images: FileSpec
-    test_labels: FileSpec
+class CsvLayout(StrictModel):
+    delimiter: str = Field(min_length=1, max_length=1)
+    header_rows: int = Field(ge=0)  # lines to skip before the data
+    feature_columns: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)  # 0-based
+    label_column: int = Field(ge=0)
+
+
+# The files each format reads, by role.
+FORMAT_FILES = {
+    "idx": ("train_images", "train_labels", "test_images", "test_labels"),
+    "cifar_python": ("archive",),
+    "csv": ("table",),
+}
 
 
 class DatasetConfig(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    format: Literal[tuple(FORMAT_FILES)]  # type: ignore[valid-type]
+    # multiclass: softmax over num_classes; binary: one sigmoid unit, binary cross-entropy.
+    task: Literal["multiclass", "binary"]
     urls: list[Annotated[str, Field(pattern=r"^https?://")]] = Field(min_length=1)
-    files: MnistFiles
-    image_shape: list[PositiveInt] = Field(min_length=2, max_length=2)
+    files: dict[str, FileSpec]
+    input_shape: list[PositiveInt] = Field(min_length=1, max_length=3)
     num_classes: int = Field(ge=2)
+    class_names: list[str]
+    # unit_interval: pixels / 255; standardize: zero mean, unit variance, fitted on the training split.
+    scaling: Literal["unit_interval", "standardize"]
     validation_fraction: float = Field(ge=0.0, lt=1.0)
+    # Only for formats without a published test split (csv): the share held out for testing.
+    test_fraction: float | None = Field(default=None, gt=0.0, lt=1.0)
+    csv: CsvLayout | None = None
     max_train_samples: PositiveInt | None
     max_test_samples: PositiveInt | None
 
+    @property
+    def num_features(self) -> int:
+        return int(np.prod(self.input_shape))
+
     @model_validator(mode="after")
-    def subsets_large_enough_to_stratify(self) -> DatasetConfig:
+    def consistent(self) -> DatasetConfig:
+        expected = set(FORMAT_FILES[self.format])
+        if set(self.files) != expected:
+            raise ValueError(
+                f"dataset.files of format {self.format} must name {sorted(expected)}, found {sorted(self.files)}"
+            )
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"dataset.class_names has {len(self.class_names)} names for {self.num_classes} classes")
+        if self.task == "binary" and self.num_classes != 2:
+            raise ValueError(f"dataset.task binary needs num_classes 2, found {self.num_classes}")
+        if (self.format == "csv") != (self.csv is not None) or (self.format == "csv") != (
+            self.test_fraction is not None
+        ):
+            raise ValueError("dataset.csv and dataset.test_fraction are required for format csv, and only for it")
+        if self.csv is not None and len(self.csv.feature_columns) != self.num_features:
+            raise ValueError(
+                f"dataset.csv.feature_columns lists {len(self.csv.feature_columns)} columns "
+                f"but dataset.input_shape {self.input_shape} has {self.num_features} features"
+            )
         # A stratified split needs at least one example of every class on each side.
         smallest = 2 * self.num_classes
         for key in ("max_train_samples", "max_test_samples"):

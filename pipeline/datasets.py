@@ -7,14 +7,21 @@ allocation sized from an unchecked header.
 
 from __future__ import annotations
 
+import csv
 import gzip
+import hashlib
+import io
 import os
+import pickle
+import tarfile
 import tempfile
 import zlib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 import numpy as np
 
+from pipeline.config import CsvLayout, DatasetConfig, FileSpec
 from pipeline.errors import DataError
 
 # IDX magic numbers: two zero bytes, a type code (0x08 = unsigned byte) and the
@@ -23,6 +30,40 @@ IDX_UNSIGNED_BYTE = 0x08
 
 RAW_DIRECTORY = Path("data/raw")
 PROCESSED_DIRECTORY = Path("data/processed")
+
+CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{number}" for number in range(1, 6))
+CIFAR_TEST_BATCH = "test_batch"
+CIFAR_FEATURES = 32 * 32 * 3
+# Larger than any real member or table, small enough to refuse a decompression bomb.
+MAX_MEMBER_BYTES = 256 << 20
+MAX_TABLE_BYTES = 256 << 20
+
+
+class RawData(NamedTuple):
+    """Decoded examples: images as uint8 (count, *input_shape), tables as float64 (count, features)."""
+
+    train_inputs: np.ndarray
+    train_labels: np.ndarray
+    # None where the format has no published test split (csv): preprocess holds one out.
+    test_inputs: np.ndarray | None
+    test_labels: np.ndarray | None
+
+
+def read_dataset(dataset: DatasetConfig, directory: Path) -> RawData:
+    """Decode and validate the raw files of `dataset` in `directory`, whatever their format."""
+    files = {role: directory / spec.name for role, spec in dataset.files.items()}
+    if dataset.format == "idx":
+        train = read_idx_images_and_labels(
+            files["train_images"], files["train_labels"], tuple(dataset.input_shape), dataset.num_classes
+        )
+        test = read_idx_images_and_labels(
+            files["test_images"], files["test_labels"], tuple(dataset.input_shape), dataset.num_classes
+        )
+        return RawData(*train, *test)
+    if dataset.format == "cifar_python":
+        return read_cifar_archive(files["archive"], dataset.files["archive"], dataset.num_classes)
+    inputs, labels = read_csv_table(files["table"], dataset.csv, dataset.num_classes)
+    return RawData(inputs, labels, None, None)
 
 
 def read_idx(path: Path, dimensions: int, max_bytes: int = 1 << 30) -> np.ndarray:
@@ -102,3 +143,145 @@ def _read_maybe_gzipped(path: Path, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise DataError(f"{path}: decompresses to more than {max_bytes:,} bytes")
     return data
+
+
+def verify_checksum(path: Path, spec: FileSpec) -> None:
+    """Raise DataError unless `path` has the size and sha256 (or md5) that `spec` pins."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise DataError(f"{path} not found: run the download stage first (dvc repro download)") from None
+    if size != spec.size:
+        raise DataError(f"{path}: {size:,} bytes, expected {spec.size:,}; delete it and download again")
+    algorithm, expected = ("sha256", spec.sha256) if spec.sha256 else ("md5", spec.md5)
+    digest = hashlib.new(algorithm)
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        raise DataError(f"{path}: {algorithm} {digest.hexdigest()}, expected {expected}; delete it and download again")
+
+
+def read_cifar_archive(path: Path, spec: FileSpec, num_classes: int) -> RawData:
+    """The CIFAR "python version" archive: five training batches and one test batch of pickled dicts."""
+    # Unpickling runs code chosen by the file: only ever on the verified archive,
+    # and only with the restricted unpickler below.
+    verify_checksum(path, spec)
+    wanted = {*CIFAR_TRAIN_BATCHES, CIFAR_TEST_BATCH}
+    batches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    try:
+        with tarfile.open(path, "r:gz") as archive:
+            for member in archive:
+                _check_member_name(path, member.name)
+                name = PurePosixPath(member.name).name
+                if name not in wanted or not member.isfile():
+                    continue
+                if member.size > MAX_MEMBER_BYTES:
+                    raise DataError(f"{path}: member {member.name} is {member.size:,} bytes, more than any CIFAR batch")
+                stream = archive.extractfile(member)
+                batches[name] = _cifar_batch(f"{path}:{member.name}", stream.read(), num_classes)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+        raise DataError(f"{path}: not a readable tar.gz archive ({error})") from None
+    missing = sorted(wanted - set(batches))
+    if missing:
+        raise DataError(f"{path}: the archive lacks the batches {', '.join(missing)}")
+    train_inputs = np.concatenate([batches[name][0] for name in CIFAR_TRAIN_BATCHES])
+    train_labels = np.concatenate([batches[name][1] for name in CIFAR_TRAIN_BATCHES])
+    return RawData(train_inputs, train_labels, *batches[CIFAR_TEST_BATCH])
+
+
+def read_csv_table(path: Path, layout: CsvLayout, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Numeric features (float64) and integer labels from a delimited text table."""
+    try:
+        with path.open("rb") as stream:
+            data = stream.read(MAX_TABLE_BYTES + 1)
+    except FileNotFoundError:
+        raise DataError(f"{path} not found: run the download stage first (dvc repro download)") from None
+    if len(data) > MAX_TABLE_BYTES:
+        raise DataError(f"{path}: larger than {MAX_TABLE_BYTES:,} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text ({error})") from None
+    columns = max(*layout.feature_columns, layout.label_column) + 1
+    features, labels = [], []
+    try:
+        reader = csv.reader(io.StringIO(text), delimiter=layout.delimiter, strict=True)
+        for line_number, row in enumerate(reader, start=1):
+            if line_number <= layout.header_rows or not row:
+                continue
+            if len(row) != columns:
+                raise DataError(f"{path}, line {line_number}: {len(row)} columns, expected {columns}")
+            values = [_number(path, line_number, row[column]) for column in layout.feature_columns]
+            features.append(values)
+            labels.append(_label(path, line_number, row[layout.label_column], num_classes))
+    except csv.Error as error:
+        raise DataError(f"{path}: malformed CSV ({error})") from None
+    if not labels:
+        raise DataError(f"{path}: no data rows")
+    return np.asarray(features, dtype=np.float64), np.asarray(labels, dtype=np.uint8)
+
+
+def _check_member_name(path: Path, name: str) -> None:
+    parts = PurePosixPath(name).parts
+    if name.startswith("/") or ".." in parts or "\\" in name:
+        raise DataError(f"{path}: unsafe member name {name!r} (absolute or leading outside the archive)")
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Builds only what a CIFAR batch holds: dicts, lists, bytes, ints and NumPy arrays."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR batch")
+        return super().find_class(module, name)
+
+
+def _cifar_batch(source: str, data: bytes, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        batch = _CifarUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except Exception as error:  # noqa: BLE001 - any failure of a hostile pickle is a bad file
+        raise DataError(f"{source}: not a CIFAR batch ({type(error).__name__}: {error})") from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise DataError(f"{source}: expected a dict with keys b'data' and b'labels'")
+    images, labels = batch[b"data"], batch[b"labels"]
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2:
+        raise DataError(f"{source}: b'data' must be a 2-D uint8 array")
+    if images.shape[1] != CIFAR_FEATURES:
+        raise DataError(f"{source}: images have {images.shape[1]} values, expected {CIFAR_FEATURES} (32x32x3)")
+    if not isinstance(labels, list) or not all(type(label) is int for label in labels):
+        raise DataError(f"{source}: b'labels' must be a list of integers")
+    if len(labels) != len(images):
+        raise DataError(f"{source}: {len(images):,} images but {len(labels):,} labels")
+    if labels and not 0 <= min(labels) <= max(labels) < num_classes:
+        raise DataError(f"{source}: labels outside 0 to {num_classes - 1}")
+    # Rows hold the red, green and blue 32x32 planes in turn: to (count, height, width, channel).
+    return images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(labels, dtype=np.uint8)
+
+
+def _number(path: Path, line_number: int, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataError(f"{path}, line {line_number}: {text!r} is not a number") from None
+    if not np.isfinite(value):
+        raise DataError(f"{path}, line {line_number}: {text!r} is not a finite number")
+    return value
+
+
+def _label(path: Path, line_number: int, text: str, num_classes: int) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value.is_integer() and 0 <= value < num_classes):
+        raise DataError(f"{path}, line {line_number}: label {text!r}, expected an integer from 0 to {num_classes - 1}")
+    return int(value)

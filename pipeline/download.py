@@ -1,10 +1,13 @@
 """Stage `download`: fetch the dataset's raw files, each verified by size and sha256.
 
-Reads params `dataset.urls`, `dataset.files` (and the mirror setting); writes
-data/raw/<file name>. A file already present and verified is kept without any
-network access. Each download goes to a temporary file in the same folder and is
-renamed to its final name only once verified, so a file under its final name is
-always a verified one, whatever was interrupted.
+Reads params `dataset.name`, `dataset.urls`, `dataset.files` (and the mirror
+setting); writes data/raw/<file name>. A file already present and verified is
+kept without any network access. URLs are tried in order; each gets a timeout
+on every request and a few attempts with backoff, and a broken transfer is
+resumed with an HTTP Range request where the server supports it. Bytes go to
+.<file name>.part in the same folder, flushed and fsynced, and the file is
+renamed to its final name only once its size and checksum verified: a file
+under its final name is always a verified one, whatever was interrupted.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
+import time
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -29,6 +32,8 @@ CHUNK_SIZE = 1 << 20  # bytes
 # (connect, read) seconds: a stalled server fails over to the next mirror
 # instead of hanging the pipeline.
 TIMEOUT = (10, 60)
+ATTEMPTS = 3  # per URL, resuming where the last attempt stopped
+BACKOFF_SECONDS = 1.0  # doubled after each failed attempt
 
 
 def download(
@@ -37,6 +42,8 @@ def download(
     destination: Path,
     dataset_name: str,
     mirror: str | None = None,
+    timeout: tuple[float, float] = TIMEOUT,
+    attempts: int = ATTEMPTS,
 ) -> list[Path]:
     """Make every file present and verified under `destination`; return their paths.
 
@@ -44,20 +51,28 @@ def download(
     http(s):// base holding <dataset_name>/<file name>) replaces them.
     """
     destination.mkdir(parents=True, exist_ok=True)
-    bases = [_mirror_base(mirror, dataset_name)] if mirror else list(urls)
     paths = []
-    for spec in files:
-        path = destination / spec.name
-        if path.exists() and _problem(path, spec) is None:
-            logger.info("%s already present and verified", path)
-        else:
-            _fetch(spec, bases, path)
-        paths.append(path)
+    with requests.Session() as session:
+        for spec in files:
+            path = destination / spec.name
+            if path.exists() and _problem(path, spec) is None:
+                logger.info("%s already present and verified", path)
+            else:
+                if mirror:
+                    sources = [_mirror_base(mirror, dataset_name) + spec.name]
+                else:
+                    sources = [base + (spec.remote_name or spec.name) for base in urls]
+                _fetch(session, spec, sources, path, timeout, attempts)
+            paths.append(path)
     return paths
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+    return _digest(path, "sha256")
+
+
+def _digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
     with path.open("rb") as stream:
         while chunk := stream.read(CHUNK_SIZE):
             digest.update(chunk)
@@ -75,61 +90,102 @@ def _problem(path: Path, spec: FileSpec) -> str | None:
     size = path.stat().st_size
     if size != spec.size:
         return f"size {size:,} bytes, expected {spec.size:,}"
-    actual = sha256_of(path)
-    if actual != spec.sha256:
-        return f"sha256 {actual}, expected {spec.sha256}"
+    algorithm, expected = ("sha256", spec.sha256) if spec.sha256 else ("md5", spec.md5)
+    actual = _digest(path, algorithm)
+    if actual != expected:
+        return f"{algorithm} {actual}, expected {expected}"
     return None
 
 
-def _fetch(spec: FileSpec, bases: list[str], path: Path) -> None:
+def _fetch(session: requests.Session, spec: FileSpec, sources: list[str], path: Path, timeout, attempts: int) -> None:
+    # A fixed name beside the final file: an interrupted download is resumed by
+    # the next run, and the rename below is atomic (same folder).
+    partial = path.with_name(f".{spec.name}.part")
     failures = []
-    for base in bases:
-        url = base + spec.name
-        # Same folder as the final file, so the rename below is atomic.
-        handle, temporary_name = tempfile.mkstemp(prefix=f".{spec.name}.", suffix=".part", dir=path.parent)
-        temporary = Path(temporary_name)
+    for url in sources:
         try:
-            with os.fdopen(handle, "wb") as output:
-                _copy(url, output, spec)
-                output.flush()
-                os.fsync(output.fileno())
-            problem = _problem(temporary, spec)
-            if problem is None:
-                os.replace(temporary, path)
-                logger.info("%s downloaded from %s and verified", path, url)
-                return
-            failures.append(f"{url}: {problem}")
+            if url.startswith("file://"):
+                _copy_local(url, partial, spec)
+            else:
+                _download_http(session, url, partial, spec, timeout, attempts)
+            problem = _problem(partial, spec)
         except (OSError, requests.RequestException) as error:
             failures.append(f"{url}: {_reason(error)}")
-        finally:
-            temporary.unlink(missing_ok=True)
+            logger.warning("%s", failures[-1])
+            continue
+        if problem is None:
+            os.replace(partial, path)
+            logger.info("%s downloaded from %s and verified", path, url)
+            return
+        partial.unlink()  # wrong bytes: nothing in it is worth resuming
+        failures.append(f"{url}: {problem}")
         logger.warning("%s", failures[-1])
+    partial.unlink(missing_ok=True)
     tried = "\n".join(f"  {failure}" for failure in failures)
     raise DownloadError(f"could not get a verified {spec.name} from any URL:\n{tried}")
 
 
-def _copy(url: str, output, spec: FileSpec) -> None:
-    with tqdm(total=spec.size, unit="B", unit_scale=True, desc=spec.name, mininterval=1.0) as progress:
-        if url.startswith("file://"):
-            with open(unquote(urlparse(url).path), "rb") as source:
-                while chunk := source.read(CHUNK_SIZE):
-                    output.write(chunk)
-                    progress.update(len(chunk))
+def _copy_local(url: str, partial: Path, spec: FileSpec) -> None:
+    with open(unquote(urlparse(url).path), "rb") as source, partial.open("wb") as output, _progress(spec, 0) as bar:
+        while chunk := source.read(CHUNK_SIZE):
+            output.write(chunk)
+            bar.update(len(chunk))
+        output.flush()
+        os.fsync(output.fileno())
+
+
+def _download_http(session: requests.Session, url: str, partial: Path, spec: FileSpec, timeout, attempts: int) -> None:
+    """Fill `partial` from `url`, resuming with a Range request after a broken connection."""
+    for attempt in range(1, attempts + 1):
+        have = partial.stat().st_size if partial.exists() else 0
+        if have >= spec.size:
+            if have > spec.size:
+                partial.unlink()
+                continue
             return
-        with requests.get(url, stream=True, timeout=TIMEOUT) as response:
-            response.raise_for_status()
-            for chunk in response.iter_content(CHUNK_SIZE):
-                output.write(chunk)
-                progress.update(len(chunk))
-                # A server sending more than the pinned size is wrong: stop early.
-                if output.tell() > spec.size:
-                    return
+        try:
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            with session.get(url, stream=True, timeout=timeout, headers=headers) as response:
+                response.raise_for_status()
+                if have and response.status_code != 206:
+                    have = 0  # the server ignored the Range: start again from the first byte
+                with partial.open("ab" if have else "wb") as output, _progress(spec, have) as bar:
+                    for chunk in response.iter_content(CHUNK_SIZE):
+                        output.write(chunk)
+                        bar.update(len(chunk))
+                        if output.tell() > spec.size:
+                            break  # more than the pinned size: verification will refuse it
+                    output.flush()
+                    os.fsync(output.fileno())
+            if partial.stat().st_size >= spec.size:
+                return
+            error: Exception = requests.ConnectionError(f"the body ended after {partial.stat().st_size:,} bytes")
+        except requests.HTTPError as http_error:
+            status = http_error.response.status_code if http_error.response is not None else 0
+            if status < 500 or attempt == attempts:
+                raise  # 4xx will not change on a retry
+            error = http_error
+        except requests.RequestException as request_error:
+            if attempt == attempts:
+                raise
+            error = request_error
+        if attempt == attempts:
+            raise error
+        delay = BACKOFF_SECONDS * 2 ** (attempt - 1)
+        logger.warning(
+            "%s: %s; retrying in %.1f s (attempt %d of %d)", url, _reason(error), delay, attempt + 1, attempts
+        )
+        time.sleep(delay)
+
+
+def _progress(spec: FileSpec, initial: int) -> tqdm:
+    return tqdm(total=spec.size, initial=initial, unit="B", unit_scale=True, desc=spec.name, mininterval=1.0)
 
 
 def _reason(error: Exception) -> str:
     if isinstance(error, requests.HTTPError) and error.response is not None:
         return f"HTTP {error.response.status_code} {error.response.reason}"
-    if isinstance(error, requests.Timeout):
+    if isinstance(error, requests.Timeout) or "timed out" in str(error).lower():
         return "timed out"
     if isinstance(error, requests.ConnectionError):
         return "connection failed"
@@ -141,12 +197,7 @@ def _reason(error: Exception) -> str:
 def main() -> None:
     params = load_params()
     dataset = params.dataset
-    files = [
-        dataset.files.train_images,
-        dataset.files.train_labels,
-        dataset.files.test_images,
-        dataset.files.test_labels,
-    ]
+    files = list(dataset.files.values())
     mirror = mirror_location(params)
     if mirror:
         logger.info("downloading from mirror %s instead of the public URLs", mirror)

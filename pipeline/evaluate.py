@@ -47,7 +47,11 @@ CLASSIFICATION_REPORT_FILE = Path("reports/classification_report.txt")
 def evaluate(model, inputs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
     """Test loss and accuracy, macro and per-class precision/recall/F1, and the predictions."""
     loss, accuracy = model.evaluate(inputs, labels, batch_size=1024, verbose=0)
-    predictions = model.predict(inputs, batch_size=1024, verbose=0).argmax(axis=1)
+    probabilities = model.predict(inputs, batch_size=1024, verbose=0)
+    # One sigmoid unit (binary task): the positive class above one half; else the most probable class.
+    predictions = (
+        (probabilities[:, 0] >= 0.5).astype(int) if probabilities.shape[1] == 1 else probabilities.argmax(axis=1)
+    )
     class_labels = list(range(num_classes))
     report = classification_report(labels, predictions, labels=class_labels, output_dict=True, zero_division=0)
     return {

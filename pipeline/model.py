@@ -16,8 +16,9 @@ if TYPE_CHECKING:
     import keras
 
 
-def build_mlp(input_size: int, num_classes: int, config: ModelConfig) -> keras.Model:
-    """Dense hidden layers (each followed by Dropout when the rate is > 0), softmax output."""
+def build_mlp(input_size: int, num_classes: int, config: ModelConfig, task: str = "multiclass") -> keras.Model:
+    """Dense hidden layers (each followed by Dropout when the rate is > 0), then the output layer:
+    a softmax over the classes, or for a binary task one sigmoid unit."""
     import keras
 
     regularizer = keras.regularizers.L2(config.l2_weight_decay) if config.l2_weight_decay > 0 else None
@@ -34,7 +35,10 @@ def build_mlp(input_size: int, num_classes: int, config: ModelConfig) -> keras.M
         )
         if config.dropout_rate > 0:
             layers.append(keras.layers.Dropout(config.dropout_rate, name=f"dropout_{index}"))
-    layers.append(keras.layers.Dense(num_classes, activation="softmax", name="class_probabilities"))
+    if task == "binary":
+        layers.append(keras.layers.Dense(1, activation="sigmoid", name="positive_probability"))
+    else:
+        layers.append(keras.layers.Dense(num_classes, activation="softmax", name="class_probabilities"))
     return keras.Sequential(layers, name="mlp")
 
 
@@ -60,6 +64,11 @@ def _initializer(name: str) -> str | keras.initializers.Initializer:
     if name == "normal":
         return keras.initializers.RandomNormal(mean=0.0, stddev=0.05)
     return name
+
+
+def loss_for(task: str) -> str:
+    # Integer labels: sparse categorical cross-entropy is categorical cross-entropy on one-hot labels.
+    return "binary_crossentropy" if task == "binary" else "sparse_categorical_crossentropy"
 
 
 def weights_sha256(model: keras.Model) -> str:

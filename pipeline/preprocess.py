@@ -1,12 +1,16 @@
-"""Stage `preprocess`: decode and validate the raw IDX files, scale, flatten and split.
+"""Stage `preprocess`: decode and validate the raw files, split, flatten and scale.
 
 Reads params `seed`, `dataset` and data/raw/; writes data/processed/{train,validation,test}.npz
-(float32 inputs in [0, 1], flattened; integer labels), reports/class_counts.json
-(images per class in each split) and reports/sample_images.png (a 5x5 grid of
-random training images with their labels).
+(float32 inputs, flattened; integer labels), data/processed/scaling.json (the
+scaling and, when standardizing, the training split's mean and standard
+deviation), reports/class_counts.json (examples per class in each split) and
+reports/samples.png (a 5x5 grid of random training images with their class, or
+for tables each feature's histogram per class).
 
-The validation set is a stratified, seeded share of the training images; the
-test images are only ever used by the evaluate stage.
+The validation set is a stratified, seeded share of the training examples;
+where the format has no test split (csv), a stratified, seeded share of all
+rows is held out first. The test examples are only ever used by the evaluate
+stage.
 """
 
 from __future__ import annotations
@@ -23,44 +27,59 @@ import numpy as np  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
 from pipeline.config import load_params  # noqa: E402
-from pipeline.datasets import PROCESSED_DIRECTORY, RAW_DIRECTORY, read_idx_images_and_labels, save_split  # noqa: E402
+from pipeline.datasets import PROCESSED_DIRECTORY, RAW_DIRECTORY, RawData, read_dataset, save_split  # noqa: E402
 from pipeline.errors import run_stage  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 CLASS_COUNTS_FILE = Path("reports/class_counts.json")
-SAMPLE_IMAGES_FILE = Path("reports/sample_images.png")
+SAMPLES_FILE = Path("reports/samples.png")
 GRID_SIZE = 5
 
 
 def preprocess(
-    train_images: np.ndarray,
-    train_labels: np.ndarray,
-    test_images: np.ndarray,
-    test_labels: np.ndarray,
+    raw: RawData,
     validation_fraction: float,
     seed: int,
+    scaling: str = "unit_interval",
+    test_fraction: float | None = None,
     max_train_samples: int | None = None,
     max_test_samples: int | None = None,
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Split, subsample, scale to [0, 1] and flatten; return {split: (inputs, labels)}."""
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
+    """Split, subsample, flatten and scale; return ({split: (inputs, labels)}, scaling statistics)."""
+    train_inputs, train_labels, test_inputs, test_labels = raw
+    if test_inputs is None:
+        train_inputs, test_inputs, train_labels, test_labels = train_test_split(
+            train_inputs, train_labels, test_size=test_fraction, stratify=train_labels, random_state=seed
+        )
     if max_train_samples is not None and max_train_samples < len(train_labels):
-        train_images, train_labels = _stratified_subset(train_images, train_labels, max_train_samples, seed)
+        train_inputs, train_labels = _stratified_subset(train_inputs, train_labels, max_train_samples, seed)
     if max_test_samples is not None and max_test_samples < len(test_labels):
-        test_images, test_labels = _stratified_subset(test_images, test_labels, max_test_samples, seed)
+        test_inputs, test_labels = _stratified_subset(test_inputs, test_labels, max_test_samples, seed)
     if validation_fraction > 0:
-        train_images, validation_images, train_labels, validation_labels = train_test_split(
-            train_images, train_labels, test_size=validation_fraction, stratify=train_labels, random_state=seed
+        train_inputs, validation_inputs, train_labels, validation_labels = train_test_split(
+            train_inputs, train_labels, test_size=validation_fraction, stratify=train_labels, random_state=seed
         )
     else:
-        validation_images = train_images[:0]
-        validation_labels = train_labels[:0]
+        validation_inputs, validation_labels = train_inputs[:0], train_labels[:0]
     splits = {
-        "train": (train_images, train_labels),
-        "validation": (validation_images, validation_labels),
-        "test": (test_images, test_labels),
+        "train": (_flatten(train_inputs), train_labels),
+        "validation": (_flatten(validation_inputs), validation_labels),
+        "test": (_flatten(test_inputs), test_labels),
     }
-    return {name: (_scale_and_flatten(images), labels.astype(np.int64)) for name, (images, labels) in splits.items()}
+    if scaling == "unit_interval":
+        # uint8 pixels 0-255 -> [0, 1]
+        statistics = {"scaling": scaling}
+        scale = lambda inputs: inputs.astype(np.float32) / np.float32(255.0)  # noqa: E731
+    else:
+        # Fitted on the training split only: validation and test must not leak into it.
+        mean = splits["train"][0].mean(axis=0)
+        deviation = splits["train"][0].std(axis=0)
+        deviation[deviation == 0] = 1.0  # a constant feature stays 0 instead of dividing by zero
+        statistics = {"scaling": scaling, "mean": mean.tolist(), "standard_deviation": deviation.tolist()}
+        scale = lambda inputs: ((inputs - mean) / deviation).astype(np.float32)  # noqa: E731
+    scaled = {name: (scale(inputs), labels.astype(np.int64)) for name, (inputs, labels) in splits.items()}
+    return scaled, statistics
 
 
 def class_counts(splits: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int) -> dict[str, dict[str, int]]:
@@ -70,20 +89,43 @@ def class_counts(splits: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: 
     }
 
 
-def save_sample_grid(images: np.ndarray, labels: np.ndarray, path: Path, seed: int) -> None:
-    """A GRID_SIZE x GRID_SIZE grid of random images, each titled with its label."""
+def save_samples_figure(inputs: np.ndarray, labels: np.ndarray, class_names: list[str], path: Path, seed: int) -> None:
+    """Images: a grid of random examples titled with their class. Tables: each feature's histogram per class."""
+    if inputs.ndim >= 3:
+        figure = _image_grid(inputs, labels, class_names, seed)
+    else:
+        figure = _feature_histograms(inputs, labels, class_names)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def _image_grid(images: np.ndarray, labels: np.ndarray, class_names: list[str], seed: int):
     chosen = np.random.default_rng(seed).choice(len(images), size=min(GRID_SIZE**2, len(images)), replace=False)
     figure, axes = plt.subplots(GRID_SIZE, GRID_SIZE, figsize=(6, 6.6))
     for axis in axes.flat:
         axis.axis("off")
     for axis, index in zip(axes.flat, chosen, strict=False):
-        axis.imshow(images[index], cmap="gray_r")
-        axis.set_title(f"label {labels[index]}", fontsize=9)
-    figure.suptitle("Random training images")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
+        axis.imshow(images[index], cmap="gray_r" if images.ndim == 3 else None)
+        axis.set_title(class_names[labels[index]], fontsize=9)
+    figure.suptitle("Random training examples")
+    return figure
+
+
+def _feature_histograms(table: np.ndarray, labels: np.ndarray, class_names: list[str]):
+    columns = 4
+    rows = -(-table.shape[1] // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 2.4 * rows), squeeze=False)
+    for axis in axes.flat[table.shape[1] :]:
+        axis.axis("off")
+    for feature, axis in enumerate(axes.flat[: table.shape[1]]):
+        for label, name in enumerate(class_names):
+            axis.hist(table[labels == label, feature], bins=20, alpha=0.5, label=name)
+        axis.set_title(f"feature {feature}", fontsize=9)
+    axes.flat[0].legend(fontsize=8)
+    figure.suptitle("Training features per class")
+    return figure
 
 
 def _stratified_subset(images: np.ndarray, labels: np.ndarray, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -93,42 +135,30 @@ def _stratified_subset(images: np.ndarray, labels: np.ndarray, size: int, seed: 
     return subset_images, subset_labels
 
 
-def _scale_and_flatten(images: np.ndarray) -> np.ndarray:
-    # uint8 pixels 0-255 -> float32 in [0, 1]; 28x28 -> 784 features for the Dense input layer.
-    features = int(np.prod(images.shape[1:]))  # explicit: -1 cannot be inferred for an empty split
-    return images.reshape(len(images), features).astype(np.float32) / np.float32(255.0)
+def _flatten(inputs: np.ndarray) -> np.ndarray:
+    # e.g. 28x28 -> 784 features for the Dense input layer.
+    features = int(np.prod(inputs.shape[1:]))  # explicit: -1 cannot be inferred for an empty split
+    return inputs.reshape(len(inputs), features)
 
 
 def main() -> None:
     params = load_params()
     dataset = params.dataset
-    files = dataset.files
-    train_images, train_labels = read_idx_images_and_labels(
-        RAW_DIRECTORY / files.train_images.name,
-        RAW_DIRECTORY / files.train_labels.name,
-        tuple(dataset.image_shape),
-        dataset.num_classes,
-    )
-    test_images, test_labels = read_idx_images_and_labels(
-        RAW_DIRECTORY / files.test_images.name,
-        RAW_DIRECTORY / files.test_labels.name,
-        tuple(dataset.image_shape),
-        dataset.num_classes,
-    )
-    save_sample_grid(train_images, train_labels, SAMPLE_IMAGES_FILE, params.seed)
-    splits = preprocess(
-        train_images,
-        train_labels,
-        test_images,
-        test_labels,
+    raw = read_dataset(dataset, RAW_DIRECTORY)
+    save_samples_figure(raw.train_inputs, raw.train_labels, dataset.class_names, SAMPLES_FILE, params.seed)
+    splits, statistics = preprocess(
+        raw,
         dataset.validation_fraction,
         params.seed,
+        dataset.scaling,
+        dataset.test_fraction,
         dataset.max_train_samples,
         dataset.max_test_samples,
     )
     for name, (inputs, labels) in splits.items():
         save_split(PROCESSED_DIRECTORY / f"{name}.npz", inputs, labels)
         logger.info("%s: %d examples of %d features", name, *inputs.shape)
+    (PROCESSED_DIRECTORY / "scaling.json").write_text(json.dumps(statistics, indent=2) + "\n", encoding="utf-8")
     counts = class_counts(splits, dataset.num_classes)
     CLASS_COUNTS_FILE.write_text(json.dumps(counts, indent=2) + "\n", encoding="utf-8")
 

@@ -1,6 +1,6 @@
 """Stage `train`: fit the MLP on the training split and log the run to MLflow.
 
-Reads params `seed`, `dataset.num_classes`, `model`, `optimizer`, `train`,
+Reads params `seed`, `dataset.num_classes`, `dataset.task`, `model`, `optimizer`, `train`,
 `mlflow` and data/processed/; writes data/model/model.keras, data/model/mlflow_run.json
 (the MLflow run the evaluate stage adds to), reports/training_history.csv (one
 row per epoch, for `dvc plots`) and reports/model_summary.txt.
@@ -57,24 +57,20 @@ def train(
     train_config: TrainConfig,
     seed: int,
     callbacks: list | None = None,
+    task: str = "multiclass",
 ):
     """Build, compile and fit the MLP; return (model, history) with history as {metric: [value per epoch]}."""
     import keras
 
-    from pipeline.model import build_mlp, make_optimizer
+    from pipeline.model import build_mlp, loss_for, make_optimizer
 
     # Seeded here, right before the first random draw: anything that ran before
     # (MLflow picks run names with Python's global `random`, which Keras also
     # draws initializer seeds from) cannot change the weights.
     seed_everything(seed)
 
-    model = build_mlp(train_inputs.shape[1], num_classes, model_config)
-    model.compile(
-        optimizer=make_optimizer(optimizer_config),
-        # Integer labels: the same loss as categorical cross-entropy on one-hot labels.
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    model = build_mlp(train_inputs.shape[1], num_classes, model_config, task)
+    model.compile(optimizer=make_optimizer(optimizer_config), loss=loss_for(task), metrics=["accuracy"])
     callbacks = list(callbacks or [])
     has_validation = len(validation_labels) > 0
     if train_config.early_stopping_patience:
@@ -197,7 +193,7 @@ def main() -> None:
     configs = (params.model, params.optimizer, params.train, params.seed)
 
     if arguments.hash_only:
-        model, _ = train(*arrays, *configs)
+        model, _ = train(*arrays, *configs, task=params.dataset.task)
         print(weights_sha256(model))
         return
 
@@ -218,7 +214,7 @@ def main() -> None:
                 {name: float(value) for name, value in logs.items()}, step=epoch + 1
             )
         )
-        model, history = train(*arrays, *configs, callbacks=[log_epoch])
+        model, history = train(*arrays, *configs, callbacks=[log_epoch], task=params.dataset.task)
         save_model(model, MODEL_FILE)
         write_history(history, HISTORY_FILE)
         summary = model_summary(model)

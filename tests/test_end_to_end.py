@@ -49,7 +49,7 @@ def test_repro_runs_every_stage_and_writes_outputs(project):
             assert arrays["inputs"].shape[1] == 784
             assert arrays["inputs"].dtype == np.float32
     assert (path / "data/model/model.keras").stat().st_size > 0
-    for report in ("sample_images.png", "confusion_matrix.png", "learning_curves.png", "class_counts.json"):
+    for report in ("samples.png", "confusion_matrix.png", "learning_curves.png", "class_counts.json"):
         assert (path / "reports" / report).stat().st_size > 0
     assert "Trainable params: 269,322" in (path / "reports/model_summary.txt").read_text()
     assert not list(path.glob("data/raw/*.part")), "no temporary download may remain"

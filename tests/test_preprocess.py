@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 from conftest import synthetic_digits
 
-from pipeline.preprocess import class_counts, preprocess, save_sample_grid
+from pipeline.datasets import RawData
+from pipeline.preprocess import class_counts, preprocess, save_samples_figure
 
 
 def tiny_splits(seed=0, **options):
     train_images, train_labels = synthetic_digits(200, seed=1)
     test_images, test_labels = synthetic_digits(50, seed=2)
-    return preprocess(train_images, train_labels, test_images, test_labels, 0.2, seed, **options)
+    splits, _ = preprocess(RawData(train_images, train_labels, test_images, test_labels), 0.2, seed, **options)
+    return splits
 
 
 def test_inputs_are_flat_float32_in_unit_range():
@@ -46,7 +48,7 @@ def test_subsets_are_stratified():
 
 def test_no_validation_split_leaves_an_empty_validation_set():
     train_images, train_labels = synthetic_digits(40, seed=1)
-    splits = preprocess(train_images, train_labels, train_images, train_labels, 0.0, 0)
+    splits, _ = preprocess(RawData(train_images, train_labels, train_images, train_labels), 0.0, 0)
     assert splits["validation"][0].shape == (0, 784)
     assert len(splits["train"][1]) == 40
 
@@ -56,7 +58,27 @@ def test_class_counts_per_split():
     assert counts["train"]["0"] == 16 and counts["validation"]["9"] == 4 and counts["test"]["5"] == 5
 
 
-def test_sample_grid_is_a_png(tmp_path):
+def test_a_table_without_test_split_gets_a_stratified_held_out_test_set():
+    generator = np.random.default_rng(0)
+    table = generator.normal(5.0, 3.0, size=(200, 8))
+    labels = np.array([0] * 130 + [1] * 70, dtype=np.uint8)
+    splits, statistics = preprocess(RawData(table, labels, None, None), 0.1, 0, "standardize", test_fraction=0.2)
+    assert [len(splits[name][1]) for name in ("train", "validation", "test")] == [144, 16, 40]
+    assert np.bincount(splits["test"][1]).tolist() == [26, 14]
+    train_inputs = splits["train"][0]
+    np.testing.assert_allclose(train_inputs.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(train_inputs.std(axis=0), 1.0, atol=1e-5)
+    # Statistics from the training split only, applied unchanged to the others.
+    assert len(statistics["mean"]) == 8
+    assert not np.allclose(splits["test"][0].mean(axis=0), 0.0, atol=1e-5)
+
+
+def test_samples_figures_are_pngs(tmp_path):
     images, labels = synthetic_digits(30, seed=1)
-    save_sample_grid(images, labels, tmp_path / "grid.png", seed=0)
-    assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    save_samples_figure(images, labels, [str(label) for label in range(10)], tmp_path / "grid.png", seed=0)
+    colour = np.random.default_rng(0).integers(0, 255, size=(30, 32, 32, 3), dtype=np.uint8)
+    save_samples_figure(colour, labels, [str(label) for label in range(10)], tmp_path / "colour.png", seed=0)
+    table = np.random.default_rng(0).normal(size=(30, 8))
+    save_samples_figure(table, labels % 2, ["no", "yes"], tmp_path / "table.png", seed=0)
+    for name in ("grid.png", "colour.png", "table.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
