@@ -102,11 +102,8 @@ def reproduce(run_id: str, repository: Path) -> Reproduction:
         for name, value in tags.items()
         if name.startswith("data.")
     }
-    pinned = {
-        spec.name: spec.sha256
-        for spec in (getattr(params.dataset.files, role) for role in type(params.dataset.files).model_fields)
-    }
-    if pinned != recorded_data:
+    pinned = {spec.name: spec.sha256 for spec in params.dataset.files.values() if spec.sha256}
+    if any(recorded_data.get(name) != sha256 for name, sha256 in pinned.items()):
         raise PipelineError(
             f"the recorded config of run {run_id} pins other data than the run recorded: {pinned} != {recorded_data}"
         )

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import PARAMS_FILE, ModelConfig, OptimizerConfig, Params, TrainConfig, flatten, load_params
-from pipeline.datasets import PROCESSED_DIRECTORY, load_split
+from pipeline.datasets import PROCESSED_DIRECTORY, RAW_DIRECTORY, load_split
 from pipeline.errors import run_stage
 
 logger = logging.getLogger(__name__)
@@ -163,11 +163,8 @@ def run_tags(params: Params) -> tuple[dict[str, str], str]:
     from pipeline import lineage
 
     code, diff = lineage.code_tags()
-    files = params.dataset.files
-    # The pinned hashes: the download stage verified every raw file against them.
-    data = {
-        f"data.{spec.name}.sha256": spec.sha256 for spec in (getattr(files, role) for role in type(files).model_fields)
-    }
+    # Computed, not copied from the pins: a dataset may pin only an md5.
+    data = lineage.data_tags([RAW_DIRECTORY / spec.name for spec in params.dataset.files.values()])
     overrides = " ".join(lineage.config_overrides()) or "(none)"
     return {**code, **lineage.environment_tags(), **data, "config.overrides": overrides}, diff
 

@@ -28,6 +28,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 BIN_DIRECTORY = Path(sys.executable).parent
 
 TINY_DATASET = "tiny_digits"
+TINY_CIFAR = "tiny_cifar"
 TINY_TRAIN_SIZE = 400
 TINY_TEST_SIZE = 100
 
@@ -69,10 +70,37 @@ def write_tiny_dataset(folder: Path) -> dict[str, dict]:
     return specs
 
 
+def write_tiny_cifar(folder: Path, per_batch: int = 20) -> dict[str, dict]:
+    """A CIFAR-10 "python version" archive in the real layout (pickled dict batches), tiny; its file spec."""
+    import io
+    import pickle
+    import tarfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = np.random.default_rng(3)
+    buffer = io.BytesIO()
+    # mtime fixed: the same archive bytes, hence the same md5, on every run.
+    with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.USTAR_FORMAT) as archive:
+        for name in [f"data_batch_{number}" for number in range(1, 6)] + ["test_batch"]:
+            labels = [int(label) for label in generator.integers(0, 10, size=per_batch)]
+            images = generator.integers(0, 40, size=(per_batch, 3, 32, 32), dtype=np.uint8)
+            for image, label in zip(images, labels, strict=True):
+                image[label % 3, 3 * label : 3 * label + 3, :] = 250  # a learnable band per class
+            batch = {b"batch_label": name.encode(), b"labels": labels, b"data": images.reshape(per_batch, -1)}
+            data = pickle.dumps(batch, protocol=2)
+            member = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            member.size, member.mtime = len(data), 0
+            archive.addfile(member, io.BytesIO(data))
+    data = buffer.getvalue()
+    (folder / "cifar-10-python.tar.gz").write_bytes(data)
+    return {"archive": {"name": "cifar-10-python.tar.gz", "md5": hashlib.md5(data).hexdigest(), "size": len(data)}}
+
+
 class ServedDataset(NamedTuple):
     base_url: str  # http://127.0.0.1:<port>/<dataset name>/
     specs: dict[str, dict]  # role -> {name, sha256, size}
     root: Path  # the served folder, holding <dataset name>/<file name>
+    cifar_specs: dict[str, dict]  # the tiny CIFAR archive's, served beside it
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -85,11 +113,12 @@ def tiny_dataset_server(tmp_path_factory):
     """An HTTP server on 127.0.0.1 serving the tiny dataset."""
     root = tmp_path_factory.mktemp("served")
     specs = write_tiny_dataset(root / TINY_DATASET)
+    cifar_specs = write_tiny_cifar(root / TINY_CIFAR)
     handler = lambda *args, **kwargs: QuietHandler(*args, directory=str(root), **kwargs)  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield ServedDataset(f"http://127.0.0.1:{server.server_port}/{TINY_DATASET}/", specs, root)
+    yield ServedDataset(f"http://127.0.0.1:{server.server_port}/{TINY_DATASET}/", specs, root, cifar_specs)
     server.shutdown()
     server.server_close()
 
@@ -126,12 +155,20 @@ def copy_repository(destination: Path) -> Path:
     return destination
 
 
-def make_tiny_project(destination: Path, base_url: str, specs: dict[str, dict], *overrides: str) -> Path:
-    """A copy of the repository whose params.yaml trains on the tiny dataset for one epoch, committed."""
+def add_dataset(project: Path, template: str, name: str, base_url: str, files: dict[str, dict]) -> None:
+    """Add a dataset the way the README tells a user to: one YAML file in conf/dataset/, nothing else."""
+    dataset = yaml.safe_load((project / f"conf/dataset/{template}.yaml").read_text())
+    dataset.update(name=name, urls=[base_url], files=files, validation_fraction=0.25)
+    (project / f"conf/dataset/{name}.yaml").write_text(yaml.safe_dump(dataset, sort_keys=False))
+
+
+def make_tiny_project(destination: Path, served: ServedDataset, *overrides: str) -> Path:
+    """A copy of the repository with the tiny datasets added, whose params.yaml trains on tiny_digits
+    for one epoch, committed."""
     copy_repository(destination)
-    dataset = yaml.safe_load((destination / "conf/dataset/mnist.yaml").read_text())
-    dataset.update(name=TINY_DATASET, urls=[base_url], files=specs, validation_fraction=0.25)
-    (destination / f"conf/dataset/{TINY_DATASET}.yaml").write_text(yaml.safe_dump(dataset, sort_keys=False))
+    add_dataset(destination, "mnist", TINY_DATASET, served.base_url, served.specs)
+    cifar_url = served.base_url.replace(TINY_DATASET, TINY_CIFAR)
+    add_dataset(destination, "cifar10", TINY_CIFAR, cifar_url, served.cifar_specs)
     run(
         [sys.executable, "-m", "pipeline.config", f"dataset={TINY_DATASET}", "train.epochs=1", *overrides],
         cwd=destination,

@@ -25,14 +25,14 @@ def verified(path, spec: FileSpec) -> bool:
 
 
 def test_http_download_verifies_every_file(tmp_path, tiny_dataset_server):
-    base_url, specs, served_root = tiny_dataset_server
+    base_url, specs, served_root, _ = tiny_dataset_server
     paths = download(specs_of(specs), [base_url], tmp_path, TINY_DATASET)
     assert all(verified(path, spec) for path, spec in zip(paths, specs_of(specs), strict=True))
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(spec["name"] for spec in specs.values())
 
 
 def test_unreachable_and_missing_urls_fall_through_to_the_next(tmp_path, tiny_dataset_server):
-    base_url, specs, served_root = tiny_dataset_server
+    base_url, specs, served_root, _ = tiny_dataset_server
     missing = base_url.replace(TINY_DATASET, "nowhere")
     paths = download(specs_of(specs), [CLOSED_PORT_URL, missing, base_url], tmp_path, TINY_DATASET)
     assert all(path.exists() for path in paths)
@@ -40,7 +40,7 @@ def test_unreachable_and_missing_urls_fall_through_to_the_next(tmp_path, tiny_da
 
 @pytest.mark.parametrize("form", ["folder", "file_uri", "http"])
 def test_mirror_replaces_the_public_urls(tmp_path, tiny_dataset_server, form):
-    base_url, specs, served_root = tiny_dataset_server
+    base_url, specs, served_root, _ = tiny_dataset_server
     mirror = {
         "folder": str(served_root),
         "file_uri": served_root.as_uri(),
@@ -51,14 +51,14 @@ def test_mirror_replaces_the_public_urls(tmp_path, tiny_dataset_server, form):
 
 
 def test_present_and_verified_files_need_no_network(tmp_path, tiny_dataset_server):
-    base_url, specs, served_root = tiny_dataset_server
+    base_url, specs, served_root, _ = tiny_dataset_server
     download(specs_of(specs), [base_url], tmp_path, TINY_DATASET)
     # Only a closed port left: any network access would fail.
     download(specs_of(specs), [CLOSED_PORT_URL], tmp_path, TINY_DATASET)
 
 
 def test_checksum_mismatch_everywhere_fails_listing_each_url(tmp_path, tiny_dataset_server):
-    base_url, specs, served_root = tiny_dataset_server
+    base_url, specs, served_root, _ = tiny_dataset_server
     wrong = FileSpec(**{**specs["train_labels"], "sha256": "0" * 64})
     with pytest.raises(DownloadError) as error:
         download([wrong], [CLOSED_PORT_URL, base_url], tmp_path, TINY_DATASET)
@@ -70,14 +70,14 @@ def test_checksum_mismatch_everywhere_fails_listing_each_url(tmp_path, tiny_data
 
 
 def test_http_error_status_is_reported(tmp_path, tiny_dataset_server):
-    base_url, specs, served_root = tiny_dataset_server
+    base_url, specs, served_root, _ = tiny_dataset_server
     missing = FileSpec(name="absent.gz", sha256="0" * 64, size=10)
     with pytest.raises(DownloadError, match="absent.gz: HTTP 404"):
         download([missing], [base_url], tmp_path, TINY_DATASET)
 
 
 def test_a_corrupted_local_file_is_replaced(tmp_path, tiny_dataset_server):
-    base_url, specs, served_root = tiny_dataset_server
+    base_url, specs, served_root, _ = tiny_dataset_server
     spec = specs_of(specs)[1]
     (tmp_path / spec.name).write_bytes(b"corrupted")
     download([spec], [base_url], tmp_path, TINY_DATASET)

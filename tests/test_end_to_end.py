@@ -22,8 +22,7 @@ STAGES = ("download", "preprocess", "train", "evaluate")
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_dataset_server):
-    base_url, specs, _ = tiny_dataset_server
-    path = make_tiny_project(tmp_path_factory.mktemp("project"), base_url, specs)
+    path = make_tiny_project(tmp_path_factory.mktemp("project"), tiny_dataset_server)
     result = run(["dvc", "repro"], cwd=path)
     return path, result
 
@@ -205,3 +204,21 @@ def test_failing_stage_marks_its_mlflow_run_failed(project, client):
     assert "reports/training_history.csv holds no epochs" in result.stderr
     assert "Traceback" not in result.stderr
     assert client.get_run(run_id).info.status == "FAILED"
+
+
+def test_a_dataset_added_by_one_yaml_file_runs_end_to_end(project):
+    """tiny_cifar was added like tiny_digits: one file in conf/dataset/ (conftest.add_dataset), no code.
+    It is in the real CIFAR-10 "python version" format: a tar.gz of pickled batches, verified by md5."""
+    path, _ = project
+    overrides = ["dataset=tiny_cifar", "train.epochs=1"]
+    run(["dvc", "exp", "run", "-n", "cifar", *(f"-S{override}" for override in overrides)], cwd=path)
+    counts = json.loads((path / "reports/class_counts.json").read_text())
+    assert sum(counts["train"].values()) + sum(counts["validation"].values()) == 100  # 5 batches of 20
+    assert sum(counts["test"].values()) == 20
+    with np.load(path / "data/processed/train.npz") as arrays:
+        assert arrays["inputs"].shape[1] == 32 * 32 * 3
+    metrics = metrics_of(path)
+    mlflow_run = MlflowClient(f"sqlite:///{path / 'mlflow.db'}").get_run(metrics["mlflow_run_id"])
+    assert mlflow_run.data.params["dataset.format"] == "cifar_python"
+    assert mlflow_run.data.params["model.parameter_count"] == str(3072 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10)
+    assert mlflow_run.info.status == "FINISHED"

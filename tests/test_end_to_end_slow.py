@@ -33,8 +33,7 @@ def wait_for_queue(path, timeout_seconds=900):
 
 
 def test_queued_sweep_and_temp_run_land_in_the_repository_store(tmp_path, tiny_dataset_server):
-    base_url, specs, _ = tiny_dataset_server
-    path = make_tiny_project(tmp_path / "project", base_url, specs)
+    path = make_tiny_project(tmp_path / "project", tiny_dataset_server)
     run(
         ["dvc", "exp", "run", "--queue", *(f"-S{override}" for override in TINY), "-Smodel.dropout_rate=0.1,0.2"],
         cwd=path,
@@ -73,8 +72,7 @@ def free_port() -> int:
 
 
 def test_registered_model_is_served_by_mlflow_models_serve(tmp_path, tiny_dataset_server):
-    base_url, specs, _ = tiny_dataset_server
-    path = make_tiny_project(tmp_path / "project", base_url, specs)
+    path = make_tiny_project(tmp_path / "project", tiny_dataset_server)
     run(["dvc", "repro"], cwd=path)
     port = free_port()
     environment = {

@@ -19,11 +19,10 @@ from mlflow.tracking import MlflowClient
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_dataset_server):
-    base_url, specs, _ = tiny_dataset_server
-    path = make_tiny_project(tmp_path_factory.mktemp("project"), base_url, specs)
+    path = make_tiny_project(tmp_path_factory.mktemp("project"), tiny_dataset_server)
     run(["dvc", "repro"], cwd=path)
     metrics = json.loads((path / "reports/metrics.json").read_text())
-    return path, metrics["mlflow_run_id"], specs
+    return path, metrics["mlflow_run_id"], tiny_dataset_server.specs
 
 
 @pytest.fixture(scope="module")
