@@ -11,6 +11,7 @@ import csv
 import gzip
 import hashlib
 import io
+import math
 import os
 import pickle
 import tarfile
@@ -79,7 +80,7 @@ def read_idx(path: Path, dimensions: int, max_bytes: int = 1 << 30) -> np.ndarra
             f"dimension(s) (expected 0000080{dimensions})"
         )
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dimensions))
-    expected_payload = int(np.prod(shape, dtype=np.int64))
+    expected_payload = math.prod(shape)  # exact: absurd header dimensions must not overflow
     payload = len(data) - header_size
     if payload != expected_payload:
         raise DataError(
@@ -134,8 +135,7 @@ def _read_maybe_gzipped(path: Path, max_bytes: int) -> bytes:
             compressed = stream.read(2) == b"\x1f\x8b"
         opener = gzip.open if compressed else open
         with opener(path, "rb") as stream:
-            # Read one byte past the limit to tell "at the limit" from "over it".
-            data = stream.read(max_bytes + 1)
+            data = _read_at_most(stream, max_bytes + 1)
     except FileNotFoundError:
         raise DataError(f"{path} not found: run the download stage first (dvc repro download)") from None
     except (OSError, EOFError, zlib.error) as error:
@@ -179,7 +179,8 @@ def read_cifar_archive(path: Path, spec: FileSpec, num_classes: int) -> RawData:
                 if member.size > MAX_MEMBER_BYTES:
                     raise DataError(f"{path}: member {member.name} is {member.size:,} bytes, more than any CIFAR batch")
                 stream = archive.extractfile(member)
-                batches[name] = _cifar_batch(f"{path}:{member.name}", stream.read(), num_classes)
+                data = _read_at_most(stream, MAX_MEMBER_BYTES + 1)
+                batches[name] = _cifar_batch(f"{path}:{member.name}", data, num_classes)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
         raise DataError(f"{path}: not a readable tar.gz archive ({error})") from None
     missing = sorted(wanted - set(batches))
@@ -194,7 +195,7 @@ def read_csv_table(path: Path, layout: CsvLayout, num_classes: int) -> tuple[np.
     """Numeric features (float64) and integer labels from a delimited text table."""
     try:
         with path.open("rb") as stream:
-            data = stream.read(MAX_TABLE_BYTES + 1)
+            data = _read_at_most(stream, MAX_TABLE_BYTES + 1)
     except FileNotFoundError:
         raise DataError(f"{path} not found: run the download stage first (dvc repro download)") from None
     if len(data) > MAX_TABLE_BYTES:
@@ -220,6 +221,15 @@ def read_csv_table(path: Path, layout: CsvLayout, num_classes: int) -> tuple[np.
     if not labels:
         raise DataError(f"{path}: no data rows")
     return np.asarray(features, dtype=np.float64), np.asarray(labels, dtype=np.uint8)
+
+
+def _read_at_most(stream, limit: int) -> bytes:
+    """Up to `limit` bytes, in chunks: read(limit) would allocate all of `limit` up front."""
+    chunks, total = [], 0
+    while total < limit and (chunk := stream.read(min(1 << 20, limit - total))):
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
 
 
 def _check_member_name(path: Path, name: str) -> None:

@@ -29,6 +29,9 @@ from pipeline.errors import DownloadError, run_stage
 logger = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20  # bytes
+# Smaller for the network: a broken connection loses the chunk being read, and
+# everything before it is kept for the resumed request.
+NETWORK_CHUNK_SIZE = 64 << 10
 # (connect, read) seconds: a stalled server fails over to the next mirror
 # instead of hanging the pipeline.
 TIMEOUT = (10, 60)
@@ -44,6 +47,7 @@ def download(
     mirror: str | None = None,
     timeout: tuple[float, float] = TIMEOUT,
     attempts: int = ATTEMPTS,
+    backoff_seconds: float = BACKOFF_SECONDS,
 ) -> list[Path]:
     """Make every file present and verified under `destination`; return their paths.
 
@@ -62,7 +66,7 @@ def download(
                     sources = [_mirror_base(mirror, dataset_name) + spec.name]
                 else:
                     sources = [base + (spec.remote_name or spec.name) for base in urls]
-                _fetch(session, spec, sources, path, timeout, attempts)
+                _fetch(session, spec, sources, path, timeout, attempts, backoff_seconds)
             paths.append(path)
     return paths
 
@@ -97,7 +101,15 @@ def _problem(path: Path, spec: FileSpec) -> str | None:
     return None
 
 
-def _fetch(session: requests.Session, spec: FileSpec, sources: list[str], path: Path, timeout, attempts: int) -> None:
+def _fetch(
+    session: requests.Session,
+    spec: FileSpec,
+    sources: list[str],
+    path: Path,
+    timeout,
+    attempts: int,
+    backoff_seconds: float,
+) -> None:
     # A fixed name beside the final file: an interrupted download is resumed by
     # the next run, and the rename below is atomic (same folder).
     partial = path.with_name(f".{spec.name}.part")
@@ -107,7 +119,7 @@ def _fetch(session: requests.Session, spec: FileSpec, sources: list[str], path: 
             if url.startswith("file://"):
                 _copy_local(url, partial, spec)
             else:
-                _download_http(session, url, partial, spec, timeout, attempts)
+                _download_http(session, url, partial, spec, timeout, attempts, backoff_seconds)
             problem = _problem(partial, spec)
         except (OSError, requests.RequestException) as error:
             failures.append(f"{url}: {_reason(error)}")
@@ -134,7 +146,15 @@ def _copy_local(url: str, partial: Path, spec: FileSpec) -> None:
         os.fsync(output.fileno())
 
 
-def _download_http(session: requests.Session, url: str, partial: Path, spec: FileSpec, timeout, attempts: int) -> None:
+def _download_http(
+    session: requests.Session,
+    url: str,
+    partial: Path,
+    spec: FileSpec,
+    timeout,
+    attempts: int,
+    backoff_seconds: float,
+) -> None:
     """Fill `partial` from `url`, resuming with a Range request after a broken connection."""
     for attempt in range(1, attempts + 1):
         have = partial.stat().st_size if partial.exists() else 0
@@ -150,7 +170,7 @@ def _download_http(session: requests.Session, url: str, partial: Path, spec: Fil
                 if have and response.status_code != 206:
                     have = 0  # the server ignored the Range: start again from the first byte
                 with partial.open("ab" if have else "wb") as output, _progress(spec, have) as bar:
-                    for chunk in response.iter_content(CHUNK_SIZE):
+                    for chunk in response.iter_content(NETWORK_CHUNK_SIZE):
                         output.write(chunk)
                         bar.update(len(chunk))
                         if output.tell() > spec.size:
@@ -171,7 +191,7 @@ def _download_http(session: requests.Session, url: str, partial: Path, spec: Fil
             error = request_error
         if attempt == attempts:
             raise error
-        delay = BACKOFF_SECONDS * 2 ** (attempt - 1)
+        delay = backoff_seconds * 2 ** (attempt - 1)
         logger.warning(
             "%s: %s; retrying in %.1f s (attempt %d of %d)", url, _reason(error), delay, attempt + 1, attempts
         )

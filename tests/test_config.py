@@ -14,6 +14,7 @@ from conftest import REPOSITORY
 from pipeline.config import ConfigError, compose, flatten, load_params, parse_params
 
 EXPERIMENTS = sorted(path.stem for path in (REPOSITORY / "conf/experiment").glob("*.yaml"))
+DATASETS = sorted(path.stem for path in (REPOSITORY / "conf/dataset").glob("*.yaml"))
 
 
 def default_params() -> dict:
@@ -45,8 +46,32 @@ def test_every_experiment_composes_and_validates(experiment):
     assert params.train.epochs >= 1
 
 
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_every_dataset_composes_and_validates(dataset):
+    params = parse_params(compose([f"dataset={dataset}"], config_directory=REPOSITORY / "conf"))
+    assert params.dataset.name == dataset
+    assert params.mlflow.registered_model_name == f"{dataset}-mlp"
+
+
+def test_the_datasets_describe_their_data():
+    cifar = parse_params(compose(["dataset=cifar10"], REPOSITORY / "conf")).dataset
+    assert (cifar.format, cifar.num_features, cifar.files["archive"].md5) == (
+        "cifar_python",
+        3072,
+        "c58f30108f718f92721af3b95e74349a",
+    )
+    assert cifar.files["archive"].size == 170_498_071
+    pima = parse_params(compose(["dataset=pima"], REPOSITORY / "conf"))
+    assert (pima.dataset.format, pima.dataset.task, pima.dataset.num_features) == ("csv", "binary", 8)
+    assert pima.dataset.scaling == "standardize"
+    # Its training schedule comes from conf/dataset_train/pima.yaml; the command line still wins.
+    assert (pima.train.batch_size, pima.train.early_stopping_patience) == (16, 20)
+    overridden = parse_params(compose(["dataset=pima", "train.batch_size=64"], REPOSITORY / "conf"))
+    assert overridden.train.batch_size == 64
+
+
 def test_experiment_files_start_with_the_global_package_line():
-    for path in (REPOSITORY / "conf/experiment").glob("*.yaml"):
+    for path in [*(REPOSITORY / "conf/experiment").glob("*.yaml"), *(REPOSITORY / "conf/dataset_train").glob("*.yaml")]:
         assert path.read_text().startswith("# @package _global_\n"), path
 
 

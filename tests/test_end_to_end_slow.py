@@ -131,3 +131,26 @@ def test_real_mnist_through_the_mirror(tmp_path):
     assert sum(counts["test"].values()) == 500
     # One epoch on 900 real digits already gets well above chance (10%).
     assert json.loads((path / "reports/metrics.json").read_text())["test"]["accuracy"] > 0.5
+
+
+@pytest.mark.skipif(not os.environ.get("MLP_DATA_MIRROR"), reason="set MLP_DATA_MIRROR to a folder holding pima/")
+def test_real_pima_table_through_the_mirror(tmp_path):
+    path = copy_repository(tmp_path / "project")
+    run(["git", "init", "-q"], cwd=path)
+    run(["git", "add", "-A"], cwd=path)
+    run(["git", "-c", "user.name=Test", "-c", "user.email=test@example.com", "commit", "-qm", "copy"], cwd=path)
+    run(["dvc", "exp", "run", "-S", "dataset=pima"], cwd=path, MLP_DATA_MIRROR=os.environ["MLP_DATA_MIRROR"])
+    counts = json.loads((path / "reports/class_counts.json").read_text())
+    assert {name: sum(split.values()) for name, split in counts.items()} == {
+        "train": 552,
+        "validation": 62,
+        "test": 154,
+    }
+    assert sum(split["1"] for split in counts.values()) == 268
+    scaling = json.loads((path / "data/processed/scaling.json").read_text())
+    assert scaling["scaling"] == "standardize" and len(scaling["mean"]) == 8
+    metrics = json.loads((path / "reports/metrics.json").read_text())
+    # Well above the 65% of always answering "no diabetes".
+    assert metrics["test"]["accuracy"] > 0.7
+    params = MlflowClient(f"sqlite:///{path / 'mlflow.db'}").get_run(metrics["mlflow_run_id"]).data.params
+    assert params["model.parameter_count"] == str(8 * 256 + 256 + 256 * 256 + 256 + 256 + 1)
