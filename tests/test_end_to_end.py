@@ -206,6 +206,7 @@ def test_failing_stage_marks_its_mlflow_run_failed(project, client):
     assert client.get_run(run_id).info.status == "FAILED"
 
 
+@pytest.mark.slow
 def test_a_dataset_added_by_one_yaml_file_runs_end_to_end(project):
     """tiny_cifar was added like tiny_digits: one file in conf/dataset/ (conftest.add_dataset), no code.
     It is in the real CIFAR-10 "python version" format: a tar.gz of pickled batches, verified by md5."""

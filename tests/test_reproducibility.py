@@ -125,6 +125,7 @@ def test_reproduce_refuses_a_missing_commit(project, client):
     assert f"was made at commit {'0' * 40}, which this repository does not have" in result.stderr
 
 
+@pytest.mark.slow
 def test_reproduce_reports_a_mismatch_when_the_recorded_config_was_tampered_with(project, client):
     path, run_id, _ = project
     # The default store keeps artifacts as plain files under mlartifacts/.
