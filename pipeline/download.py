@@ -71,10 +71,6 @@ def download(
     return paths
 
 
-def sha256_of(path: Path) -> str:
-    return _digest(path, "sha256")
-
-
 def _digest(path: Path, algorithm: str) -> str:
     digest = hashlib.new(algorithm)
     with path.open("rb") as stream:
