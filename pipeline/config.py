@@ -9,12 +9,12 @@ a message naming the key, the value and what is allowed.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -100,7 +100,7 @@ class DatasetConfig(StrictModel):
 
     @property
     def num_features(self) -> int:
-        return int(np.prod(self.input_shape))
+        return math.prod(self.input_shape)
 
     @model_validator(mode="after")
     def consistent(self) -> DatasetConfig:

@@ -145,21 +145,30 @@ def _read_maybe_gzipped(path: Path, max_bytes: int) -> bytes:
     return data
 
 
-def verify_checksum(path: Path, spec: FileSpec) -> None:
-    """Raise DataError unless `path` has the size and sha256 (or md5) that `spec` pins."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise DataError(f"{path} not found: run the download stage first (dvc repro download)") from None
-    if size != spec.size:
-        raise DataError(f"{path}: {size:,} bytes, expected {spec.size:,}; delete it and download again")
-    algorithm, expected = ("sha256", spec.sha256) if spec.sha256 else ("md5", spec.md5)
-    digest = hashlib.new(algorithm)
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
     with path.open("rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-    if digest.hexdigest() != expected:
-        raise DataError(f"{path}: {algorithm} {digest.hexdigest()}, expected {expected}; delete it and download again")
+        return hashlib.file_digest(stream, algorithm).hexdigest()
+
+
+def checksum_problem(path: Path, spec: FileSpec) -> str | None:
+    """Why `path` is not the file `spec` pins (size, then sha256 or else md5), or None if it is."""
+    size = path.stat().st_size
+    if size != spec.size:
+        return f"size {size:,} bytes, expected {spec.size:,}"
+    algorithm, expected = ("sha256", spec.sha256) if spec.sha256 else ("md5", spec.md5)
+    actual = file_digest(path, algorithm)
+    if actual != expected:
+        return f"{algorithm} {actual}, expected {expected}"
+    return None
+
+
+def verify_checksum(path: Path, spec: FileSpec) -> None:
+    """Raise DataError unless `path` is the file `spec` pins."""
+    if not path.exists():
+        raise DataError(f"{path} not found: run the download stage first (dvc repro download)")
+    problem = checksum_problem(path, spec)
+    if problem is not None:
+        raise DataError(f"{path}: {problem}; delete it and download again")
 
 
 def read_cifar_archive(path: Path, spec: FileSpec, num_classes: int) -> RawData:

@@ -12,7 +12,6 @@ under its final name is always a verified one, whatever was interrupted.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -23,7 +22,7 @@ import requests
 from tqdm import tqdm
 
 from pipeline.config import FileSpec, load_params, mirror_location
-from pipeline.datasets import RAW_DIRECTORY
+from pipeline.datasets import RAW_DIRECTORY, checksum_problem
 from pipeline.errors import DownloadError, run_stage
 
 logger = logging.getLogger(__name__)
@@ -59,7 +58,7 @@ def download(
     with requests.Session() as session:
         for spec in files:
             path = destination / spec.name
-            if path.exists() and _problem(path, spec) is None:
+            if path.exists() and checksum_problem(path, spec) is None:
                 logger.info("%s already present and verified", path)
             else:
                 if mirror:
@@ -71,30 +70,10 @@ def download(
     return paths
 
 
-def _digest(path: Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    with path.open("rb") as stream:
-        while chunk := stream.read(CHUNK_SIZE):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _mirror_base(mirror: str, dataset_name: str) -> str:
     if "://" not in mirror:
         mirror = Path(mirror).expanduser().resolve().as_uri()
     return f"{mirror.rstrip('/')}/{dataset_name}/"
-
-
-def _problem(path: Path, spec: FileSpec) -> str | None:
-    """Why `path` is not the file `spec` describes, or None if it is."""
-    size = path.stat().st_size
-    if size != spec.size:
-        return f"size {size:,} bytes, expected {spec.size:,}"
-    algorithm, expected = ("sha256", spec.sha256) if spec.sha256 else ("md5", spec.md5)
-    actual = _digest(path, algorithm)
-    if actual != expected:
-        return f"{algorithm} {actual}, expected {expected}"
-    return None
 
 
 def _fetch(
@@ -116,7 +95,7 @@ def _fetch(
                 _copy_local(url, partial, spec)
             else:
                 _download_http(session, url, partial, spec, timeout, attempts, backoff_seconds)
-            problem = _problem(partial, spec)
+            problem = checksum_problem(partial, spec)
         except (OSError, requests.RequestException) as error:
             failures.append(f"{url}: {_reason(error)}")
             logger.warning("%s", failures[-1])

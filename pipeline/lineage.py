@@ -8,7 +8,6 @@ record alone.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import platform
 import subprocess
@@ -19,20 +18,13 @@ from typing import Any
 import yaml
 
 from pipeline.config import PARAMS_FILE, compose, flatten
+from pipeline.datasets import file_digest
 
 LOCK_FILE = Path("dvc.lock")
 REQUIREMENTS_LOCK = Path("requirements.lock")
 PACKAGES = ("tensorflow-cpu", "keras", "dvc", "hydra-core", "mlflow", "numpy")
 # Set by `python -m pipeline.reproduce` for the runs it starts.
 REPRODUCES_VARIABLE = "MLP_REPRODUCES_RUN"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def git(*arguments: str, cwd: Path | None = None) -> str:
@@ -69,7 +61,7 @@ def environment_tags() -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             tags[f"package.{package}"] = metadata.version(package)
     if REQUIREMENTS_LOCK.exists():
-        tags["requirements_lock.sha256"] = file_sha256(REQUIREMENTS_LOCK)
+        tags["requirements_lock.sha256"] = file_digest(REQUIREMENTS_LOCK)
     tags["cpu.model"] = cpu_model()
     tags["cpu.count"] = str(os.cpu_count())
     # 0 means "TensorFlow picks", which is the number of cores.
@@ -80,7 +72,7 @@ def environment_tags() -> dict[str, str]:
 
 
 def data_tags(raw_files: list[Path]) -> dict[str, str]:
-    return {f"data.{path.name}.sha256": file_sha256(path) for path in raw_files}
+    return {f"data.{path.name}.sha256": file_digest(path) for path in raw_files}
 
 
 def config_overrides(params_file: Path = PARAMS_FILE) -> list[str]:

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import PARAMS_FILE, parse_params
-from pipeline.datasets import RAW_DIRECTORY
+from pipeline.datasets import RAW_DIRECTORY, file_digest
 from pipeline.errors import PipelineError, run_stage
-from pipeline.lineage import REPRODUCES_VARIABLE, file_sha256
+from pipeline.lineage import REPRODUCES_VARIABLE
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def reproduce(run_id: str, repository: Path) -> Reproduction:
                     f"the reproduction of run {run_id} failed: `dvc repro --force` exited {result.returncode}"
                 )
             metrics = json.loads((worktree / "reports/metrics.json").read_text(encoding="utf-8"))
-            reproduced_data = {name: file_sha256(worktree / RAW_DIRECTORY / name) for name in recorded_data}
+            reproduced_data = {name: file_digest(worktree / RAW_DIRECTORY / name) for name in recorded_data}
         finally:
             _run(["git", "worktree", "remove", "--force", str(worktree)], repository)
 
@@ -177,7 +177,7 @@ def _verified_local_data(repository: Path, recorded: dict[str, str]) -> list[Pat
         if not path.exists():
             logger.info("%s is not here: the download stage will fetch and verify it", path)
             continue
-        actual = file_sha256(path)
+        actual = file_digest(path)
         if actual != sha256:
             raise PipelineError(f"{path} no longer verifies: sha256 {actual}, the run recorded {sha256}")
         present.append(path)
