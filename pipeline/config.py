@@ -37,6 +37,7 @@ KERNEL_INITIALIZERS = (
     "zeros",
 )
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
+LOSSES = ("categorical_crossentropy", "binary_crossentropy", "mse")
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -158,6 +159,9 @@ class OptimizerConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
+    # categorical_crossentropy for a softmax over classes, binary_crossentropy
+    # for one sigmoid unit; mse works with either.
+    loss: Literal[LOSSES]  # type: ignore[valid-type]
     batch_size: PositiveInt
     epochs: PositiveInt
     early_stopping_patience: PositiveInt | None
@@ -178,11 +182,20 @@ class Params(StrictModel):
     train: TrainConfig
 
     @model_validator(mode="after")
-    def early_stopping_needs_validation(self) -> Params:
+    def training_fits_data(self) -> Params:
         if self.train.early_stopping_patience and self.dataset.validation_fraction == 0:
             raise ValueError(
                 "train.early_stopping_patience needs a validation set: "
                 "set dataset.validation_fraction > 0 or early_stopping_patience to null"
+            )
+        # The output layer follows the task (pipeline.model): a loss made for
+        # the other kind of output would train, but on the wrong targets.
+        wrong_loss = {"binary": "categorical_crossentropy", "multiclass": "binary_crossentropy"}[self.dataset.task]
+        if self.train.loss == wrong_loss:
+            right = "binary_crossentropy" if self.dataset.task == "binary" else "categorical_crossentropy"
+            raise ValueError(
+                f"train.loss {wrong_loss} does not fit dataset.task {self.dataset.task} "
+                f"({self.dataset.name}): use {right} or mse"
             )
         return self
 

@@ -8,7 +8,10 @@ TensorFlow.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from pipeline.config import ModelConfig, OptimizerConfig
 
@@ -66,9 +69,62 @@ def _initializer(name: str) -> str | keras.initializers.Initializer:
     return name
 
 
-def loss_for(task: str) -> str:
-    # Integer labels: sparse categorical cross-entropy is categorical cross-entropy on one-hot labels.
-    return "binary_crossentropy" if task == "binary" else "sparse_categorical_crossentropy"
+def keras_loss(loss: str, task: str) -> str:
+    """The Keras loss for config value `loss`, given that labels are class indices."""
+    # Categorical cross-entropy on one-hot labels is sparse categorical
+    # cross-entropy on the class indices, without a 10x larger label array.
+    if loss == "categorical_crossentropy":
+        return "sparse_categorical_crossentropy"
+    return loss
+
+
+def training_targets(labels: np.ndarray, loss: str, task: str, num_classes: int) -> np.ndarray:
+    """What the loss compares the output with: class indices, or one-hot rows for mse over a softmax."""
+    if loss == "mse" and task == "multiclass":
+        return np.eye(num_classes, dtype="float32")[labels]
+    return labels
+
+
+def draw_architecture(model: keras.Model, path: Path) -> None:
+    """A diagram of the network: one box per layer, top to bottom, with its output size and parameters."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    boxes = [f"input: {model.input_shape[-1]} features"]
+    for layer in model.layers:
+        config = layer.get_config()
+        if "units" in config:
+            text = f"{layer.name}: Dense {config['units']}, {config['activation']}"
+        elif "rate" in config:
+            text = f"{layer.name}: Dropout {config['rate']:g}"
+        else:
+            text = f"{layer.name}: {type(layer).__name__}"
+        boxes.append(f"{text}\n{layer.count_params():,} parameters")
+    height = 1.0 + 0.9 * len(boxes)
+    figure, axis = plt.subplots(figsize=(5.5, height))
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, len(boxes))
+    axis.axis("off")
+    for index, text in enumerate(boxes):
+        y = len(boxes) - index - 0.5
+        color = "#dddddd" if index == 0 else "#cfe2f3" if "Dense" in text else "#fce5cd"
+        axis.text(
+            0.5,
+            y,
+            text,
+            ha="center",
+            va="center",
+            fontsize=10,
+            bbox={"boxstyle": "round,pad=0.5", "facecolor": color, "edgecolor": "#555555"},
+        )
+        if index < len(boxes) - 1:
+            axis.annotate("", xy=(0.5, y - 0.62), xytext=(0.5, y - 0.38), arrowprops={"arrowstyle": "->"})
+    axis.set_title(f"{model.name}: {model.count_params():,} parameters", fontsize=11)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
 
 
 def weights_sha256(model: keras.Model) -> str:

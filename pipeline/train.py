@@ -3,7 +3,9 @@
 Reads params `seed`, `dataset.num_classes`, `dataset.task`, `model`, `optimizer`, `train`,
 `mlflow` and data/processed/; writes data/model/model.keras, data/model/mlflow_run.json
 (the MLflow run the evaluate stage adds to), reports/training_history.csv (one
-row per epoch, for `dvc plots`) and reports/model_summary.txt.
+row per epoch, for `dvc plots`), and the architecture: reports/model_summary.txt
+(Keras' summary), reports/model_config.json (the model's get_config()) and
+reports/architecture.png (a diagram).
 
 The MLflow run gets every composed parameter (flattened), per-epoch training and
 validation metrics with their epoch as step, and the model with a signature and
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 import os
 import tempfile
@@ -35,6 +38,8 @@ logger = logging.getLogger(__name__)
 MODEL_FILE = Path("data/model/model.keras")
 HISTORY_FILE = Path("reports/training_history.csv")
 SUMMARY_FILE = Path("reports/model_summary.txt")
+MODEL_CONFIG_FILE = Path("reports/model_config.json")
+ARCHITECTURE_FILE = Path("reports/architecture.png")
 
 
 def seed_everything(seed: int) -> None:
@@ -62,7 +67,7 @@ def train(
     """Build, compile and fit the MLP; return (model, history) with history as {metric: [value per epoch]}."""
     import keras
 
-    from pipeline.model import build_mlp, loss_for, make_optimizer
+    from pipeline.model import build_mlp, keras_loss, make_optimizer, training_targets
 
     # Seeded here, right before the first random draw: anything that ran before
     # (MLflow picks run names with Python's global `random`, which Keras also
@@ -70,7 +75,13 @@ def train(
     seed_everything(seed)
 
     model = build_mlp(train_inputs.shape[1], num_classes, model_config, task)
-    model.compile(optimizer=make_optimizer(optimizer_config), loss=loss_for(task), metrics=["accuracy"])
+    model.compile(
+        optimizer=make_optimizer(optimizer_config),
+        loss=keras_loss(train_config.loss, task),
+        metrics=["accuracy"],
+    )
+    train_targets = training_targets(train_labels, train_config.loss, task, num_classes)
+    validation_targets = training_targets(validation_labels, train_config.loss, task, num_classes)
     callbacks = list(callbacks or [])
     has_validation = len(validation_labels) > 0
     if train_config.early_stopping_patience:
@@ -81,10 +92,10 @@ def train(
         )
     history = model.fit(
         train_inputs,
-        train_labels,
+        train_targets,
         batch_size=train_config.batch_size,
         epochs=train_config.epochs,
-        validation_data=(validation_inputs, validation_labels) if has_validation else None,
+        validation_data=(validation_inputs, validation_targets) if has_validation else None,
         shuffle=True,
         callbacks=callbacks,
         verbose=2,  # one line per epoch: readable in `dvc repro` logs
@@ -181,7 +192,7 @@ def main() -> None:
     import keras
     import mlflow
 
-    from pipeline.model import weights_sha256
+    from pipeline.model import draw_architecture, weights_sha256
     from pipeline.tracking import pipeline_run, write_run_file
 
     train_inputs, train_labels = load_split(PROCESSED_DIRECTORY, "train")
@@ -216,9 +227,13 @@ def main() -> None:
         write_history(history, HISTORY_FILE)
         summary = model_summary(model)
         SUMMARY_FILE.write_text(summary, encoding="utf-8")
+        # The layer-by-layer definition Keras can rebuild the network from (keras.Sequential.from_config).
+        MODEL_CONFIG_FILE.write_text(json.dumps(model.get_config(), indent=2) + "\n", encoding="utf-8")
+        draw_architecture(model, ARCHITECTURE_FILE)
         mlflow.log_param("model.parameter_count", model.count_params())
         mlflow.set_tag("model.weights_sha256", weights_sha256(model))
-        mlflow.log_text(summary, "model_summary.txt")
+        for path in (SUMMARY_FILE, MODEL_CONFIG_FILE, ARCHITECTURE_FILE):
+            mlflow.log_artifact(str(path), artifact_path="architecture")
         log_model(model, train_inputs[:5], params.mlflow.registered_model_name)
         write_run_file(run)
     logger.info("trained %d parameters; weights sha256 %s", model.count_params(), weights_sha256(model))

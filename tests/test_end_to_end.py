@@ -51,6 +51,12 @@ def test_repro_runs_every_stage_and_writes_outputs(project):
     for report in ("samples.png", "confusion_matrix.png", "learning_curves.png", "class_counts.json"):
         assert (path / "reports" / report).stat().st_size > 0
     assert "Trainable params: 269,322" in (path / "reports/model_summary.txt").read_text()
+    # get_config() is enough for Keras to rebuild the same network.
+    import keras
+
+    config = json.loads((path / "reports/model_config.json").read_text())
+    assert keras.Sequential.from_config(config).count_params() == 269_322
+    assert (path / "reports/architecture.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(path.glob("data/raw/*.part")), "no temporary download may remain"
     # DVC-managed data stays out of git.
     for name in ("data/raw/train-images-idx3-ubyte.gz", "data/processed/test.npz", "data/model/model.keras"):
@@ -96,10 +102,13 @@ def test_mlflow_run_holds_params_epoch_metrics_artifacts_and_lineage(project, cl
         assert [point.step for point in client.get_metric_history(run_id, metric)] == [1]
     for metric in ("test_loss", "test_accuracy", "test_f1_macro", "test_precision_class_3"):
         assert metric in mlflow_run.data.metrics
-    artifacts = {item.path for folder in ("", "config", "evaluation") for item in client.list_artifacts(run_id, folder)}
+    folders = ("", "config", "architecture", "evaluation")
+    artifacts = {item.path for folder in folders for item in client.list_artifacts(run_id, folder)}
     for artifact in (
         "config/params.yaml",
-        "model_summary.txt",
+        "architecture/model_summary.txt",
+        "architecture/model_config.json",
+        "architecture/architecture.png",
         "evaluation/confusion_matrix.png",
         "evaluation/learning_curves.png",
         "evaluation/classification_report.txt",

@@ -1,0 +1,202 @@
+"""The study runner (pipeline.study): the rows of a published table as queued DVC
+experiments, compared with the published figures, resumable after an interruption."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from conftest import BIN_DIRECTORY, TINY_DATASET, make_tiny_project, run
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import ConfigError
+from pipeline.study import StudyRow, experiment_name, load_study, study_path
+
+TINY_STUDY = {
+    "title": "Tiny study",
+    "overrides": ["experiment=atienza_table_1_3_2", f"dataset={TINY_DATASET}", "train.epochs=1"],
+    "rows": [
+        {
+            "row": "1",
+            "layers": "32-16",
+            "regularizer": "Dropout(0.2)",
+            "optimizer": "Adam",
+            "relu": True,
+            "published_train": 60.0,
+            "published_test": 55.0,
+        },
+        {
+            "row": "2",
+            "layers": "8",
+            "regularizer": "L2(0.001)",
+            "optimizer": "SGD",
+            "relu": False,
+            "published_train": 40.0,
+            "published_test": 45.0,
+        },
+    ],
+    "discussion": "Tiny rows, one epoch.",
+}
+
+
+def test_book_notation_becomes_overrides():
+    row = StudyRow(
+        row="9",
+        layers="256-512-256",
+        regularizer="Dropout(0.45)",
+        optimizer="SGD",
+        relu=True,
+        published_train=98.21,
+        published_test=98.2,
+    )
+    assert row.overrides() == [
+        "optimizer=sgd",
+        "model.hidden_units=[256,512,256]",
+        "model.activation=relu",
+        "model.dropout_rate=0.45",
+        "model.l2_weight_decay=0.0",
+    ]
+    linear = row.model_copy(update={"regularizer": "L2(0.01)", "relu": False, "optimizer": "RMSprop"})
+    assert linear.overrides()[0] == "optimizer=rmsprop"
+    assert "model.activation=linear" in linear.overrides()
+    assert "model.l2_weight_decay=0.01" in linear.overrides()
+    assert experiment_name("atienza_table_1_3_2", row) == "atienza-table-1-3-2-row-09"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"regularizer": "Dropout(1.5)"}, "Dropout"),
+        ({"optimizer": "Adagrad"}, "optimizer"),
+        ({"layers": "256-0"}, "layers"),
+        ({"published_test": 150}, "published_test"),
+    ],
+)
+def test_bad_study_rows_are_refused_with_the_reason(tmp_path, change, message):
+    study = yaml.safe_load(yaml.safe_dump(TINY_STUDY))
+    study["rows"][1].update(change)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(study))
+    with pytest.raises(ConfigError, match=message):
+        load_study(path)
+
+
+def test_unknown_study_names_the_known_ones():
+    with pytest.raises(ConfigError, match="atienza_table_1_3_2"):
+        load_study(study_path("no_such_study"))
+
+
+def test_atienza_table_lists_all_18_rows_and_the_listing():
+    study = load_study(study_path("atienza_table_1_3_2"))
+    assert [row.row for row in study.rows] == [str(number) for number in range(1, 19)] + ["listing"]
+    rows = {row.row: row for row in study.rows}
+    assert rows["1"].relu is False and rows["1"].published_test == 92.5
+    assert rows["13"].layers == "1024-1024-1024" and rows["13"].regularizer == "Dropout(0.4)"
+    assert rows["17"].optimizer == "RMSprop"
+    assert rows["listing"].layers == "256-256"
+    assert (rows["listing"].published_train, rows["listing"].published_test) == (99.39, 98.5)
+    assert sum(row.optimizer == "SGD" for row in study.rows) == 13
+    assert [row.layers for row in study.rows[:18]].count("256-256-256") == 12
+
+
+def finished_experiment_names(path):
+    listed = run([str(BIN_DIRECTORY / "dvc"), "exp", "list", "--name-only"], cwd=path, check=False).stdout
+    return set(listed.split())
+
+
+def row_runs(client, name):
+    experiment = client.get_experiment_by_name("atienza-table-1.3.2")
+    if experiment is None:
+        return []
+    return client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{name}'")
+
+
+@pytest.mark.slow
+def test_study_runs_rows_as_experiments_and_resumes_after_an_interruption(tmp_path, tiny_dataset_server):
+    path = make_tiny_project(tmp_path / "project", tiny_dataset_server)
+    (path / "conf/study/tiny.yaml").write_text(yaml.safe_dump(TINY_STUDY, sort_keys=False))
+    git = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com"]
+    run(["git", "add", "-A"], cwd=path)
+    run([*git, "commit", "-qm", "tiny study"], cwd=path)
+    first, second = (experiment_name("tiny", row) for row in load_study(path / "conf/study/tiny.yaml").rows)
+
+    # An existing store, so that polling it below never races the first stage creating it.
+    client = MlflowClient(f"sqlite:///{path / 'mlflow.db'}")
+    client.search_experiments()
+
+    # The first attempt is interrupted like Ctrl+C in a terminal, while row 2 trains.
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(("DVC_", "MLFLOW_"))}
+    environment.pop("MLP_DATA_MIRROR", None)
+    environment["PATH"] = f"{BIN_DIRECTORY}{os.pathsep}{environment.get('PATH', '')}"
+    attempt = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.study", "tiny"],
+        cwd=path,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 600
+    while not row_runs(client, second):
+        assert attempt.poll() is None, attempt.stdout.read()
+        assert time.monotonic() < deadline, "row 2 did not start in 10 minutes"
+        time.sleep(0.2)
+    os.killpg(attempt.pid, signal.SIGINT)
+    output = attempt.communicate(timeout=180)[0]
+    assert attempt.returncode == 130, output
+    assert first in finished_experiment_names(path)
+    assert second not in finished_experiment_names(path), "row 2 finished before the interruption"
+    # The interrupted row's MLflow run is marked KILLED, not left RUNNING.
+    assert [mlflow_run.info.status for mlflow_run in row_runs(client, second)] == ["KILLED"], output
+
+    experiment = client.get_experiment_by_name("atienza-table-1.3.2")
+    runs = client.search_runs([experiment.experiment_id])
+    assert {mlflow_run.info.run_name for mlflow_run in runs} <= {first, second}
+    assert all(mlflow_run.info.status in ("FINISHED", "KILLED") for mlflow_run in runs), output
+    first_run_ids = {mlflow_run.info.run_id for mlflow_run in runs if mlflow_run.info.run_name == first}
+    assert len(first_run_ids) == 1
+
+    # Run again: row 1 is not trained again, row 2 is.
+    resumed = run([sys.executable, "-m", "pipeline.study", "tiny"], cwd=path)
+    assert "1 of 2 rows already run" in resumed.stderr
+    assert finished_experiment_names(path) >= {first, second}
+    runs = client.search_runs([experiment.experiment_id])
+    assert {mlflow_run.info.run_id for mlflow_run in runs if mlflow_run.info.run_name == first} == first_run_ids
+    finished = [mlflow_run for mlflow_run in runs if mlflow_run.info.status == "FINISHED"]
+    assert sorted(mlflow_run.info.run_name for mlflow_run in finished) == [first, second]
+    assert not [mlflow_run for mlflow_run in runs if mlflow_run.info.status == "RUNNING"]
+
+    # dvc exp show lists both rows with their configuration.
+    shown = run(["dvc", "exp", "show", "--csv", "--param-deps"], cwd=path).stdout
+    assert first in shown and second in shown
+
+    # The report: both rows measured against the published figures.
+    report = path / "reports/studies/tiny"
+    with (report / "table.csv").open() as stream:
+        records = list(csv.DictReader(stream))
+    assert [record["row"] for record in records] == ["1", "2"]
+    by_run = {mlflow_run.info.run_name: mlflow_run for mlflow_run in finished}
+    for record in records:
+        measured = by_run[record["experiment"]].data.metrics["test_accuracy"] * 100
+        assert float(record["measured_test"]) == pytest.approx(measured, abs=0.005)
+        assert float(record["test_difference"]) == pytest.approx(measured - float(record["published_test"]), abs=0.01)
+        assert float(record["wall_seconds"]) > 0
+        assert 0 <= float(record["measured_train"]) <= 100
+    assert by_run[second].data.params["model.activation"] == "linear"
+    assert by_run[second].data.params["model.l2_weight_decay"] == "0.001"
+    assert by_run[first].data.params["model.hidden_units"] == "[32, 16]"
+    markdown = (report / "README.md").read_text()
+    assert "Rows measured: 2 of 2" in markdown and "Tiny rows, one epoch." in markdown
+    assert (report / "test_accuracy.png").read_bytes()[:4] == b"\x89PNG"
+
+    # A third run trains nothing and rewrites the same table.
+    again = run([sys.executable, "-m", "pipeline.study", "tiny"], cwd=path)
+    assert "2 of 2 rows already run" in again.stderr
+    assert len(client.search_runs([experiment.experiment_id])) == len(runs)
