@@ -78,7 +78,15 @@ def tiny_training(seed: int, **train_options):
         10,
         DEFAULT_MODEL.model_copy(update={"hidden_units": [32]}),
         OptimizerConfig(name="adam", learning_rate=0.01),
-        TrainConfig(**{"batch_size": 32, "epochs": 3, "early_stopping_patience": None, **train_options}),
+        TrainConfig(
+            **{
+                "loss": "categorical_crossentropy",
+                "batch_size": 32,
+                "epochs": 3,
+                "early_stopping_patience": None,
+                **train_options,
+            }
+        ),
         seed,
     )
 
