@@ -46,6 +46,79 @@ def test_every_experiment_composes_and_validates(experiment):
     assert params.train.epochs >= 1
 
 
+def experiment(name: str, *overrides: str):
+    return parse_params(compose([f"experiment={name}", *overrides], config_directory=REPOSITORY / "conf"))
+
+
+def parameter_count(params) -> int:
+    """Weights and biases of the Dense layers: hidden layers, then the output layer."""
+    output_units = 1 if params.dataset.task == "binary" else params.dataset.num_classes
+    sizes = [params.dataset.num_features, *params.model.hidden_units, output_units]
+    return sum(inputs * outputs + outputs for inputs, outputs in zip(sizes[:-1], sizes[1:], strict=True))
+
+
+def test_experiment_atienza_mnist_is_the_default_and_listing_1_3_2():
+    params = experiment("atienza_mnist")
+    assert params == parse_params(compose(config_directory=REPOSITORY / "conf"))
+    assert (params.dataset.name, params.model.hidden_units, params.model.activation) == ("mnist", [256, 256], "relu")
+    assert params.model.dropout_rate == 0.45
+    assert (params.optimizer.name, params.optimizer.learning_rate) == ("adam", 0.001)
+    assert params.train.loss == "categorical_crossentropy"
+    assert (params.train.batch_size, params.train.epochs) == (128, 20)
+    assert parameter_count(params) == 269_322
+
+
+def test_experiment_machinecurve_mnist():
+    params = experiment("machinecurve_mnist")
+    assert (params.dataset.name, params.dataset.num_classes) == ("mnist", 10)  # not the tutorial's 60,000
+    assert (params.model.hidden_units, params.model.activation, params.model.dropout_rate) == ([350, 50], "relu", 0)
+    assert params.optimizer.name == "adam"
+    assert (params.train.batch_size, params.train.epochs) == (250, 10)
+    assert params.dataset.validation_fraction == 0.2
+
+
+def test_experiment_mlp_mnist_512_768():
+    params = experiment("mlp_mnist_512_768")
+    assert params.dataset.name == "mnist"
+    assert (params.model.hidden_units, params.model.activation, params.model.dropout_rate) == ([512, 768], "relu", 0)
+    assert params.optimizer.name == "adam"
+    assert (params.train.batch_size, params.train.epochs) == (32, 100)
+
+
+def test_experiment_kumar_cifar10():
+    params = experiment("kumar_cifar10")
+    assert (params.dataset.name, params.dataset.num_features) == ("cifar10", 32 * 32 * 3)
+    assert (params.model.hidden_units, params.model.activation, params.model.dropout_rate) == ([200, 150], "relu", 0)
+    assert (params.optimizer.name, params.optimizer.learning_rate) == ("adam", 0.0005)
+    assert (params.train.batch_size, params.train.epochs) == (32, 10)
+    assert params.mlflow.registered_model_name == "cifar10-mlp"
+
+
+def test_experiment_brownlee_pima():
+    params = experiment("brownlee_pima")
+    assert (params.dataset.name, params.dataset.num_features, params.dataset.task) == ("pima", 8, "binary")
+    assert (params.model.hidden_units, params.model.activation, params.model.dropout_rate) == ([12, 8], "relu", 0)
+    assert (params.optimizer.name, params.train.loss) == ("adam", "binary_crossentropy")
+    assert (params.train.batch_size, params.train.epochs, params.train.early_stopping_patience) == (10, 150, None)
+    assert parameter_count(params) == 8 * 12 + 12 + 12 * 8 + 8 + 8 + 1
+
+
+def test_experiment_atienza_table_1_3_2_trains_on_every_training_image():
+    params = experiment("atienza_table_1_3_2", "optimizer=rmsprop")
+    assert params.dataset.name == "mnist"
+    assert params.dataset.validation_fraction == 0.0
+    assert (params.train.batch_size, params.train.epochs, params.train.loss) == (128, 20, "categorical_crossentropy")
+    assert params.mlflow.experiment_name == "atienza-table-1.3.2"
+    # Keras' default settings for each optimizer the table uses.
+    assert (params.optimizer.name, params.optimizer.learning_rate, params.optimizer.momentum) == ("rmsprop", 0.001, 0)
+    assert experiment("atienza_table_1_3_2", "optimizer=sgd").optimizer.learning_rate == 0.01
+
+
+def test_the_command_line_wins_over_an_experiment():
+    params = experiment("machinecurve_mnist", "train.epochs=2", "model.dropout_rate=0.1")
+    assert (params.train.epochs, params.model.dropout_rate, params.train.batch_size) == (2, 0.1, 250)
+
+
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_every_dataset_composes_and_validates(dataset):
     params = parse_params(compose([f"dataset={dataset}"], config_directory=REPOSITORY / "conf"))
@@ -117,12 +190,20 @@ DELETE = object()
         ("train.epochs", DELETE, "train.epochs: missing; set it in conf/ or with -S train.epochs=<value>"),
         ("train.epochs", "???", "no value given (???) for train.epochs"),
         ("dataset.max_train_samples", 5, "dataset.max_train_samples = 5 is too small to stratify: use at least 20"),
+        ("train.loss", "hinge", "train.loss = 'hinge': Input should be 'categorical_crossentropy', 'binary_cross"),
+        ("train.loss", "binary_crossentropy", "binary_crossentropy does not fit dataset.task multiclass (mnist): use"),
     ],
 )
 def test_invalid_values_name_key_value_and_what_is_allowed(key, value, expected):
     with pytest.raises(ConfigError) as error:
         parse_params(with_change(key, value))
     assert expected in str(error.value)
+
+
+def test_a_binary_dataset_refuses_categorical_crossentropy():
+    with pytest.raises(ConfigError, match="does not fit dataset.task binary .pima.: use binary_crossentropy or mse"):
+        experiment("brownlee_pima", "train.loss=categorical_crossentropy")
+    assert experiment("brownlee_pima", "train.loss=mse").train.loss == "mse"
 
 
 def test_momentum_is_refused_for_adam():

@@ -8,8 +8,8 @@ import pytest
 from conftest import synthetic_digits
 
 from pipeline.config import ModelConfig, OptimizerConfig, TrainConfig
-from pipeline.model import build_mlp, make_optimizer
-from pipeline.train import seed_everything, train, write_history
+from pipeline.model import build_mlp, draw_architecture, keras_loss, make_optimizer, training_targets
+from pipeline.train import model_summary, seed_everything, train, write_history
 
 DEFAULT_MODEL = ModelConfig(
     hidden_units=[256, 256],
@@ -116,3 +116,79 @@ def test_early_stopping_stops_before_the_last_epoch():
 def test_history_csv_has_one_row_per_epoch(tmp_path):
     write_history({"loss": [0.5, 0.25], "val_loss": [0.6, 0.3]}, tmp_path / "history.csv")
     assert (tmp_path / "history.csv").read_text().splitlines() == ["epoch,loss,val_loss", "1,0.5,0.6", "2,0.25,0.3"]
+
+
+NUMPY_ACTIVATIONS = {
+    "relu": lambda x: np.maximum(x, 0),
+    "tanh": np.tanh,
+    "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
+    "softmax": lambda x: (
+        np.exp(x - x.max(axis=1, keepdims=True)) / np.exp(x - x.max(axis=1, keepdims=True)).sum(axis=1, keepdims=True)
+    ),
+    "linear": lambda x: x,
+}
+
+
+@pytest.mark.parametrize("activation", sorted(NUMPY_ACTIVATIONS))
+def test_hidden_activation_from_config(activation):
+    seed_everything(0)
+    config = DEFAULT_MODEL.model_copy(update={"activation": activation, "hidden_units": [6], "dropout_rate": 0.0})
+    model = build_mlp(4, 3, config)
+    inputs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    hidden = model.layers[0]
+    kernel, bias = (weights.numpy() for weights in (hidden.kernel, hidden.bias))
+    np.testing.assert_allclose(
+        hidden(inputs).numpy(), NUMPY_ACTIVATIONS[activation](inputs @ kernel + bias), rtol=1e-5, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    ("loss", "task", "keras_name"),
+    [
+        ("categorical_crossentropy", "multiclass", "sparse_categorical_crossentropy"),
+        ("mse", "multiclass", "mse"),
+        ("binary_crossentropy", "binary", "binary_crossentropy"),
+        ("mse", "binary", "mse"),
+    ],
+)
+def test_each_loss_trains(loss, task, keras_name):
+    images, labels = synthetic_digits(300, seed=1)
+    inputs = images.reshape(300, -1).astype(np.float32) / 255
+    if task == "binary":
+        labels = (labels >= 5).astype(np.int64)
+    num_classes = 2 if task == "binary" else 10
+    model, history = train(
+        inputs[:250],
+        labels[:250],
+        inputs[250:],
+        labels[250:],
+        num_classes,
+        DEFAULT_MODEL.model_copy(update={"hidden_units": [32], "dropout_rate": 0.0}),
+        OptimizerConfig(name="adam", learning_rate=0.01),
+        TrainConfig(loss=loss, batch_size=32, epochs=4, early_stopping_patience=None),
+        seed=0,
+        task=task,
+    )
+    assert keras_loss(loss, task) == keras_name
+    assert history["loss"][-1] < history["loss"][0]
+    assert history["val_accuracy"][-1] > 0.6
+    # The output layer follows the task: one sigmoid unit, or a softmax over the classes.
+    assert model.output_shape == (None, 1 if task == "binary" else 10)
+
+
+def test_mse_over_a_softmax_compares_with_one_hot_rows():
+    targets = training_targets(np.array([2, 0]), "mse", "multiclass", 3)
+    np.testing.assert_array_equal(targets, [[0, 0, 1], [1, 0, 0]])
+    np.testing.assert_array_equal(training_targets(np.array([1, 0]), "mse", "binary", 2), [1, 0])
+    np.testing.assert_array_equal(training_targets(np.array([2]), "categorical_crossentropy", "multiclass", 3), [2])
+
+
+def test_architecture_artifacts_describe_the_network(tmp_path):
+    model = build_mlp(784, 10, DEFAULT_MODEL)
+    rebuilt = keras.Sequential.from_config(model.get_config())
+    assert [layer.name for layer in rebuilt.layers] == [layer.name for layer in model.layers]
+    assert rebuilt.count_params() == 269_322
+    draw_architecture(model, tmp_path / "architecture.png")
+    assert (tmp_path / "architecture.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = model_summary(model)
+    assert "hidden_1" in summary and "269,322" in summary
