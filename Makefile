@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 # Stage commands in dvc.yaml call `python`: it must be the environment's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test test-slow lint params lock
+.PHONY: setup repro study test test-slow lint params lock
 
 setup: $(INSTALLED)
 
@@ -20,6 +20,13 @@ $(INSTALLED): requirements.lock
 
 repro: $(INSTALLED)
 	dvc repro
+
+# Re-run a published table through the pipeline, one queued DVC experiment per
+# row, and write reports/studies/$(STUDY)/. Run it again to continue after an
+# interruption. Other studies: make study STUDY=<name in conf/study/>.
+STUDY ?= atienza_table_1_3_2
+study: $(INSTALLED)
+	python -m pipeline.study $(STUDY)
 
 # The fast suite: unit tests and the end-to-end tests on a tiny synthetic dataset.
 test: $(INSTALLED)

@@ -218,10 +218,11 @@ def test_failing_stage_marks_its_mlflow_run_failed(project, client):
 @pytest.mark.slow
 def test_a_dataset_added_by_one_yaml_file_runs_end_to_end(project):
     """tiny_cifar was added like tiny_digits: one file in conf/dataset/ (conftest.add_dataset), no code.
-    It is in the real CIFAR-10 "python version" format: a tar.gz of pickled batches, verified by md5."""
+    It is in the real CIFAR-10 "python version" format: a tar.gz of pickled batches, verified by md5.
+    It runs Kumar's CIFAR-10 network, the named experiment kumar_cifar10, on this archive."""
     path, _ = project
-    overrides = ["dataset=tiny_cifar", "train.epochs=1"]
-    run(["dvc", "exp", "run", "-n", "cifar", *(f"-S{override}" for override in overrides)], cwd=path)
+    overrides = ["experiment=kumar_cifar10", "dataset=tiny_cifar", "train.epochs=1"]
+    run(["dvc", "exp", "run", "-n", "kumar_cifar10", *(f"-S{override}" for override in overrides)], cwd=path)
     counts = json.loads((path / "reports/class_counts.json").read_text())
     assert sum(counts["train"].values()) + sum(counts["validation"].values()) == 100  # 5 batches of 20
     assert sum(counts["test"].values()) == 20
@@ -230,5 +231,10 @@ def test_a_dataset_added_by_one_yaml_file_runs_end_to_end(project):
     metrics = metrics_of(path)
     mlflow_run = MlflowClient(f"sqlite:///{path / 'mlflow.db'}").get_run(metrics["mlflow_run_id"])
     assert mlflow_run.data.params["dataset.format"] == "cifar_python"
-    assert mlflow_run.data.params["model.parameter_count"] == str(3072 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10)
+    assert mlflow_run.data.params["model.parameter_count"] == str(3072 * 200 + 200 + 200 * 150 + 150 + 150 * 10 + 10)
+    assert mlflow_run.data.params["optimizer.learning_rate"] == "0.0005"
+    assert mlflow_run.data.params["train.batch_size"] == "32"
     assert mlflow_run.info.status == "FINISHED"
+    assert mlflow_run.info.run_name == "kumar_cifar10"
+    for metric in ("test_precision_macro", "test_recall_macro", "test_f1_macro", "test_f1_class_9"):
+        assert metric in mlflow_run.data.metrics
