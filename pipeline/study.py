@@ -41,6 +41,9 @@ logger = logging.getLogger(__name__)
 STUDY_DIRECTORY = CONFIG_DIRECTORY / "study"
 REPORT_DIRECTORY = Path("reports/studies")
 METRICS_FILE = "reports/metrics.json"
+HISTORY_FILE = "reports/training_history.csv"
+# Training accuracy gained over the last epochs: near 0 once a row has converged.
+LATE_EPOCHS = 5
 
 OPTIMIZER_NAMES = {"SGD": "sgd", "Adam": "adam", "RMSprop": "rmsprop"}
 REGULARIZER = re.compile(r"^(none|L2\((?P<l2>[0-9.e-]+)\)|Dropout\((?P<dropout>0?\.[0-9]+)\))$")
@@ -149,6 +152,13 @@ def current_commit() -> str:
     return result.stdout.strip()
 
 
+def resolve(revision: str) -> str:
+    result = subprocess.run(["git", "rev-parse", "--verify", f"{revision}^{{commit}}"], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ConfigError(f"--baseline {revision}: not a commit of this repository")
+    return result.stdout.strip()
+
+
 def finished_experiments(baseline: str) -> dict[str, str]:
     """{experiment name: experiment commit} of the DVC experiments run from `baseline`."""
     from dvc.repo import Repo
@@ -207,6 +217,10 @@ def run_rows(study: Study, study_name: str, pending: list[StudyRow]) -> None:
         logger.warning("some rows failed; the report lists them as missing")
 
 
+def committed_file(commit: str, path: str) -> str:
+    return subprocess.run(["git", "show", f"{commit}:{path}"], capture_output=True, text=True, check=True).stdout
+
+
 def row_result(study_name: str, row: StudyRow, commit: str | None) -> dict:
     """Measured figures of a row from its experiment commit's metrics and its MLflow run."""
     from pipeline.tracking import client
@@ -214,11 +228,15 @@ def row_result(study_name: str, row: StudyRow, commit: str | None) -> dict:
     result = {"row": row, "experiment": experiment_name(study_name, row), "commit": commit}
     if commit is None:
         return result
-    shown = subprocess.run(["git", "show", f"{commit}:{METRICS_FILE}"], capture_output=True, text=True, check=True)
-    metrics = json.loads(shown.stdout)
+    metrics = json.loads(committed_file(commit, METRICS_FILE))
+    history = list(csv.DictReader(committed_file(commit, HISTORY_FILE).splitlines()))
+    accuracy = [100 * float(epoch["accuracy"]) for epoch in history]
     run = client().get_run(metrics["mlflow_run_id"])
     result.update(
         measured_train=100 * metrics["final_epoch"]["accuracy"],
+        late_gain=accuracy[-1] - accuracy[-1 - LATE_EPOCHS] if len(accuracy) > LATE_EPOCHS else None,
+        # The first epoch whose training accuracy reached the published one.
+        reached_at=next((epoch for epoch, value in enumerate(accuracy, start=1) if value >= row.published_train), None),
         measured_test=100 * metrics["test"]["accuracy"],
         seconds=(run.info.end_time - run.info.start_time) / 1000,
         start=run.info.start_time / 1000,
@@ -244,6 +262,8 @@ CSV_COLUMNS = (
     "published_train",
     "measured_train",
     "train_difference",
+    "train_gain_last_epochs",
+    "epoch_reaching_published_train",
     "published_test",
     "measured_test",
     "test_difference",
@@ -266,6 +286,8 @@ def csv_record(result: dict) -> dict:
         "published_train": f"{row.published_train:.2f}",
         "measured_train": f"{result['measured_train']:.2f}" if done else "",
         "train_difference": f"{result['measured_train'] - row.published_train:+.2f}" if done else "",
+        "train_gain_last_epochs": f"{result['late_gain']:+.2f}" if done and result["late_gain"] is not None else "",
+        "epoch_reaching_published_train": str(result["reached_at"] or "never") if done else "",
         "published_test": f"{row.published_test:.2f}",
         "measured_test": f"{result['measured_test']:.2f}" if done else "",
         "test_difference": f"{result['measured_test'] - row.published_test:+.2f}" if done else "",
@@ -320,14 +342,16 @@ def write_markdown(study: Study, study_name: str, results: list[dict], facts: di
         f"{facts['span_seconds'] / 60:.1f} min",
         "",
         "| row | layers | regularizer | optimizer | ReLU | train % published | train % measured | difference "
+        f"| train % gained in the last {LATE_EPOCHS} epochs | epoch reaching the published train % "
         "| test % published | test % measured | difference | wall time (s) | DVC experiment |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for record in records:
+        missing = "not run" if not record["measured_test"] else "n/a"
         lines.append(
             "| "
             + " | ".join(
-                record[column] or "not run"
+                record[column] or missing
                 for column in (
                     "row",
                     "layers",
@@ -337,6 +361,8 @@ def write_markdown(study: Study, study_name: str, results: list[dict], facts: di
                     "published_train",
                     "measured_train",
                     "train_difference",
+                    "train_gain_last_epochs",
+                    "epoch_reaching_published_train",
                     "published_test",
                     "measured_test",
                     "test_difference",
@@ -397,12 +423,21 @@ def main() -> None:
     parser.add_argument(
         "--report-only", action="store_true", help="write the report from the rows already run; train nothing"
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REVISION",
+        help="with --report-only: report the experiments run from this commit (default: the current one)",
+    )
     arguments = parser.parse_args()
     path = study_path(arguments.study)
     study = load_study(path)
     study_name = path.stem
     check_rows(study)
     commit = current_commit()
+    if arguments.baseline:
+        if not arguments.report_only:
+            raise ConfigError("--baseline reports earlier runs: use it with --report-only")
+        commit = resolve(arguments.baseline)
 
     done = finished_experiments(commit)
     pending = [row for row in study.rows if experiment_name(study_name, row) not in done]

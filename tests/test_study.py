@@ -12,11 +12,11 @@ import time
 
 import pytest
 import yaml
-from conftest import BIN_DIRECTORY, TINY_DATASET, make_tiny_project, run
+from conftest import BIN_DIRECTORY, REPOSITORY, TINY_DATASET, make_tiny_project, run
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import ConfigError
-from pipeline.study import StudyRow, experiment_name, load_study, study_path
+from pipeline.study import StudyRow, check_rows, experiment_name, load_study, study_path
 
 TINY_STUDY = {
     "title": "Tiny study",
@@ -103,6 +103,19 @@ def test_atienza_table_lists_all_18_rows_and_the_listing():
     assert (rows["listing"].published_train, rows["listing"].published_test) == (99.39, 98.5)
     assert sum(row.optimizer == "SGD" for row in study.rows) == 13
     assert [row.layers for row in study.rows[:18]].count("256-256-256") == 12
+
+
+@pytest.mark.parametrize("name", sorted(path.stem for path in (REPOSITORY / "conf/study").glob("*.yaml")))
+def test_every_study_row_composes_and_validates(name):
+    check_rows(load_study(study_path(name)))
+
+
+def test_the_longer_sgd_study_repeats_rows_of_the_table():
+    table = {row.row: row for row in load_study(study_path("atienza_table_1_3_2")).rows}
+    longer = load_study(study_path("atienza_table_1_3_2_sgd_100_epochs"))
+    assert "train.epochs=100" in longer.overrides
+    for row in longer.rows:
+        assert row == table[row.row]
 
 
 def finished_experiment_names(path):
