@@ -19,6 +19,7 @@ they ran from, so after a new commit every row runs again.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
@@ -161,11 +162,24 @@ def resolve(revision: str) -> str:
 
 def finished_experiments(baseline: str) -> dict[str, str]:
     """{experiment name: experiment commit} of the DVC experiments run from `baseline`."""
-    from dvc.repo import Repo
+    # Read from git's refs, as `dvc exp list` does, but without taking DVC's
+    # repository lock: a report can be written while a queue runs.
+    from dvc.repo.experiments.refs import ExpRefInfo
 
-    with Repo(".") as repo:
-        listed = repo.experiments.ls(rev=baseline)
-    return {name: sha for entries in listed.values() for name, sha in entries if sha}
+    listed = subprocess.run(
+        ["git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps/"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    experiments = {}
+    for line in listed:
+        reference, sha = line.split()
+        with contextlib.suppress(ValueError):  # refs/exps/ also holds DVC's stashes
+            info = ExpRefInfo.from_ref(reference)
+            if info.baseline_sha == baseline:
+                experiments[info.name] = sha
+    return experiments
 
 
 def queue_entries(names: set[str]) -> dict[str, str]:
