@@ -315,10 +315,15 @@ def csv_record(result: dict) -> dict:
 def summary(results: list[dict]) -> dict:
     done = [result for result in results if "measured_test" in result]
     differences = [abs(result["measured_test"] - result["row"].published_test) for result in done]
+    by_optimizer = {}
+    for optimizer in dict.fromkeys(result["row"].optimizer for result in done):
+        gaps = [abs(r["measured_test"] - r["row"].published_test) for r in done if r["row"].optimizer == optimizer]
+        by_optimizer[optimizer] = (sum(gaps) / len(gaps), len(gaps))
     return {
         "rows": len(results),
         "measured": len(done),
         "mean_absolute_test_difference": sum(differences) / len(differences) if differences else None,
+        "by_optimizer": by_optimizer,
         "total_seconds": sum(result["seconds"] for result in done),
         "span_seconds": max(result["end"] for result in done) - min(result["start"] for result in done)
         if done
@@ -343,11 +348,15 @@ def write_markdown(study: Study, study_name: str, results: list[dict], facts: di
         f"# {study.title}",
         "",
         f"Written by `python -m pipeline.study {study_name}` from the DVC experiments of commit `{commit[:12]}`",
-        f"and their MLflow runs (MLflow experiment of `{' '.join(study.overrides)}`).",
+        f"and their MLflow runs. Every row adds its own overrides to `{' '.join(study.overrides)}`.",
         "",
         f"- Rows measured: {facts['measured']} of {facts['rows']}",
         "- Mean absolute difference in test accuracy from the publication: "
-        + (f"{mean:.2f} percentage points" if mean is not None else "n/a"),
+        + (f"{mean:.2f} percentage points" if mean is not None else "n/a")
+        + "".join(
+            f"{'; by optimizer: ' if index == 0 else ', '}{optimizer} {gap:.2f} ({count} row{'s' if count > 1 else ''})"
+            for index, (optimizer, (gap, count)) in enumerate(facts["by_optimizer"].items())
+        ),
         f"- Last row finished: {facts['finished']:%Y-%m-%d %H:%M} UTC" if facts["finished"] else "- Not run yet",
         f"- Machine: {'; '.join(facts['machines']) or 'n/a'}",
         f"- Software: {'; '.join(facts['versions']) or 'n/a'}",
@@ -407,7 +416,13 @@ def plot(results: list[dict], title: str, path: Path) -> None:
         measured = [result["measured_test"] for result in done]
         low, high = min(published + measured) - 0.5, max(published + measured) + 0.5
         axis.plot([low, high], [low, high], color="grey", linestyle="--", label="measured = published")
-        axis.scatter(published, measured, zorder=3)
+        for optimizer in dict.fromkeys(result["row"].optimizer for result in done):
+            points = [
+                (x, y)
+                for result, x, y in zip(done, published, measured, strict=True)
+                if result["row"].optimizer == optimizer
+            ]
+            axis.scatter(*zip(*points, strict=True), zorder=3, label=optimizer)
         for result, x, y in zip(done, published, measured, strict=True):
             axis.annotate(result["row"].row, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         axis.set_xlim(low, high)
