@@ -39,6 +39,9 @@ def run_stage(main: Callable[[], None]) -> None:
     # `dvc exp remove --queue`/`kill` and CI timeouts send SIGTERM: treat it like
     # Ctrl-C so an open MLflow run is marked KILLED instead of staying RUNNING.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # A command started in the background by a script inherits SIGINT as
+    # ignored; `dvc queue kill` and Ctrl+C send SIGINT, so take it back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         main()
     except PipelineError as error:

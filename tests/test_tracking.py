@@ -58,7 +58,14 @@ def test_store_follows_dvc_root(tmp_path, monkeypatch):
     assert tracking.tracking_uri() == "http://127.0.0.1:5000"
 
 
-def test_sigterm_marks_the_run_killed(tmp_path):
+@pytest.mark.parametrize(
+    ("sent", "inherited_sigint"),
+    [(signal.SIGTERM, signal.SIG_DFL), (signal.SIGINT, signal.SIG_DFL), (signal.SIGINT, signal.SIG_IGN)],
+    ids=["sigterm", "sigint", "sigint-after-background-start"],
+)
+def test_a_stopped_stage_marks_its_run_killed(tmp_path, sent, inherited_sigint):
+    """SIGTERM (timeouts, `dvc exp remove`) and SIGINT (Ctrl+C, `dvc queue kill`) stop a stage with status
+    130 and its MLflow run KILLED, also when started from a script's background job, which ignores SIGINT."""
     script = (
         "import time\n"
         "from pipeline.errors import run_stage\n"
@@ -76,9 +83,10 @@ def test_sigterm_marks_the_run_killed(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         env={"PYTHONPATH": str(REPOSITORY), "PATH": "/usr/bin:/bin"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, inherited_sigint),
     )
     run_id = process.stdout.readline().strip()
     time.sleep(0.5)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(sent)
     assert process.wait(timeout=60) == 130
     assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id).info.status == "KILLED"
