@@ -69,7 +69,7 @@ def _initializer(name: str) -> str | keras.initializers.Initializer:
     return name
 
 
-def keras_loss(loss: str, task: str) -> str:
+def keras_loss(loss: str) -> str:
     """The Keras loss for config value `loss`, given that labels are class indices."""
     # Categorical cross-entropy on one-hot labels is sparse categorical
     # cross-entropy on the class indices, without a 10x larger label array.

@@ -286,6 +286,8 @@ CSV_COLUMNS = (
     "mlflow_run_id",
     "weights_sha256",
 )
+# The Markdown table's figures: the CSV's, up to the identifiers.
+TABLE_COLUMNS = CSV_COLUMNS[: CSV_COLUMNS.index("experiment")]
 
 
 def csv_record(result: dict) -> dict:
@@ -341,8 +343,9 @@ def write_csv(records: list[dict], path: Path) -> None:
         writer.writerows(records)
 
 
-def write_markdown(study: Study, study_name: str, results: list[dict], facts: dict, commit: str, path: Path) -> None:
-    records = [csv_record(result) for result in results]
+def write_markdown(
+    study: Study, study_name: str, results: list[dict], records: list[dict], facts: dict, commit: str, path: Path
+) -> None:
     mean = facts["mean_absolute_test_difference"]
     lines = [
         f"# {study.title}",
@@ -372,27 +375,7 @@ def write_markdown(study: Study, study_name: str, results: list[dict], facts: di
     for record in records:
         missing = "not run" if not record["measured_test"] else "n/a"
         lines.append(
-            "| "
-            + " | ".join(
-                record[column] or missing
-                for column in (
-                    "row",
-                    "layers",
-                    "regularizer",
-                    "optimizer",
-                    "relu",
-                    "published_train",
-                    "measured_train",
-                    "train_difference",
-                    "train_gain_last_epochs",
-                    "epoch_reaching_published_train",
-                    "published_test",
-                    "measured_test",
-                    "test_difference",
-                    "wall_seconds",
-                )
-            )
-            + f" | `{record['experiment']}` |"
+            "| " + " | ".join(record[column] or missing for column in TABLE_COLUMNS) + f" | `{record['experiment']}` |"
         )
     notes = [f"- Row {result['row'].row}: {result['row'].note}" for result in results if result["row"].note]
     if notes:
@@ -440,8 +423,9 @@ def plot(results: list[dict], title: str, path: Path) -> None:
 def write_report(study: Study, study_name: str, results: list[dict], commit: str, directory: Path) -> dict:
     directory.mkdir(parents=True, exist_ok=True)
     facts = summary(results)
-    write_csv([csv_record(result) for result in results], directory / "table.csv")
-    write_markdown(study, study_name, results, facts, commit, directory / "README.md")
+    records = [csv_record(result) for result in results]
+    write_csv(records, directory / "table.csv")
+    write_markdown(study, study_name, results, records, facts, commit, directory / "README.md")
     plot(results, study.title, directory / "test_accuracy.png")
     return facts
 

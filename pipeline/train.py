@@ -77,7 +77,7 @@ def train(
     model = build_mlp(train_inputs.shape[1], num_classes, model_config, task)
     model.compile(
         optimizer=make_optimizer(optimizer_config),
-        loss=keras_loss(train_config.loss, task),
+        loss=keras_loss(train_config.loss),
         metrics=["accuracy"],
     )
     train_targets = training_targets(train_labels, train_config.loss, task, num_classes)

@@ -169,7 +169,7 @@ def test_each_loss_trains(loss, task, keras_name):
         seed=0,
         task=task,
     )
-    assert keras_loss(loss, task) == keras_name
+    assert keras_loss(loss) == keras_name
     assert history["loss"][-1] < history["loss"][0]
     assert history["val_accuracy"][-1] > 0.6
     # The output layer follows the task: one sigmoid unit, or a softmax over the classes.
