@@ -12,10 +12,12 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 setup: $(INSTALLED)
 
-$(INSTALLED): requirements.lock
+$(INSTALLED): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip==25.3
 	$(VENV)/bin/python -m pip install --quiet --requirement requirements.lock
+	# The project itself, editable: puts the `mlp` command on the environment's PATH.
+	$(VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation --editable .
 	touch $@
 
 repro: $(INSTALLED)
@@ -26,7 +28,7 @@ repro: $(INSTALLED)
 # interruption. Other studies: make study STUDY=<name in conf/study/>.
 STUDY ?= atienza_table_1_3_2
 study: $(INSTALLED)
-	python -m pipeline.study $(STUDY)
+	mlp study $(STUDY)
 
 # The fast suite: unit tests and the end-to-end tests on a tiny synthetic dataset.
 test: $(INSTALLED)
@@ -43,7 +45,7 @@ lint: $(INSTALLED)
 
 # Compose conf/ into params.yaml, as `dvc exp run` does; use after editing conf/.
 params: $(INSTALLED)
-	python -m pipeline.config
+	mlp params
 
 # Re-pin the whole dependency tree after a change to requirements.txt.
 lock:

@@ -5,3 +5,6 @@ import os
 # TensorFlow's C++ start-up notices (CPU instruction sets, oneDNN) drown the
 # stage logs; warnings and errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The pipeline draws its figures headless: set Matplotlib's backend once, for
+# every module, before any of them imports pyplot.
+os.environ["MPLBACKEND"] = "Agg"

@@ -1,14 +1,13 @@
 """The parameters every stage reads: params.yaml, validated against one schema.
 
 params.yaml is the Hydra composition of conf/ (written by `dvc exp run` or by
-`python -m pipeline.config`). Each stage validates the whole file before it
+`mlp params`). Each stage validates the whole file before it
 touches any data or creates any MLflow run, so a wrong value fails at once with
 a message naming the key, the value and what is allowed.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import tempfile
@@ -18,10 +17,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipeline.errors import ConfigError, run_stage
+from pipeline.errors import ConfigError
+from pipeline.paths import CONFIG_DIRECTORY, PARAMS_FILE
 
-PARAMS_FILE = Path("params.yaml")
-CONFIG_DIRECTORY = Path("conf")
 MIRROR_ENVIRONMENT_VARIABLE = "MLP_DATA_MIRROR"
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "softmax", "elu", "gelu", "linear")
@@ -205,7 +203,7 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path} not found: compose it from conf/ with `python -m pipeline.config`") from None
+        raise ConfigError(f"{path} not found: compose it from conf/ with `mlp params`") from None
     return parse_params(text, path)
 
 
@@ -228,9 +226,9 @@ def parse_params(text: str, path: Path = PARAMS_FILE) -> Params:
         raise ConfigError(f"{path} has invalid parameters:\n{problems}") from None
 
 
-def mirror_location(params: Params) -> str | None:
-    """The mirror to download from: the environment variable wins over params.yaml."""
-    return os.environ.get(MIRROR_ENVIRONMENT_VARIABLE) or params.mirror
+def mirror_location(configured: str | None) -> str | None:
+    """The mirror to download from: the environment variable wins over params.yaml's `mirror`."""
+    return os.environ.get(MIRROR_ENVIRONMENT_VARIABLE) or configured
 
 
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -248,6 +246,8 @@ def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def compose(overrides: list[str] | None = None, config_directory: Path = CONFIG_DIRECTORY) -> str:
     """The YAML text `dvc exp run` would write to params.yaml for these overrides."""
     # The same function DVC calls, so the two can never disagree on the format.
+    # Imported here: DVC takes a second to import, and of the stages only
+    # train composes (for its lineage record).
     from dvc.utils.hydra import compose_and_dump
 
     with tempfile.TemporaryDirectory() as directory:
@@ -278,17 +278,3 @@ def _allowed_keys(location: tuple[Any, ...]) -> list[str]:
             break
         model = annotation
     return list(model.model_fields)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Compose conf/ into params.yaml, as `dvc exp run` does.")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model.dropout_rate=0.3 optimizer=sgd")
-    parser.add_argument("--output", type=Path, default=PARAMS_FILE)
-    arguments = parser.parse_args()
-    text = compose(arguments.overrides)
-    parse_params(text, arguments.output)  # refuse to write a composition no stage would accept
-    arguments.output.write_text(text, encoding="utf-8")
-
-
-if __name__ == "__main__":
-    run_stage(main)

@@ -21,9 +21,10 @@ from urllib.parse import unquote, urlparse
 import requests
 from tqdm import tqdm
 
+from pipeline.checksums import checksum_problem
 from pipeline.config import FileSpec, load_params, mirror_location
-from pipeline.datasets import RAW_DIRECTORY, checksum_problem
 from pipeline.errors import DownloadError, run_stage
+from pipeline.paths import RAW_DIRECTORY
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +41,11 @@ BACKOFF_SECONDS = 1.0  # doubled after each failed attempt
 
 def download(
     files: list[FileSpec],
-    urls: list[str],
     destination: Path,
+    *,
+    urls: list[str],
     dataset_name: str,
-    mirror: str | None = None,
+    mirror: str | None,
     timeout: tuple[float, float] = TIMEOUT,
     attempts: int = ATTEMPTS,
     backoff_seconds: float = BACKOFF_SECONDS,
@@ -193,10 +195,10 @@ def main() -> None:
     params = load_params()
     dataset = params.dataset
     files = list(dataset.files.values())
-    mirror = mirror_location(params)
+    mirror = mirror_location(params.mirror)
     if mirror:
         logger.info("downloading from mirror %s instead of the public URLs", mirror)
-    download(files, dataset.urls, RAW_DIRECTORY, dataset.name, mirror)
+    download(files, RAW_DIRECTORY, urls=dataset.urls, dataset_name=dataset.name, mirror=mirror)
 
 
 if __name__ == "__main__":

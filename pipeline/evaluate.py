@@ -1,6 +1,7 @@
 """Stage `evaluate`: score the trained model on the test split and finish the MLflow run.
 
-Reads params `dataset.num_classes`, `dataset.task`, `train.loss`, data/model/,
+Reads params `dataset.name`, `dataset.urls`, `dataset.num_classes`, `dataset.task`,
+`train.loss`, data/model/,
 data/processed/test.npz and reports/training_history.csv; writes
 reports/metrics.json (DVC metrics: test loss and accuracy, macro
 precision/recall/F1, the final epoch's training metrics, the sha256 of the
@@ -17,37 +18,43 @@ stages that produced the model.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from pathlib import Path
 
-import matplotlib
+import keras
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import ConfusionMatrixDisplay, classification_report, confusion_matrix
 
-matplotlib.use("Agg")  # no display: the pipeline runs headless
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay, classification_report, confusion_matrix  # noqa: E402
-
-from pipeline.config import load_params  # noqa: E402
-from pipeline.datasets import PROCESSED_DIRECTORY, load_split  # noqa: E402
-from pipeline.errors import DataError, run_stage  # noqa: E402
-from pipeline.train import HISTORY_FILE, MODEL_FILE, SUMMARY_FILE, log_datasets  # noqa: E402
+from pipeline.config import load_params
+from pipeline.errors import DataError, run_stage
+from pipeline.figures import save_figure
+from pipeline.files import atomic_path, write_json, write_text
+from pipeline.lineage import lock_tags
+from pipeline.model import training_targets, weights_sha256
+from pipeline.paths import (
+    CLASSIFICATION_REPORT_FILE,
+    CONFUSION_CSV,
+    CONFUSION_PNG,
+    HISTORY_FILE,
+    LEARNING_CURVES_PNG,
+    LOCK_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    PER_CLASS_METRICS_FILE,
+    PROCESSED_DIRECTORY,
+    rerun_hint,
+)
+from pipeline.splits import load_split
+from pipeline.tracking import log_datasets, pipeline_run, read_run_id
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = Path("reports/metrics.json")
-# Per-class scores in a file of their own, so that `dvc metrics show` and
-# `dvc exp show` list the headline test metrics first.
-PER_CLASS_METRICS_FILE = Path("reports/per_class_metrics.json")
-CONFUSION_CSV = Path("reports/confusion_matrix.csv")
-CONFUSION_PNG = Path("reports/confusion_matrix.png")
-LEARNING_CURVES_PNG = Path("reports/learning_curves.png")
-CLASSIFICATION_REPORT_FILE = Path("reports/classification_report.txt")
-
 
 def evaluate(
-    model, inputs: np.ndarray, labels: np.ndarray, num_classes: int, targets: np.ndarray | None = None
+    model: keras.Model, inputs: np.ndarray, labels: np.ndarray, *, num_classes: int, targets: np.ndarray | None = None
 ) -> dict:
     """Test loss and accuracy, macro and per-class precision/recall/F1, and the predictions.
 
@@ -85,7 +92,7 @@ def evaluate(
 
 
 def write_confusion_csv(labels: np.ndarray, predictions: np.ndarray, path: Path) -> None:
-    with path.open("w", newline="", encoding="utf-8") as stream:
+    with atomic_path(path) as temporary, temporary.open("w", newline="", encoding="utf-8") as stream:
         writer = csv.writer(stream)
         writer.writerow(["actual", "predicted"])
         writer.writerows(zip(labels.tolist(), predictions.tolist(), strict=True))
@@ -95,16 +102,14 @@ def plot_confusion_matrix(matrix: np.ndarray, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(7, 6))
     ConfusionMatrixDisplay(matrix).plot(ax=axis, cmap="Blues", colorbar=False, values_format="d")
     axis.set_title("Confusion matrix, test split")
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def read_history(history_file: Path) -> list[dict[str, str]]:
     with history_file.open(encoding="utf-8") as stream:
         rows = list(csv.DictReader(stream))
     if not rows:
-        raise DataError(f"{history_file} holds no epochs: re-run the train stage")
+        raise DataError(f"{history_file} holds no epochs: {rerun_hint('train')}")
     return rows
 
 
@@ -128,30 +133,50 @@ def plot_learning_curves(rows: list[dict[str, str]], path: Path) -> None:
         axis.grid(alpha=0.3)
         axis.legend()
     figure.suptitle("Learning curves")
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
+    save_figure(figure, path)
+
+
+def write_reports(results: dict, labels: np.ndarray, history: list[dict[str, str]], metrics: dict) -> None:
+    write_json(METRICS_FILE, metrics)
+    write_json(PER_CLASS_METRICS_FILE, results["per_class"])
+    write_confusion_csv(labels, results["predictions"], CONFUSION_CSV)
+    plot_confusion_matrix(results["confusion_matrix"], CONFUSION_PNG)
+    plot_learning_curves(history, LEARNING_CURVES_PNG)
+    write_text(CLASSIFICATION_REPORT_FILE, results["report_text"])
+
+
+def log_evaluation(results: dict, *, test_split, dataset_name: str, source: str) -> None:
+    """Add the test metrics, lineage of the upstream stages and the reports to the open MLflow run."""
+    mlflow.log_metrics({f"test_{name}": value for name, value in results["test"].items()})
+    # dvc.lock now holds the upstream stages as they ran for this model.
+    mlflow.set_tags(lock_tags(("download", "preprocess", "train")))
+    mlflow.log_artifact(str(LOCK_FILE), artifact_path="lineage")
+    log_datasets({"test": test_split}, dataset_name=dataset_name, source=source, context="test")
+    for label, scores in results["per_class"].items():
+        mlflow.log_metrics({f"test_{name}_class_{label}": scores[name] for name in ("precision", "recall", "f1")})
+    for path in (CONFUSION_PNG, LEARNING_CURVES_PNG, CONFUSION_CSV, CLASSIFICATION_REPORT_FILE):
+        mlflow.log_artifact(str(path), artifact_path="evaluation")
+    for path in (METRICS_FILE, PER_CLASS_METRICS_FILE):
+        mlflow.log_artifact(str(path), artifact_path="evaluation")
 
 
 def main() -> None:
     params = load_params()
-    import keras
-    import mlflow
-
-    from pipeline.lineage import LOCK_FILE, lock_tags
-    from pipeline.model import training_targets, weights_sha256
-    from pipeline.tracking import pipeline_run, read_run_id
-
+    dataset = params.dataset
     run_id = read_run_id()
-    inputs, labels = load_split(PROCESSED_DIRECTORY, "test")
+    test_split = load_split(PROCESSED_DIRECTORY, "test")
     try:
         model = keras.models.load_model(MODEL_FILE)
     except (OSError, ValueError) as error:
-        raise DataError(f"{MODEL_FILE} cannot be loaded ({error}): re-run the train stage") from None
+        raise DataError(f"{MODEL_FILE} cannot be loaded ({error}): {rerun_hint('train')}") from None
 
     with pipeline_run(run_id=run_id):
-        targets = training_targets(labels, params.train.loss, params.dataset.task, params.dataset.num_classes)
-        results = evaluate(model, inputs, labels, params.dataset.num_classes, targets)
+        targets = training_targets(
+            test_split.labels, loss=params.train.loss, task=dataset.task, num_classes=dataset.num_classes
+        )
+        results = evaluate(
+            model, test_split.inputs, test_split.labels, num_classes=dataset.num_classes, targets=targets
+        )
         history = read_history(HISTORY_FILE)
         metrics = {
             "test": results["test"],
@@ -160,25 +185,8 @@ def main() -> None:
             "weights_sha256": weights_sha256(model),
             "mlflow_run_id": run_id,
         }
-        METRICS_FILE.parent.mkdir(parents=True, exist_ok=True)
-        METRICS_FILE.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-        PER_CLASS_METRICS_FILE.write_text(json.dumps(results["per_class"], indent=2) + "\n", encoding="utf-8")
-        write_confusion_csv(labels, results["predictions"], CONFUSION_CSV)
-        plot_confusion_matrix(results["confusion_matrix"], CONFUSION_PNG)
-        plot_learning_curves(history, LEARNING_CURVES_PNG)
-        CLASSIFICATION_REPORT_FILE.write_text(results["report_text"], encoding="utf-8")
-
-        mlflow.log_metrics({f"test_{name}": value for name, value in results["test"].items()})
-        # dvc.lock now holds the upstream stages as they ran for this model.
-        mlflow.set_tags(lock_tags(("download", "preprocess", "train")))
-        mlflow.log_artifact(str(LOCK_FILE), artifact_path="lineage")
-        log_datasets(params, {"test": (inputs, labels)}, "test")
-        for label, scores in results["per_class"].items():
-            mlflow.log_metrics({f"test_{name}_class_{label}": scores[name] for name in ("precision", "recall", "f1")})
-        for path in (CONFUSION_PNG, LEARNING_CURVES_PNG, CONFUSION_CSV, CLASSIFICATION_REPORT_FILE, SUMMARY_FILE):
-            mlflow.log_artifact(str(path), artifact_path="evaluation")
-        for path in (METRICS_FILE, PER_CLASS_METRICS_FILE):
-            mlflow.log_artifact(str(path), artifact_path="evaluation")
+        write_reports(results, test_split.labels, history, metrics)
+        log_evaluation(results, test_split=test_split, dataset_name=dataset.name, source=dataset.urls[0])
     logger.info("test accuracy %.4f, test loss %.4f", results["test"]["accuracy"], results["test"]["loss"])
 
 

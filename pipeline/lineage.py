@@ -1,8 +1,7 @@
 """What produced a run: code, configuration, data, software and hardware.
 
 Collected by the train and evaluate stages into the MLflow run as tags, so
-that `python -m pipeline.reproduce <run id>` can rebuild the run from its
-record alone.
+that `mlp reproduce <run id>` can rebuild the run from its record alone.
 """
 
 from __future__ import annotations
@@ -10,39 +9,30 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import tensorflow as tf
 import yaml
 
-from pipeline.config import PARAMS_FILE, compose, flatten
-from pipeline.datasets import file_digest
+from pipeline.checksums import file_digest
+from pipeline.config import compose, flatten
+from pipeline.git import git_or_empty
+from pipeline.paths import LOCK_FILE, PARAMS_FILE, REQUIREMENTS_LOCK
 
-LOCK_FILE = Path("dvc.lock")
-REQUIREMENTS_LOCK = Path("requirements.lock")
 PACKAGES = ("tensorflow-cpu", "keras", "dvc", "hydra-core", "mlflow", "numpy")
-# Set by `python -m pipeline.reproduce` for the runs it starts.
+# Set by `mlp reproduce` for the runs it starts.
 REPRODUCES_VARIABLE = "MLP_REPRODUCES_RUN"
-
-
-def git(*arguments: str, cwd: Path | None = None) -> str:
-    """Output of a git command, or "" outside a git repository."""
-    try:
-        result = subprocess.run(["git", *arguments], cwd=cwd, capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-    return result.stdout.strip()
 
 
 def code_tags() -> tuple[dict[str, str], str]:
     """Git commit and dirtiness as tags, and the uncommitted diff ("" when clean)."""
-    commit = git("rev-parse", "HEAD")
+    commit = git_or_empty("rev-parse", "HEAD")
     if not commit:
         return {}, ""
     # Tracked files only: untracked outputs (data, reports) are not code.
-    diff = git("diff", "HEAD", "--", ".", ":(exclude)params.yaml", ":(exclude)dvc.lock", ":(exclude)reports")
+    diff = git_or_empty("diff", "HEAD", "--", ".", ":(exclude)params.yaml", ":(exclude)dvc.lock", ":(exclude)reports")
     tags = {"git.commit": commit, "git.dirty": str(bool(diff)).lower()}
     for variable, tag in (("DVC_EXP_NAME", "dvc.experiment_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev")):
         if os.environ.get(variable):
@@ -54,8 +44,6 @@ def code_tags() -> tuple[dict[str, str], str]:
 
 def environment_tags() -> dict[str, str]:
     """Software versions, the lock file's hash, the CPU and the thread settings."""
-    import tensorflow as tf
-
     tags = {"python.version": platform.python_version()}
     for package in PACKAGES:
         with contextlib.suppress(metadata.PackageNotFoundError):

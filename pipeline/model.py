@@ -1,28 +1,21 @@
-"""The multilayer perceptron and its optimizer, built from config values.
-
-Keras is imported inside the functions so that modules which only need the
-names (config validation, tests of other stages) do not pay for loading
-TensorFlow.
-"""
+"""The multilayer perceptron and its optimizer, built from config values."""
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import keras
+import matplotlib.pyplot as plt
 import numpy as np
 
 from pipeline.config import ModelConfig, OptimizerConfig
-
-if TYPE_CHECKING:
-    import keras
+from pipeline.figures import save_figure
 
 
-def build_mlp(input_size: int, num_classes: int, config: ModelConfig, task: str = "multiclass") -> keras.Model:
+def build_mlp(input_size: int, *, num_classes: int, task: str, config: ModelConfig) -> keras.Model:
     """Dense hidden layers (each followed by Dropout when the rate is > 0), then the output layer:
     a softmax over the classes, or for a binary task one sigmoid unit."""
-    import keras
 
     regularizer = keras.regularizers.L2(config.l2_weight_decay) if config.l2_weight_decay > 0 else None
     layers = [keras.Input(shape=(input_size,), name="pixels")]
@@ -46,8 +39,6 @@ def build_mlp(input_size: int, num_classes: int, config: ModelConfig, task: str 
 
 
 def make_optimizer(config: OptimizerConfig) -> keras.optimizers.Optimizer:
-    import keras
-
     if config.name == "adam":
         return keras.optimizers.Adam(learning_rate=config.learning_rate)
     if config.name == "sgd":
@@ -58,8 +49,6 @@ def make_optimizer(config: OptimizerConfig) -> keras.optimizers.Optimizer:
 
 
 def _initializer(name: str) -> str | keras.initializers.Initializer:
-    import keras
-
     # The Keras 1/2 tutorials' "uniform" and "normal" meant these fixed ranges,
     # not the fan-scaled Glorot/He initializers.
     if name == "uniform":
@@ -78,7 +67,7 @@ def keras_loss(loss: str) -> str:
     return loss
 
 
-def training_targets(labels: np.ndarray, loss: str, task: str, num_classes: int) -> np.ndarray:
+def training_targets(labels: np.ndarray, *, loss: str, task: str, num_classes: int) -> np.ndarray:
     """What the loss compares the output with: class indices, or one-hot rows for mse over a softmax."""
     if loss == "mse" and task == "multiclass":
         return np.eye(num_classes, dtype="float32")[labels]
@@ -87,11 +76,6 @@ def training_targets(labels: np.ndarray, loss: str, task: str, num_classes: int)
 
 def draw_architecture(model: keras.Model, path: Path) -> None:
     """A diagram of the network: one box per layer, top to bottom, with its output size and parameters."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     boxes = [f"input: {model.input_shape[-1]} features"]
     for layer in model.layers:
         config = layer.get_config()
@@ -122,9 +106,7 @@ def draw_architecture(model: keras.Model, path: Path) -> None:
         if index < len(boxes) - 1:
             axis.annotate("", xy=(0.5, y - 0.62), xytext=(0.5, y - 0.38), arrowprops={"arrowstyle": "->"})
     axis.set_title(f"{model.name}: {model.count_params():,} parameters", fontsize=11)
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def weights_sha256(model: keras.Model) -> str:

@@ -15,50 +15,41 @@ stage.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.model_selection import train_test_split
 
-matplotlib.use("Agg")  # no display: the pipeline runs headless
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
-
-from pipeline.config import load_params  # noqa: E402
-from pipeline.datasets import PROCESSED_DIRECTORY, RAW_DIRECTORY, RawData, read_dataset, save_split  # noqa: E402
-from pipeline.errors import run_stage  # noqa: E402
+from pipeline.config import DatasetConfig, load_params
+from pipeline.decoders import RawData, read_dataset
+from pipeline.errors import run_stage
+from pipeline.figures import save_figure
+from pipeline.files import write_json
+from pipeline.paths import CLASS_COUNTS_FILE, PROCESSED_DIRECTORY, RAW_DIRECTORY, SAMPLES_FILE, SCALING_FILE
+from pipeline.splits import Split, save_split
 
 logger = logging.getLogger(__name__)
 
-CLASS_COUNTS_FILE = Path("reports/class_counts.json")
-SAMPLES_FILE = Path("reports/samples.png")
 GRID_SIZE = 5
 
 
-def preprocess(
-    raw: RawData,
-    validation_fraction: float,
-    seed: int,
-    scaling: str = "unit_interval",
-    test_fraction: float | None = None,
-    max_train_samples: int | None = None,
-    max_test_samples: int | None = None,
-) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
-    """Split, subsample, flatten and scale; return ({split: (inputs, labels)}, scaling statistics)."""
+def preprocess(raw: RawData, *, dataset: DatasetConfig, seed: int) -> tuple[dict[str, Split], dict]:
+    """Split, subsample, flatten and scale; return ({split name: Split}, scaling statistics)."""
     train_inputs, train_labels, test_inputs, test_labels = raw
     if test_inputs is None:
         train_inputs, test_inputs, train_labels, test_labels = train_test_split(
-            train_inputs, train_labels, test_size=test_fraction, stratify=train_labels, random_state=seed
+            train_inputs, train_labels, test_size=dataset.test_fraction, stratify=train_labels, random_state=seed
         )
-    if max_train_samples is not None and max_train_samples < len(train_labels):
-        train_inputs, train_labels = _stratified_subset(train_inputs, train_labels, max_train_samples, seed)
-    if max_test_samples is not None and max_test_samples < len(test_labels):
-        test_inputs, test_labels = _stratified_subset(test_inputs, test_labels, max_test_samples, seed)
-    if validation_fraction > 0:
+    if dataset.max_train_samples is not None and dataset.max_train_samples < len(train_labels):
+        train_inputs, train_labels = _stratified_subset(train_inputs, train_labels, dataset.max_train_samples, seed)
+    if dataset.max_test_samples is not None and dataset.max_test_samples < len(test_labels):
+        test_inputs, test_labels = _stratified_subset(test_inputs, test_labels, dataset.max_test_samples, seed)
+    if dataset.validation_fraction > 0:
         train_inputs, validation_inputs, train_labels, validation_labels = train_test_split(
-            train_inputs, train_labels, test_size=validation_fraction, stratify=train_labels, random_state=seed
+            train_inputs, train_labels, test_size=dataset.validation_fraction, stratify=train_labels, random_state=seed
         )
     else:
         validation_inputs, validation_labels = train_inputs[:0], train_labels[:0]
@@ -67,6 +58,7 @@ def preprocess(
         "validation": (_flatten(validation_inputs), validation_labels),
         "test": (_flatten(test_inputs), test_labels),
     }
+    scaling = dataset.scaling
     if scaling == "unit_interval":
         # uint8 pixels 0-255 -> [0, 1]
         statistics = {"scaling": scaling}
@@ -78,30 +70,29 @@ def preprocess(
         deviation[deviation == 0] = 1.0  # a constant feature stays 0 instead of dividing by zero
         statistics = {"scaling": scaling, "mean": mean.tolist(), "standard_deviation": deviation.tolist()}
         scale = lambda inputs: ((inputs - mean) / deviation).astype(np.float32)  # noqa: E731
-    scaled = {name: (scale(inputs), labels.astype(np.int64)) for name, (inputs, labels) in splits.items()}
+    scaled = {name: Split(scale(inputs), labels.astype(np.int64)) for name, (inputs, labels) in splits.items()}
     return scaled, statistics
 
 
-def class_counts(splits: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int) -> dict[str, dict[str, int]]:
+def class_counts(splits: dict[str, Split], num_classes: int) -> dict[str, dict[str, int]]:
     return {
         name: {str(label): int(count) for label, count in enumerate(np.bincount(labels, minlength=num_classes))}
         for name, (_, labels) in splits.items()
     }
 
 
-def save_samples_figure(inputs: np.ndarray, labels: np.ndarray, class_names: list[str], path: Path, seed: int) -> None:
+def save_samples_figure(
+    inputs: np.ndarray, labels: np.ndarray, path: Path, *, class_names: list[str], seed: int
+) -> None:
     """Images: a grid of random examples titled with their class. Tables: each feature's histogram per class."""
     if inputs.ndim >= 3:
         figure = _image_grid(inputs, labels, class_names, seed)
     else:
         figure = _feature_histograms(inputs, labels, class_names)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
-def _image_grid(images: np.ndarray, labels: np.ndarray, class_names: list[str], seed: int):
+def _image_grid(images: np.ndarray, labels: np.ndarray, class_names: list[str], seed: int) -> Figure:
     chosen = np.random.default_rng(seed).choice(len(images), size=min(GRID_SIZE**2, len(images)), replace=False)
     figure, axes = plt.subplots(GRID_SIZE, GRID_SIZE, figsize=(6, 6.6))
     for axis in axes.flat:
@@ -113,7 +104,7 @@ def _image_grid(images: np.ndarray, labels: np.ndarray, class_names: list[str], 
     return figure
 
 
-def _feature_histograms(table: np.ndarray, labels: np.ndarray, class_names: list[str]):
+def _feature_histograms(table: np.ndarray, labels: np.ndarray, class_names: list[str]) -> Figure:
     columns = 4
     rows = -(-table.shape[1] // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 2.4 * rows), squeeze=False)
@@ -145,22 +136,15 @@ def main() -> None:
     params = load_params()
     dataset = params.dataset
     raw = read_dataset(dataset, RAW_DIRECTORY)
-    save_samples_figure(raw.train_inputs, raw.train_labels, dataset.class_names, SAMPLES_FILE, params.seed)
-    splits, statistics = preprocess(
-        raw,
-        dataset.validation_fraction,
-        params.seed,
-        dataset.scaling,
-        dataset.test_fraction,
-        dataset.max_train_samples,
-        dataset.max_test_samples,
+    save_samples_figure(
+        raw.train_inputs, raw.train_labels, SAMPLES_FILE, class_names=dataset.class_names, seed=params.seed
     )
-    for name, (inputs, labels) in splits.items():
-        save_split(PROCESSED_DIRECTORY / f"{name}.npz", inputs, labels)
-        logger.info("%s: %d examples of %d features", name, *inputs.shape)
-    (PROCESSED_DIRECTORY / "scaling.json").write_text(json.dumps(statistics, indent=2) + "\n", encoding="utf-8")
-    counts = class_counts(splits, dataset.num_classes)
-    CLASS_COUNTS_FILE.write_text(json.dumps(counts, indent=2) + "\n", encoding="utf-8")
+    splits, statistics = preprocess(raw, dataset=dataset, seed=params.seed)
+    for name, split in splits.items():
+        save_split(PROCESSED_DIRECTORY / f"{name}.npz", split)
+        logger.info("%s: %d examples of %d features", name, *split.inputs.shape)
+    write_json(SCALING_FILE, statistics)
+    write_json(CLASS_COUNTS_FILE, class_counts(splits, dataset.num_classes))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Where MLflow runs go and how a stage opens and closes one.
+"""Where MLflow runs go, how a stage opens and closes one, and what it logs.
 
 One MLflow run per pipeline execution: the train stage creates it and records
 the run id next to the model; the evaluate stage reopens that run to add the
@@ -20,16 +20,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import keras
 import mlflow
+import numpy as np
+import tensorflow as tf
+from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from pipeline.errors import PipelineError
+from pipeline.files import write_json
+from pipeline.paths import ARTIFACTS_DIRECTORY, RUN_FILE, STORE_FILE, rerun_hint
+from pipeline.splits import Split
 
 logger = logging.getLogger(__name__)
-
-STORE_FILE = "mlflow.db"
-ARTIFACTS_DIRECTORY = "mlartifacts"
-RUN_FILE = Path("data/model/mlflow_run.json")
 
 
 def repository_root() -> Path:
@@ -90,20 +93,49 @@ def pipeline_run(
 
 
 def write_run_file(run: mlflow.ActiveRun) -> None:
-    RUN_FILE.parent.mkdir(parents=True, exist_ok=True)
     # No store path: this file is a versioned output and must not depend on where the repository lives.
-    record = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}
-    RUN_FILE.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    write_json(RUN_FILE, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
 
 
 def read_run_id() -> str:
     try:
         return json.loads(RUN_FILE.read_text(encoding="utf-8"))["run_id"]
     except FileNotFoundError:
-        raise PipelineError(f"{RUN_FILE} not found: run the train stage first (dvc repro train)") from None
+        raise PipelineError(f"{RUN_FILE} not found: {rerun_hint('train')}") from None
     except (json.JSONDecodeError, KeyError, TypeError):
         raise PipelineError(f"{RUN_FILE} is not valid: expected JSON with a run_id; re-run the train stage") from None
 
 
 def client() -> MlflowClient:
     return MlflowClient(tracking_uri())
+
+
+def log_model(model: keras.Model, example_inputs: np.ndarray, *, registered_model_name: str) -> None:
+    """Log the model with its signature and an input example, and register a new version of it."""
+    signature = infer_signature(example_inputs, model.predict(example_inputs, verbose=0))
+    # The tensorflow flavor: it saves Keras 3 models as .keras files too, and
+    # (unlike mlflow.keras in this release) stores the input example correctly.
+    mlflow.tensorflow.log_model(
+        model,
+        name="model",
+        signature=signature,
+        input_example=example_inputs,
+        registered_model_name=registered_model_name,
+        # Listed rather than inferred: inference re-loads the model in a
+        # subprocess, and would pick the GPU build of TensorFlow.
+        pip_requirements=[
+            f"tensorflow-cpu=={tf.__version__}",
+            f"keras=={keras.__version__}",
+            f"mlflow=={mlflow.__version__}",
+        ],
+    )
+
+
+def log_datasets(splits: dict[str, Split], *, dataset_name: str, source: str, context: str) -> None:
+    """Log each non-empty split as an MLflow dataset input (MLflow computes its digest)."""
+    for name, split in splits.items():
+        if len(split.labels):
+            dataset = mlflow.data.from_numpy(
+                split.inputs, targets=split.labels, name=f"{dataset_name}-{name}", source=source
+            )
+            mlflow.log_input(dataset, context="validation" if name == "validation" else context)

@@ -170,7 +170,7 @@ def make_tiny_project(destination: Path, served: ServedDataset, *overrides: str)
     cifar_url = served.base_url.replace(TINY_DATASET, TINY_CIFAR)
     add_dataset(destination, "cifar10", TINY_CIFAR, cifar_url, served.cifar_specs)
     run(
-        [sys.executable, "-m", "pipeline.config", f"dataset={TINY_DATASET}", "train.epochs=1", *overrides],
+        ["mlp", "params", f"dataset={TINY_DATASET}", "train.epochs=1", *overrides],
         cwd=destination,
     )
     git = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com"]

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from conftest import idx_bytes
 
-from pipeline.datasets import load_split, read_idx, read_idx_images_and_labels, save_split
+from pipeline.decoders import read_idx, read_idx_images_and_labels
 from pipeline.errors import DataError
+from pipeline.splits import Split, load_split, save_split
 
 
 def write(path, data: bytes, compressed: bool = True):
@@ -73,7 +74,7 @@ def test_missing_raw_file_points_to_the_download_stage(tmp_path):
 
 def test_split_round_trip_and_bad_split_file(tmp_path):
     inputs, labels = np.random.rand(4, 784).astype(np.float32), np.arange(4)
-    save_split(tmp_path / "train.npz", inputs, labels)
+    save_split(tmp_path / "train.npz", Split(inputs, labels))
     loaded_inputs, loaded_labels = load_split(tmp_path, "train")
     np.testing.assert_array_equal(loaded_inputs, inputs)
     np.testing.assert_array_equal(loaded_labels, labels)

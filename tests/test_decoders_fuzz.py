@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import CsvLayout, FileSpec
-from pipeline.datasets import _cifar_batch, read_cifar_archive, read_csv_table, read_idx
+from pipeline.decoders import _cifar_batch, read_cifar_archive, read_csv_table, read_idx
 from pipeline.errors import DataError
 
 FUZZ = settings(

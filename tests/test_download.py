@@ -26,7 +26,7 @@ def verified(path, spec: FileSpec) -> bool:
 
 def test_http_download_verifies_every_file(tmp_path, tiny_dataset_server):
     base_url, specs, served_root, _ = tiny_dataset_server
-    paths = download(specs_of(specs), [base_url], tmp_path, TINY_DATASET)
+    paths = download(specs_of(specs), tmp_path, urls=[base_url], dataset_name=TINY_DATASET, mirror=None)
     assert all(verified(path, spec) for path, spec in zip(paths, specs_of(specs), strict=True))
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(spec["name"] for spec in specs.values())
 
@@ -34,7 +34,9 @@ def test_http_download_verifies_every_file(tmp_path, tiny_dataset_server):
 def test_unreachable_and_missing_urls_fall_through_to_the_next(tmp_path, tiny_dataset_server):
     base_url, specs, served_root, _ = tiny_dataset_server
     missing = base_url.replace(TINY_DATASET, "nowhere")
-    paths = download(specs_of(specs), [CLOSED_PORT_URL, missing, base_url], tmp_path, TINY_DATASET)
+    paths = download(
+        specs_of(specs), tmp_path, urls=[CLOSED_PORT_URL, missing, base_url], dataset_name=TINY_DATASET, mirror=None
+    )
     assert all(path.exists() for path in paths)
 
 
@@ -46,22 +48,24 @@ def test_mirror_replaces_the_public_urls(tmp_path, tiny_dataset_server, form):
         "file_uri": served_root.as_uri(),
         "http": base_url.removesuffix(f"{TINY_DATASET}/"),
     }[form]
-    paths = download(specs_of(specs), [CLOSED_PORT_URL], tmp_path / "raw", TINY_DATASET, mirror=mirror)
+    paths = download(
+        specs_of(specs), tmp_path / "raw", urls=[CLOSED_PORT_URL], dataset_name=TINY_DATASET, mirror=mirror
+    )
     assert all(path.exists() for path in paths)
 
 
 def test_present_and_verified_files_need_no_network(tmp_path, tiny_dataset_server):
     base_url, specs, served_root, _ = tiny_dataset_server
-    download(specs_of(specs), [base_url], tmp_path, TINY_DATASET)
+    download(specs_of(specs), tmp_path, urls=[base_url], dataset_name=TINY_DATASET, mirror=None)
     # Only a closed port left: any network access would fail.
-    download(specs_of(specs), [CLOSED_PORT_URL], tmp_path, TINY_DATASET)
+    download(specs_of(specs), tmp_path, urls=[CLOSED_PORT_URL], dataset_name=TINY_DATASET, mirror=None)
 
 
 def test_checksum_mismatch_everywhere_fails_listing_each_url(tmp_path, tiny_dataset_server):
     base_url, specs, served_root, _ = tiny_dataset_server
     wrong = FileSpec(**{**specs["train_labels"], "sha256": "0" * 64})
     with pytest.raises(DownloadError) as error:
-        download([wrong], [CLOSED_PORT_URL, base_url], tmp_path, TINY_DATASET)
+        download([wrong], tmp_path, urls=[CLOSED_PORT_URL, base_url], dataset_name=TINY_DATASET, mirror=None)
     message = str(error.value)
     assert f"{CLOSED_PORT_URL}{wrong.name}: connection failed" in message
     assert f"{base_url}{wrong.name}: sha256 " in message
@@ -73,12 +77,12 @@ def test_http_error_status_is_reported(tmp_path, tiny_dataset_server):
     base_url, specs, served_root, _ = tiny_dataset_server
     missing = FileSpec(name="absent.gz", sha256="0" * 64, size=10)
     with pytest.raises(DownloadError, match="absent.gz: HTTP 404"):
-        download([missing], [base_url], tmp_path, TINY_DATASET)
+        download([missing], tmp_path, urls=[base_url], dataset_name=TINY_DATASET, mirror=None)
 
 
 def test_a_corrupted_local_file_is_replaced(tmp_path, tiny_dataset_server):
     base_url, specs, served_root, _ = tiny_dataset_server
     spec = specs_of(specs)[1]
     (tmp_path / spec.name).write_bytes(b"corrupted")
-    download([spec], [base_url], tmp_path, TINY_DATASET)
+    download([spec], tmp_path, urls=[base_url], dataset_name=TINY_DATASET, mirror=None)
     assert verified(tmp_path / spec.name, spec)

@@ -96,7 +96,7 @@ def final_files(folder):
 
 @pytest.mark.parametrize("fault", ["404", "500", "truncate", "flip", "stall", "reset"])
 def test_each_fault_moves_on_to_the_next_mirror(tmp_path, server, fault):
-    download([SPEC], [f"{server}/{fault}/", f"{server}/ok/"], tmp_path, "any", **FAST)
+    download([SPEC], tmp_path, urls=[f"{server}/{fault}/", f"{server}/ok/"], dataset_name="any", mirror=None, **FAST)
     assert (tmp_path / NAME).read_bytes() == PAYLOAD
     assert final_files(tmp_path) == [NAME]  # no partial file left behind
 
@@ -104,13 +104,13 @@ def test_each_fault_moves_on_to_the_next_mirror(tmp_path, server, fault):
 @pytest.mark.parametrize("fault", ["404", "500", "truncate", "flip", "stall", "reset"])
 def test_no_unverified_file_under_the_final_name(tmp_path, server, fault):
     with pytest.raises(DownloadError):
-        download([SPEC], [f"{server}/{fault}/"], tmp_path, "any", **FAST)
+        download([SPEC], tmp_path, urls=[f"{server}/{fault}/"], dataset_name="any", mirror=None, **FAST)
     assert not (tmp_path / NAME).exists()
     assert final_files(tmp_path) == []
 
 
 def test_a_broken_transfer_is_resumed_with_a_range_request(tmp_path, server):
-    download([SPEC], [f"{server}/reset_once/"], tmp_path, "any", **FAST)
+    download([SPEC], tmp_path, urls=[f"{server}/reset_once/"], dataset_name="any", mirror=None, **FAST)
     assert (tmp_path / NAME).read_bytes() == PAYLOAD
     ranges = [header for _, header in FaultyHandler.requests]
     assert ranges[0] is None
@@ -118,7 +118,7 @@ def test_a_broken_transfer_is_resumed_with_a_range_request(tmp_path, server):
 
 
 def test_a_truncated_body_is_resumed(tmp_path, server):
-    download([SPEC], [f"{server}/truncate_once/"], tmp_path, "any", **FAST)
+    download([SPEC], tmp_path, urls=[f"{server}/truncate_once/"], dataset_name="any", mirror=None, **FAST)
     assert (tmp_path / NAME).read_bytes() == PAYLOAD
     # Resumed from what had arrived (whole network chunks of the first half).
     resumed_from = int(FaultyHandler.requests[1][1].removeprefix("bytes=").removesuffix("-"))
@@ -126,21 +126,21 @@ def test_a_truncated_body_is_resumed(tmp_path, server):
 
 
 def test_a_server_ignoring_range_restarts_cleanly(tmp_path, server):
-    download([SPEC], [f"{server}/reset_once_norange/"], tmp_path, "any", **FAST)
+    download([SPEC], tmp_path, urls=[f"{server}/reset_once_norange/"], dataset_name="any", mirror=None, **FAST)
     assert (tmp_path / NAME).read_bytes() == PAYLOAD
 
 
 def test_an_interrupted_run_is_resumed_by_the_next(tmp_path, server):
     # What a killed run leaves: the first half under the partial name.
     (tmp_path / f".{NAME}.part").write_bytes(PAYLOAD[:400_000])
-    download([SPEC], [f"{server}/ok/"], tmp_path, "any", **FAST)
+    download([SPEC], tmp_path, urls=[f"{server}/ok/"], dataset_name="any", mirror=None, **FAST)
     assert (tmp_path / NAME).read_bytes() == PAYLOAD
     assert FaultyHandler.requests == [("/ok/payload.bin", "bytes=400000-")]
 
 
 def test_404_is_not_retried_but_500_is(tmp_path, server):
     with pytest.raises(DownloadError):
-        download([SPEC], [f"{server}/404/", f"{server}/500/"], tmp_path, "any", **FAST)
+        download([SPEC], tmp_path, urls=[f"{server}/404/", f"{server}/500/"], dataset_name="any", mirror=None, **FAST)
     paths = [path for path, _ in FaultyHandler.requests]
     assert paths.count("/404/payload.bin") == 1
     assert paths.count("/500/payload.bin") == FAST["attempts"]
@@ -149,7 +149,7 @@ def test_404_is_not_retried_but_500_is(tmp_path, server):
 def test_the_error_names_every_url_and_why_it_failed(tmp_path, server):
     urls = [f"{server}/{fault}/" for fault in ("404", "500", "flip", "stall")]
     with pytest.raises(DownloadError) as error:
-        download([SPEC], urls, tmp_path, "any", **FAST)
+        download([SPEC], tmp_path, urls=urls, dataset_name="any", mirror=None, **FAST)
     message = str(error.value)
     assert f"could not get a verified {NAME} from any URL" in message
     assert f"{server}/404/{NAME}: HTTP 404" in message

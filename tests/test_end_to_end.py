@@ -160,7 +160,7 @@ def test_second_repro_runs_nothing(project):
 def test_training_parameter_change_reruns_only_train_and_evaluate(project):
     path, _ = project
     overrides = [f"dataset={TINY_DATASET}", "train.epochs=1", "model.dropout_rate=0.3"]
-    run([sys.executable, "-m", "pipeline.config", *overrides], cwd=path)
+    run(["mlp", "params", *overrides], cwd=path)
     diff = run(["dvc", "params", "diff", "--json"], cwd=path).stdout
     change = json.loads(diff)["params.yaml"]["model.dropout_rate"]
     assert (change["old"], change["new"]) == (0.45, 0.3)

@@ -8,7 +8,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 
@@ -120,7 +119,7 @@ def test_registered_model_is_served_by_mlflow_models_serve(tmp_path, tiny_datase
 @pytest.mark.skipif(not os.environ.get("MLP_DATA_MIRROR"), reason="set MLP_DATA_MIRROR to a folder holding mnist/")
 def test_real_mnist_through_the_mirror(tmp_path):
     path = copy_repository(tmp_path / "project")
-    run([sys.executable, "-m", "pipeline.config", "experiment=smoke"], cwd=path)
+    run(["mlp", "params", "experiment=smoke"], cwd=path)
     run(["git", "init", "-q"], cwd=path)
     result = run(["dvc", "repro"], cwd=path, MLP_DATA_MIRROR=os.environ["MLP_DATA_MIRROR"])
     assert "downloading from mirror" in result.stderr

@@ -9,6 +9,7 @@ from conftest import synthetic_digits
 
 from pipeline.config import ModelConfig, OptimizerConfig, TrainConfig
 from pipeline.model import build_mlp, draw_architecture, keras_loss, make_optimizer, training_targets
+from pipeline.splits import Split
 from pipeline.train import model_summary, seed_everything, train, write_history
 
 DEFAULT_MODEL = ModelConfig(
@@ -21,7 +22,7 @@ DEFAULT_MODEL = ModelConfig(
 
 
 def test_default_network_has_atienzas_269322_parameters():
-    model = build_mlp(784, 10, DEFAULT_MODEL)
+    model = build_mlp(784, num_classes=10, task="multiclass", config=DEFAULT_MODEL)
     assert model.count_params() == 269_322
     kinds = [type(layer).__name__ for layer in model.layers]
     assert kinds == ["Dense", "Dropout", "Dense", "Dropout", "Dense"]
@@ -31,7 +32,7 @@ def test_default_network_has_atienzas_269322_parameters():
 
 def test_no_dropout_layers_at_rate_zero_and_l2_on_every_hidden_layer():
     config = DEFAULT_MODEL.model_copy(update={"dropout_rate": 0.0, "l2_weight_decay": 0.001, "hidden_units": [8, 8, 8]})
-    model = build_mlp(784, 10, config)
+    model = build_mlp(784, num_classes=10, task="multiclass", config=config)
     hidden = [layer for layer in model.layers if layer.name.startswith("hidden")]
     assert len(model.layers) == 4
     assert all(layer.kernel_regularizer.l2 == pytest.approx(0.001) for layer in hidden)
@@ -40,14 +41,18 @@ def test_no_dropout_layers_at_rate_zero_and_l2_on_every_hidden_layer():
 @pytest.mark.parametrize(("name", "low", "high"), [("uniform", -0.05, 0.05), ("zeros", 0.0, 0.0)])
 def test_fixed_range_initializers(name, low, high):
     seed_everything(0)
-    model = build_mlp(784, 10, DEFAULT_MODEL.model_copy(update={"kernel_initializer": name}))
+    model = build_mlp(
+        784, num_classes=10, task="multiclass", config=DEFAULT_MODEL.model_copy(update={"kernel_initializer": name})
+    )
     kernel = model.layers[0].kernel.numpy()
     assert low <= kernel.min() and kernel.max() <= high
 
 
 def test_normal_initializer_has_standard_deviation_005():
     seed_everything(0)
-    model = build_mlp(784, 10, DEFAULT_MODEL.model_copy(update={"kernel_initializer": "normal"}))
+    model = build_mlp(
+        784, num_classes=10, task="multiclass", config=DEFAULT_MODEL.model_copy(update={"kernel_initializer": "normal"})
+    )
     assert model.layers[0].kernel.numpy().std() == pytest.approx(0.05, rel=0.02)
 
 
@@ -71,14 +76,13 @@ def tiny_training(seed: int, **train_options):
     images, labels = synthetic_digits(300, seed=1)
     inputs = images.reshape(300, -1).astype(np.float32) / 255
     return train(
-        inputs[:250],
-        labels[:250],
-        inputs[250:],
-        labels[250:],
-        10,
-        DEFAULT_MODEL.model_copy(update={"hidden_units": [32]}),
-        OptimizerConfig(name="adam", learning_rate=0.01),
-        TrainConfig(
+        Split(inputs[:250], labels[:250]),
+        Split(inputs[250:], labels[250:]),
+        num_classes=10,
+        task="multiclass",
+        model_config=DEFAULT_MODEL.model_copy(update={"hidden_units": [32]}),
+        optimizer_config=OptimizerConfig(name="adam", learning_rate=0.01),
+        train_config=TrainConfig(
             **{
                 "loss": "categorical_crossentropy",
                 "batch_size": 32,
@@ -87,7 +91,7 @@ def tiny_training(seed: int, **train_options):
                 **train_options,
             }
         ),
-        seed,
+        seed=seed,
     )
 
 
@@ -133,7 +137,7 @@ NUMPY_ACTIVATIONS = {
 def test_hidden_activation_from_config(activation):
     seed_everything(0)
     config = DEFAULT_MODEL.model_copy(update={"activation": activation, "hidden_units": [6], "dropout_rate": 0.0})
-    model = build_mlp(4, 3, config)
+    model = build_mlp(4, num_classes=3, task="multiclass", config=config)
     inputs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     hidden = model.layers[0]
     kernel, bias = (weights.numpy() for weights in (hidden.kernel, hidden.bias))
@@ -158,16 +162,14 @@ def test_each_loss_trains(loss, task, keras_name):
         labels = (labels >= 5).astype(np.int64)
     num_classes = 2 if task == "binary" else 10
     model, history = train(
-        inputs[:250],
-        labels[:250],
-        inputs[250:],
-        labels[250:],
-        num_classes,
-        DEFAULT_MODEL.model_copy(update={"hidden_units": [32], "dropout_rate": 0.0}),
-        OptimizerConfig(name="adam", learning_rate=0.01),
-        TrainConfig(loss=loss, batch_size=32, epochs=4, early_stopping_patience=None),
-        seed=0,
+        Split(inputs[:250], labels[:250]),
+        Split(inputs[250:], labels[250:]),
+        num_classes=num_classes,
         task=task,
+        model_config=DEFAULT_MODEL.model_copy(update={"hidden_units": [32], "dropout_rate": 0.0}),
+        optimizer_config=OptimizerConfig(name="adam", learning_rate=0.01),
+        train_config=TrainConfig(loss=loss, batch_size=32, epochs=4, early_stopping_patience=None),
+        seed=0,
     )
     assert keras_loss(loss) == keras_name
     assert history["loss"][-1] < history["loss"][0]
@@ -177,14 +179,16 @@ def test_each_loss_trains(loss, task, keras_name):
 
 
 def test_mse_over_a_softmax_compares_with_one_hot_rows():
-    targets = training_targets(np.array([2, 0]), "mse", "multiclass", 3)
+    targets = training_targets(np.array([2, 0]), loss="mse", task="multiclass", num_classes=3)
     np.testing.assert_array_equal(targets, [[0, 0, 1], [1, 0, 0]])
-    np.testing.assert_array_equal(training_targets(np.array([1, 0]), "mse", "binary", 2), [1, 0])
-    np.testing.assert_array_equal(training_targets(np.array([2]), "categorical_crossentropy", "multiclass", 3), [2])
+    np.testing.assert_array_equal(training_targets(np.array([1, 0]), loss="mse", task="binary", num_classes=2), [1, 0])
+    np.testing.assert_array_equal(
+        training_targets(np.array([2]), loss="categorical_crossentropy", task="multiclass", num_classes=3), [2]
+    )
 
 
 def test_architecture_artifacts_describe_the_network(tmp_path):
-    model = build_mlp(784, 10, DEFAULT_MODEL)
+    model = build_mlp(784, num_classes=10, task="multiclass", config=DEFAULT_MODEL)
     rebuilt = keras.Sequential.from_config(model.get_config())
     assert [layer.name for layer in rebuilt.layers] == [layer.name for layer in model.layers]
     assert rebuilt.count_params() == 269_322

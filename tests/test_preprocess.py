@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import synthetic_digits
+import yaml
+from conftest import REPOSITORY, synthetic_digits
 
-from pipeline.datasets import RawData
+from pipeline.config import DatasetConfig
+from pipeline.decoders import RawData
 from pipeline.preprocess import class_counts, preprocess, save_samples_figure
+
+
+def dataset_config(template: str = "mnist", **changes) -> DatasetConfig:
+    """A dataset config as conf/dataset/<template>.yaml has it, with `changes`."""
+    values = yaml.safe_load((REPOSITORY / f"conf/dataset/{template}.yaml").read_text())
+    return DatasetConfig.model_validate({**values, **changes})
 
 
 def tiny_splits(seed=0, **options):
     train_images, train_labels = synthetic_digits(200, seed=1)
     test_images, test_labels = synthetic_digits(50, seed=2)
-    splits, _ = preprocess(RawData(train_images, train_labels, test_images, test_labels), 0.2, seed, **options)
+    raw = RawData(train_images, train_labels, test_images, test_labels)
+    splits, _ = preprocess(raw, dataset=dataset_config(validation_fraction=0.2, **options), seed=seed)
     return splits
 
 
@@ -48,7 +57,8 @@ def test_subsets_are_stratified():
 
 def test_no_validation_split_leaves_an_empty_validation_set():
     train_images, train_labels = synthetic_digits(40, seed=1)
-    splits, _ = preprocess(RawData(train_images, train_labels, train_images, train_labels), 0.0, 0)
+    raw = RawData(train_images, train_labels, train_images, train_labels)
+    splits, _ = preprocess(raw, dataset=dataset_config(validation_fraction=0.0), seed=0)
     assert splits["validation"][0].shape == (0, 784)
     assert len(splits["train"][1]) == 40
 
@@ -62,7 +72,8 @@ def test_a_table_without_test_split_gets_a_stratified_held_out_test_set():
     generator = np.random.default_rng(0)
     table = generator.normal(5.0, 3.0, size=(200, 8))
     labels = np.array([0] * 130 + [1] * 70, dtype=np.uint8)
-    splits, statistics = preprocess(RawData(table, labels, None, None), 0.1, 0, "standardize", test_fraction=0.2)
+    pima = dataset_config("pima", validation_fraction=0.1, test_fraction=0.2)
+    splits, statistics = preprocess(RawData(table, labels, None, None), dataset=pima, seed=0)
     assert [len(splits[name][1]) for name in ("train", "validation", "test")] == [144, 16, 40]
     assert np.bincount(splits["test"][1]).tolist() == [26, 14]
     train_inputs = splits["train"][0]
@@ -75,10 +86,12 @@ def test_a_table_without_test_split_gets_a_stratified_held_out_test_set():
 
 def test_samples_figures_are_pngs(tmp_path):
     images, labels = synthetic_digits(30, seed=1)
-    save_samples_figure(images, labels, [str(label) for label in range(10)], tmp_path / "grid.png", seed=0)
+    save_samples_figure(images, labels, tmp_path / "grid.png", class_names=[str(label) for label in range(10)], seed=0)
     colour = np.random.default_rng(0).integers(0, 255, size=(30, 32, 32, 3), dtype=np.uint8)
-    save_samples_figure(colour, labels, [str(label) for label in range(10)], tmp_path / "colour.png", seed=0)
+    save_samples_figure(
+        colour, labels, tmp_path / "colour.png", class_names=[str(label) for label in range(10)], seed=0
+    )
     table = np.random.default_rng(0).normal(size=(30, 8))
-    save_samples_figure(table, labels % 2, ["no", "yes"], tmp_path / "table.png", seed=0)
+    save_samples_figure(table, labels % 2, tmp_path / "table.png", class_names=["no", "yes"], seed=0)
     for name in ("grid.png", "colour.png", "table.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -32,7 +32,7 @@ def client(project):
 
 
 def reproduce(path, *arguments):
-    return run([sys.executable, "-m", "pipeline.reproduce", *arguments], cwd=path, check=False)
+    return run(["mlp", "reproduce", *arguments], cwd=path, check=False)
 
 
 def test_run_carries_the_lineage_record(project, client):

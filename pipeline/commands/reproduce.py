@@ -1,6 +1,6 @@
-"""Re-run a recorded MLflow run from its lineage alone and say whether it matches.
+"""`mlp reproduce`: re-run a recorded MLflow run from its lineage alone and say whether it matches.
 
-    python -m pipeline.reproduce RUN_ID
+    mlp reproduce RUN_ID
         Checks out the run's recorded commit in a temporary git worktree (applying
         its recorded diff if the tree was dirty), writes its recorded params.yaml,
         verifies the raw data against the recorded sha256s, shares this
@@ -10,7 +10,7 @@
         is an MLflow run tagged `reproduces` and `reproduction.verdict`.
         Exit status: 0 when everything matches, 1 otherwise.
 
-    python -m pipeline.reproduce --repeatability
+    mlp reproduce --repeatability
         Trains the current configuration on data/processed twice, in separate
         processes, and compares the weights' sha256.
 
@@ -30,10 +30,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import PARAMS_FILE, parse_params
-from pipeline.datasets import RAW_DIRECTORY, file_digest
-from pipeline.errors import PipelineError, run_stage
+import mlflow
+
+from pipeline import tracking
+from pipeline.checksums import file_digest
+from pipeline.config import Params, parse_params
+from pipeline.errors import PipelineError
+from pipeline.git import git, is_commit, repository_top
 from pipeline.lineage import REPRODUCES_VARIABLE
+from pipeline.paths import METRICS_FILE, PARAMS_FILE, RAW_DIRECTORY
 
 logger = logging.getLogger(__name__)
 
@@ -69,86 +74,124 @@ class Reproduction:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class RecordedRun:
+    """What a run's lineage record says produced it."""
+
+    run_id: str
+    commit: str
+    dirty: bool
+    weights_sha256: str
+    test_metrics: dict[str, float]
+    params_text: str
+    data: dict[str, str]  # raw file name -> sha256
+
+
 def reproduce(run_id: str, repository: Path) -> Reproduction:
     """Rebuild run `run_id` from its lineage record and compare it; raise PipelineError if it cannot be rebuilt."""
-    import mlflow
-
-    from pipeline import tracking
-
     mlflow.set_tracking_uri(tracking.tracking_uri())
-    client = tracking.client()
+    recorded = read_record(run_id)
+    if not is_commit(recorded.commit, cwd=repository):
+        raise PipelineError(
+            f"run {run_id} was made at commit {recorded.commit}, which this repository does not have: fetch it"
+        )
+    local_files = _verified_local_data(repository, recorded.data)
+    with tempfile.TemporaryDirectory(prefix="reproduce-") as temporary:
+        worktree = Path(temporary) / "worktree"
+        git("worktree", "add", "--quiet", "--detach", str(worktree), recorded.commit, cwd=repository)
+        try:
+            metrics = _rerun(recorded, worktree, repository, local_files)
+            reproduced_data = {name: file_digest(worktree / RAW_DIRECTORY / name) for name in recorded.data}
+        finally:
+            git("worktree", "remove", "--force", str(worktree), cwd=repository)
+    return _compare(recorded, metrics["mlflow_run_id"], reproduced_data)
+
+
+def read_record(run_id: str) -> RecordedRun:
+    """The run's lineage: its tags, test metrics and recorded params.yaml, checked for completeness."""
     try:
-        original = client.get_run(run_id)
+        original = tracking.client().get_run(run_id)
     except mlflow.exceptions.MlflowException:
         raise PipelineError(f"run {run_id} not found in the MLflow store {tracking.tracking_uri()}") from None
     tags = original.data.tags
-    commit = tags.get("git.commit")
-    weights = tags.get("model.weights_sha256")
     test_metrics = {name: value for name, value in original.data.metrics.items() if name.startswith("test_")}
-    if not commit or not weights or not test_metrics:
+    if not tags.get("git.commit") or not tags.get("model.weights_sha256") or not test_metrics:
         raise PipelineError(
             f"run {run_id} has no complete lineage record (git.commit, model.weights_sha256 and test metrics "
             "are needed): it was not made by this pipeline, or its evaluate stage did not finish"
         )
-    if subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=repository).returncode != 0:
-        raise PipelineError(f"run {run_id} was made at commit {commit}, which this repository does not have: fetch it")
-
     params_text = Path(
         mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config/params.yaml")
-    ).read_text()
-    params = parse_params(params_text, Path(f"the recorded config of run {run_id}"))
-    recorded_data = {
+    ).read_text(encoding="utf-8")
+    data = {
         name.removeprefix("data.").removesuffix(".sha256"): value
         for name, value in tags.items()
         if name.startswith("data.")
     }
+    _check_pins(parse_params(params_text, Path(f"the recorded config of run {run_id}")), data, run_id)
+    return RecordedRun(
+        run_id=run_id,
+        commit=tags["git.commit"],
+        dirty=tags.get("git.dirty") == "true",
+        weights_sha256=tags["model.weights_sha256"],
+        test_metrics=test_metrics,
+        params_text=params_text,
+        data=data,
+    )
+
+
+def _check_pins(params: Params, recorded_data: dict[str, str], run_id: str) -> None:
     pinned = {spec.name: spec.sha256 for spec in params.dataset.files.values() if spec.sha256}
     if any(recorded_data.get(name) != sha256 for name, sha256 in pinned.items()):
         raise PipelineError(
             f"the recorded config of run {run_id} pins other data than the run recorded: {pinned} != {recorded_data}"
         )
-    local_files = _verified_local_data(repository, recorded_data)
 
-    with tempfile.TemporaryDirectory(prefix="reproduce-") as temporary:
-        worktree = Path(temporary) / "worktree"
-        _run(["git", "worktree", "add", "--quiet", "--detach", str(worktree), commit], repository)
-        try:
-            if tags.get("git.dirty") == "true":
-                patch = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="lineage/git_diff.patch"))
-                if subprocess.run(["git", "apply", str(patch)], cwd=worktree).returncode != 0:
-                    raise PipelineError(f"the recorded diff of run {run_id} does not apply to commit {commit}")
-            (worktree / PARAMS_FILE).write_text(params_text, encoding="utf-8")
-            (worktree / RAW_DIRECTORY).mkdir(parents=True, exist_ok=True)
-            for path in local_files:
-                shutil.copy2(path, worktree / RAW_DIRECTORY / path.name)
-            # One cache for both: nothing is stored or fetched twice.
-            _run([_tool("dvc"), "config", "--local", "cache.dir", str(repository / ".dvc" / "cache")], worktree)
-            environment = {
-                **os.environ,
-                "PATH": f"{BIN_DIRECTORY}{os.pathsep}{os.environ.get('PATH', '')}",
-                "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
-                REPRODUCES_VARIABLE: run_id,
-            }
-            for variable in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
-                environment.pop(variable, None)
-            logger.info("re-running commit %s with the recorded config in %s", commit[:12], worktree)
-            result = subprocess.run([_tool("dvc"), "repro", "--force"], cwd=worktree, env=environment)
-            if result.returncode != 0:
-                raise PipelineError(
-                    f"the reproduction of run {run_id} failed: `dvc repro --force` exited {result.returncode}"
-                )
-            metrics = json.loads((worktree / "reports/metrics.json").read_text(encoding="utf-8"))
-            reproduced_data = {name: file_digest(worktree / RAW_DIRECTORY / name) for name in recorded_data}
-        finally:
-            _run(["git", "worktree", "remove", "--force", str(worktree)], repository)
 
-    new_run = client.get_run(metrics["mlflow_run_id"])
+def _rerun(recorded: RecordedRun, worktree: Path, repository: Path, local_files: list[Path]) -> dict:
+    """Prepare the worktree as the run had it and run `dvc repro --force` there; return its metrics.json."""
+    if recorded.dirty:
+        patch = Path(
+            mlflow.artifacts.download_artifacts(run_id=recorded.run_id, artifact_path="lineage/git_diff.patch")
+        )
+        if subprocess.run(["git", "apply", str(patch)], cwd=worktree).returncode != 0:
+            raise PipelineError(
+                f"the recorded diff of run {recorded.run_id} does not apply to commit {recorded.commit}"
+            )
+    (worktree / PARAMS_FILE).write_text(recorded.params_text, encoding="utf-8")
+    (worktree / RAW_DIRECTORY).mkdir(parents=True, exist_ok=True)
+    for path in local_files:
+        shutil.copy2(path, worktree / RAW_DIRECTORY / path.name)
+    # One cache for both: nothing is stored or fetched twice.
+    _run([_tool("dvc"), "config", "--local", "cache.dir", str(repository / ".dvc" / "cache")], worktree)
+    environment = {
+        **os.environ,
+        "PATH": f"{BIN_DIRECTORY}{os.pathsep}{os.environ.get('PATH', '')}",
+        "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
+        REPRODUCES_VARIABLE: recorded.run_id,
+    }
+    for variable in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        environment.pop(variable, None)
+    logger.info("re-running commit %s with the recorded config in %s", recorded.commit[:12], worktree)
+    result = subprocess.run([_tool("dvc"), "repro", "--force"], cwd=worktree, env=environment)
+    if result.returncode != 0:
+        raise PipelineError(
+            f"the reproduction of run {recorded.run_id} failed: `dvc repro --force` exited {result.returncode}"
+        )
+    return json.loads((worktree / METRICS_FILE).read_text(encoding="utf-8"))
+
+
+def _compare(recorded: RecordedRun, new_run_id: str, reproduced_data: dict[str, str]) -> Reproduction:
+    client = tracking.client()
+    new_run = client.get_run(new_run_id)
     comparisons = [
-        Comparison(name, value, new_run.data.metrics.get(name)) for name, value in sorted(test_metrics.items())
+        Comparison(name, value, new_run.data.metrics.get(name)) for name, value in sorted(recorded.test_metrics.items())
     ]
-    comparisons.append(Comparison("model.weights_sha256", weights, new_run.data.tags.get("model.weights_sha256")))
+    comparisons.append(
+        Comparison("model.weights_sha256", recorded.weights_sha256, new_run.data.tags.get("model.weights_sha256"))
+    )
     comparisons += [
-        Comparison(f"data {name}", recorded_data[name], reproduced_data[name]) for name in sorted(recorded_data)
+        Comparison(f"data {name}", recorded.data[name], reproduced_data[name]) for name in sorted(recorded.data)
     ]
     reproduction = Reproduction(new_run.info.run_id, comparisons)
     client.set_tag(new_run.info.run_id, "reproduction.verdict", "match" if reproduction.matches else "mismatch")
@@ -195,25 +238,19 @@ def _run(command: list[str], cwd: Path) -> None:
         raise PipelineError(f"`{' '.join(command)}` failed: {result.stderr.strip()}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Reproduce a recorded MLflow run, or check repeatability.")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("run_id", nargs="?", help="the MLflow run to reproduce")
     group.add_argument("--repeatability", action="store_true", help="train the current configuration twice and compare")
-    arguments = parser.parse_args()
+
+
+def run(arguments: argparse.Namespace) -> None:
     if arguments.repeatability:
         hashes = check_repeatability()
         print("\n".join(f"training {index}: weights sha256 {value}" for index, value in enumerate(hashes, start=1)))
         repeatable = len(set(hashes)) == 1
         print("verdict: " + ("repeatable" if repeatable else "NOT repeatable"))
         sys.exit(0 if repeatable else 1)
-    repository = Path(
-        subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True).stdout.strip() or "."
-    )
-    reproduction = reproduce(arguments.run_id, repository.resolve())
+    reproduction = reproduce(arguments.run_id, repository_top())
     print(reproduction.report(arguments.run_id))
     sys.exit(0 if reproduction.matches else 1)
-
-
-if __name__ == "__main__":
-    run_stage(main)

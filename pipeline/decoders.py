@@ -1,4 +1,4 @@
-"""Reading raw dataset files and the arrays the stages pass to each other.
+"""Decoding a dataset's raw files, whatever their format, into arrays.
 
 Every decoder validates before it allocates: a corrupted or hostile file raises
 DataError naming the file and the problem, never an IndexError or a huge
@@ -9,28 +9,24 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import io
 import math
-import os
 import pickle
 import tarfile
-import tempfile
 import zlib
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 import numpy as np
 
+from pipeline.checksums import verify_checksum
 from pipeline.config import CsvLayout, DatasetConfig, FileSpec
 from pipeline.errors import DataError
+from pipeline.paths import rerun_hint
 
 # IDX magic numbers: two zero bytes, a type code (0x08 = unsigned byte) and the
 # number of dimensions (http://yann.lecun.com/exdb/mnist/).
 IDX_UNSIGNED_BYTE = 0x08
-
-RAW_DIRECTORY = Path("data/raw")
-PROCESSED_DIRECTORY = Path("data/processed")
 
 CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{number}" for number in range(1, 6))
 CIFAR_TEST_BATCH = "test_batch"
@@ -105,30 +101,6 @@ def read_idx_images_and_labels(
     return images, labels
 
 
-def save_split(path: Path, inputs: np.ndarray, labels: np.ndarray) -> None:
-    """Write a split's arrays to `path` (.npz), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, inputs=inputs, labels=labels)
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
-
-
-def load_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """The (inputs, labels) arrays of one split written by the preprocess stage."""
-    path = directory / f"{split}.npz"
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            return arrays["inputs"], arrays["labels"]
-    except FileNotFoundError:
-        raise DataError(f"{path} not found: run the preprocess stage first (dvc repro preprocess)") from None
-    except (KeyError, ValueError, OSError, zlib.error) as error:
-        raise DataError(f"{path} is not a valid split file (expected arrays 'inputs' and 'labels'): {error}") from None
-
-
 def _read_maybe_gzipped(path: Path, max_bytes: int) -> bytes:
     try:
         with path.open("rb") as stream:
@@ -137,38 +109,12 @@ def _read_maybe_gzipped(path: Path, max_bytes: int) -> bytes:
         with opener(path, "rb") as stream:
             data = _read_at_most(stream, max_bytes + 1)
     except FileNotFoundError:
-        raise DataError(f"{path} not found: run the download stage first (dvc repro download)") from None
+        raise DataError(f"{path} not found: {rerun_hint('download')}") from None
     except (OSError, EOFError, zlib.error) as error:
         raise DataError(f"{path}: cannot be decompressed ({error}); delete it and download again") from None
     if len(data) > max_bytes:
         raise DataError(f"{path}: decompresses to more than {max_bytes:,} bytes")
     return data
-
-
-def file_digest(path: Path, algorithm: str = "sha256") -> str:
-    with path.open("rb") as stream:
-        return hashlib.file_digest(stream, algorithm).hexdigest()
-
-
-def checksum_problem(path: Path, spec: FileSpec) -> str | None:
-    """Why `path` is not the file `spec` pins (size, then sha256 or else md5), or None if it is."""
-    size = path.stat().st_size
-    if size != spec.size:
-        return f"size {size:,} bytes, expected {spec.size:,}"
-    algorithm, expected = ("sha256", spec.sha256) if spec.sha256 else ("md5", spec.md5)
-    actual = file_digest(path, algorithm)
-    if actual != expected:
-        return f"{algorithm} {actual}, expected {expected}"
-    return None
-
-
-def verify_checksum(path: Path, spec: FileSpec) -> None:
-    """Raise DataError unless `path` is the file `spec` pins."""
-    if not path.exists():
-        raise DataError(f"{path} not found: run the download stage first (dvc repro download)")
-    problem = checksum_problem(path, spec)
-    if problem is not None:
-        raise DataError(f"{path}: {problem}; delete it and download again")
 
 
 def read_cifar_archive(path: Path, spec: FileSpec, num_classes: int) -> RawData:
@@ -206,7 +152,7 @@ def read_csv_table(path: Path, layout: CsvLayout, num_classes: int) -> tuple[np.
         with path.open("rb") as stream:
             data = _read_at_most(stream, MAX_TABLE_BYTES + 1)
     except FileNotFoundError:
-        raise DataError(f"{path} not found: run the download stage first (dvc repro download)") from None
+        raise DataError(f"{path} not found: {rerun_hint('download')}") from None
     if len(data) > MAX_TABLE_BYTES:
         raise DataError(f"{path}: larger than {MAX_TABLE_BYTES:,} bytes")
     try:

@@ -1,0 +1,48 @@
+"""`mlp`: the project's command-line tool, one subcommand per command in pipeline/commands/.
+
+The DVC stages are not here: `dvc repro` runs them as `python -m pipeline.<stage>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pipeline.errors import run_stage
+
+# Name -> one-line help. Each module is imported only when its command runs:
+# `mlp --help` must not wait for TensorFlow, MLflow and DVC to load.
+COMMANDS = {
+    "params": "compose conf/ into params.yaml, as `dvc exp run` does",
+    "reproduce": "re-run a recorded MLflow run from its lineage and compare, or check repeatability",
+    "study": "re-run a published table of configurations as DVC experiments and report",
+}
+
+
+def parser_for(command: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlp", description="Keras MLP pipeline: commands beside the DVC stages (`dvc repro` runs those)."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, summary in COMMANDS.items():
+        subparser = subparsers.add_parser(name, help=summary, description=summary)
+        if name == command:
+            _command_module(name).add_arguments(subparser)
+    return parser
+
+
+def _command_module(name: str):
+    return importlib.import_module(f"pipeline.commands.{name}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    # The subcommand is the first word that is not an option.
+    command = next((argument for argument in argv if not argument.startswith("-")), None)
+    arguments = parser_for(command).parse_args(argv)
+    run_stage(lambda: _command_module(arguments.command).run(arguments))
+
+
+if __name__ == "__main__":
+    main()
