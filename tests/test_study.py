@@ -1,5 +1,6 @@
-"""The study runner (pipeline.study): the rows of a published table as queued DVC
-experiments, compared with the published figures, resumable after an interruption."""
+"""The study command (`mlp study`, pipeline/commands/study/): the rows of a published
+table as queued DVC experiments, compared with the published figures, resumable
+after an interruption."""
 
 from __future__ import annotations
 
@@ -15,8 +16,18 @@ import yaml
 from conftest import BIN_DIRECTORY, REPOSITORY, TINY_DATASET, make_tiny_project, run
 from mlflow.tracking import MlflowClient
 
+from pipeline.commands.study.report import CSV_COLUMNS, write_report
+from pipeline.commands.study.schema import (
+    Measured,
+    RowResult,
+    Study,
+    StudyRow,
+    check_rows,
+    experiment_name,
+    load_study,
+    study_path,
+)
 from pipeline.config import ConfigError
-from pipeline.study import StudyRow, check_rows, experiment_name, load_study, study_path
 
 TINY_STUDY = {
     "title": "Tiny study",
@@ -118,6 +129,79 @@ def test_the_longer_sgd_study_repeats_rows_of_the_table():
         assert row == table[row.row]
 
 
+def test_report_puts_a_measured_row_beside_the_published_figures_and_marks_a_row_not_run(tmp_path):
+    study = Study.model_validate(TINY_STUDY)
+    measured = Measured(
+        measured_train=61.234,
+        late_gain=0.5,
+        reached_at=None,
+        measured_test=54.5,
+        seconds=12.4,
+        start=1_700_000_000.0,
+        end=1_700_000_012.4,
+        mlflow_run_id="0f" * 16,
+        weights_sha256="ab" * 32,
+        machine="Test CPU, 4 cores",
+        versions="tensorflow-cpu 2.0, keras 3.0",
+    )
+    done, not_run = (
+        RowResult(row=row, experiment=experiment_name("tiny", row), commit=commit, measured=result)
+        for row, commit, result in zip(study.rows, ("1234abcd", None), (measured, None), strict=True)
+    )
+    assert done.done and not not_run.done
+
+    facts = write_report([done, not_run], study=study, study_name="tiny", commit="0123456789abcdef", directory=tmp_path)
+    assert (facts.rows, facts.measured) == (2, 1)
+
+    with (tmp_path / "table.csv").open(newline="") as stream:
+        reader = csv.DictReader(stream)
+        records = list(reader)
+    assert tuple(reader.fieldnames) == CSV_COLUMNS
+    assert records[0] == {
+        "row": "1",
+        "layers": "32-16",
+        "regularizer": "Dropout(0.2)",
+        "optimizer": "Adam",
+        "relu": "yes",
+        "published_train": "60.00",
+        "measured_train": "61.23",
+        "train_difference": "+1.23",
+        "train_gain_last_epochs": "+0.50",
+        "epoch_reaching_published_train": "never",
+        "published_test": "55.00",
+        "measured_test": "54.50",
+        "test_difference": "-0.50",
+        "wall_seconds": "12",
+        "experiment": "tiny-row-01",
+        "mlflow_run_id": "0f" * 16,
+        "weights_sha256": "ab" * 32,
+    }
+    figures = ("measured_train", "train_difference", "measured_test", "test_difference", "wall_seconds")
+    assert [records[1][column] for column in figures] == [""] * len(figures)
+    assert (records[1]["relu"], records[1]["published_test"], records[1]["experiment"]) == (
+        "none",
+        "45.00",
+        "tiny-row-02",
+    )
+
+    lines = (tmp_path / "README.md").read_text().splitlines()
+    assert lines[0] == "# Tiny study"
+    assert lines[2] == "Written by `mlp study tiny` from the DVC experiments of commit `0123456789ab`"
+    assert "- Rows measured: 1 of 2" in lines
+    assert (
+        "- Mean absolute difference in test accuracy from the publication: 0.50 percentage points; "
+        "by optimizer: Adam 0.50 (1 row)"
+    ) in lines
+    assert "- Last row finished: 2023-11-14 22:13 UTC" in lines
+    assert "- Machine: Test CPU, 4 cores" in lines
+    measured_cells = "60.00 | 61.23 | +1.23 | +0.50 | never | 55.00 | 54.50 | -0.50 | 12"
+    assert f"| 1 | 32-16 | Dropout(0.2) | Adam | yes | {measured_cells} | `tiny-row-01` |" in lines
+    missing_cells = " | ".join(["40.00", *["not run"] * 4, "45.00", *["not run"] * 3])
+    assert f"| 2 | 8 | L2(0.001) | SGD | none | {missing_cells} | `tiny-row-02` |" in lines
+    assert lines[lines.index("## Discussion") + 2] == "Tiny rows, one epoch."
+    assert (tmp_path / "test_accuracy.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def finished_experiment_names(path):
     listed = run([str(BIN_DIRECTORY / "dvc"), "exp", "list", "--name-only"], cwd=path, check=False).stdout
     return set(listed.split())
@@ -148,7 +232,7 @@ def test_study_runs_rows_as_experiments_and_resumes_after_an_interruption(tmp_pa
     environment.pop("MLP_DATA_MIRROR", None)
     environment["PATH"] = f"{BIN_DIRECTORY}{os.pathsep}{environment.get('PATH', '')}"
     attempt = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.study", "tiny"],
+        [sys.executable, "-m", "pipeline.cli", "study", "tiny"],
         cwd=path,
         env=environment,
         stdout=subprocess.PIPE,
@@ -177,7 +261,7 @@ def test_study_runs_rows_as_experiments_and_resumes_after_an_interruption(tmp_pa
     assert len(first_run_ids) == 1
 
     # Run again: row 1 is not trained again, row 2 is.
-    resumed = run([sys.executable, "-m", "pipeline.study", "tiny"], cwd=path)
+    resumed = run([sys.executable, "-m", "pipeline.cli", "study", "tiny"], cwd=path)
     assert "1 of 2 rows already run" in resumed.stderr
     assert finished_experiment_names(path) >= {first, second}
     runs = client.search_runs([experiment.experiment_id])
@@ -210,6 +294,6 @@ def test_study_runs_rows_as_experiments_and_resumes_after_an_interruption(tmp_pa
     assert (report / "test_accuracy.png").read_bytes()[:4] == b"\x89PNG"
 
     # A third run trains nothing and rewrites the same table.
-    again = run([sys.executable, "-m", "pipeline.study", "tiny"], cwd=path)
+    again = run([sys.executable, "-m", "pipeline.cli", "study", "tiny"], cwd=path)
     assert "2 of 2 rows already run" in again.stderr
     assert len(client.search_runs([experiment.experiment_id])) == len(runs)

@@ -1,0 +1,149 @@
+"""A study file (conf/study/<name>.yaml) and what one of its rows measured.
+
+A study lists rows in the publication's own notation (layers, regularizer,
+optimizer, ReLU or not) with the published training and test accuracy; each
+row becomes a set of Hydra overrides. Both the runner and the report read the
+result types defined here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from pipeline.config import StrictModel, compose, parse_params
+from pipeline.errors import ConfigError
+from pipeline.paths import CONFIG_DIRECTORY
+
+STUDY_DIRECTORY = CONFIG_DIRECTORY / "study"
+# Training accuracy gained over the last epochs: near 0 once a row has converged.
+LATE_EPOCHS = 5
+
+OPTIMIZER_NAMES = {"SGD": "sgd", "Adam": "adam", "RMSprop": "rmsprop"}
+REGULARIZER = re.compile(r"^(none|L2\((?P<l2>[0-9.e-]+)\)|Dropout\((?P<dropout>0?\.[0-9]+)\))$")
+Percent = Annotated[float, Field(ge=0.0, le=100.0)]
+
+
+class StudyRow(StrictModel):
+    row: str = Field(pattern=r"^[A-Za-z0-9]+$")
+    layers: str = Field(pattern=r"^[1-9][0-9]*(-[1-9][0-9]*)*$")  # units of the hidden Dense layers
+    regularizer: str  # none, L2(<factor>) or Dropout(<rate>), on every hidden layer
+    optimizer: Literal[tuple(OPTIMIZER_NAMES)]  # type: ignore[valid-type]
+    relu: bool  # false: linear hidden layers
+    published_train: Percent
+    published_test: Percent
+    note: str | None = None
+
+    @field_validator("regularizer")
+    @classmethod
+    def known_regularizer(cls, value: str) -> str:
+        if not REGULARIZER.match(value):
+            raise ValueError(f"{value!r} is not none, L2(<factor>) or Dropout(<rate below 1>)")
+        return value
+
+    def overrides(self) -> list[str]:
+        """The Hydra overrides (`dvc exp run -S`) that configure this row."""
+        match = REGULARIZER.match(self.regularizer)
+        units = ",".join(self.layers.split("-"))
+        return [
+            f"optimizer={OPTIMIZER_NAMES[self.optimizer]}",
+            f"model.hidden_units=[{units}]",
+            f"model.activation={'relu' if self.relu else 'linear'}",
+            f"model.dropout_rate={float(match['dropout'] or 0.0)}",
+            f"model.l2_weight_decay={float(match['l2'] or 0.0)}",
+        ]
+
+
+class Study(StrictModel):
+    title: str
+    # Composed with every row, before the row's own overrides.
+    overrides: list[str]
+    rows: list[StudyRow] = Field(min_length=1)
+    # Written into the report under the table: what explains the differences.
+    discussion: str | None = None
+
+    @field_validator("rows")
+    @classmethod
+    def unique_rows(cls, rows: list[StudyRow]) -> list[StudyRow]:
+        names = [row.row for row in rows]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"row names must be unique; repeated: {', '.join(duplicates)}")
+        return rows
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What a finished row measured: accuracies in percent, times in seconds since the epoch."""
+
+    measured_train: float  # training accuracy of the last epoch
+    late_gain: float | None  # training accuracy gained over the last LATE_EPOCHS epochs
+    reached_at: int | None  # the first epoch whose training accuracy reached the published one
+    measured_test: float
+    seconds: float  # the MLflow run's duration: training and evaluation
+    start: float
+    end: float
+    mlflow_run_id: str
+    weights_sha256: str
+    machine: str
+    versions: str
+
+
+@dataclass(frozen=True)
+class RowResult:
+    row: StudyRow
+    experiment: str  # the DVC experiment (and MLflow run) name
+    commit: str | None  # the experiment's commit; None: not run
+    measured: Measured | None
+
+    @property
+    def done(self) -> bool:
+        return self.measured is not None
+
+
+def study_path(name_or_path: str) -> Path:
+    """The file of a study named in conf/study/, or the path given if it ends in .yaml or .yml."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    return STUDY_DIRECTORY / f"{name_or_path}.yaml"
+
+
+def load_study(path: Path) -> Study:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        known = ", ".join(sorted(item.stem for item in STUDY_DIRECTORY.glob("*.yaml"))) or "none"
+        raise ConfigError(f"study {path} not found; studies in {STUDY_DIRECTORY}/: {known}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    try:
+        return Study.model_validate(raw)
+    except ValidationError as error:
+        problems = "\n".join(
+            f"  {'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}" for problem in error.errors()
+        )
+        raise ConfigError(f"{path} is not a valid study:\n{problems}") from None
+
+
+def experiment_name(study_name: str, row: StudyRow) -> str:
+    """The DVC experiment (and MLflow run) name of a row, e.g. atienza-table-1-3-2-row-07."""
+    prefix = study_name.replace("_", "-")
+    return f"{prefix}-row-{row.row.zfill(2)}"
+
+
+def check_rows(study: Study) -> None:
+    """Compose and validate every row before anything is queued: a bad row fails the study at once."""
+    for row in study.rows:
+        overrides = study.overrides + row.overrides()
+        try:
+            parse_params(compose(overrides), Path(f"row {row.row}"))
+        except ConfigError as error:
+            raise ConfigError(f"{error}\n(overrides: {' '.join(overrides)})") from None
+        except Exception as error:  # Hydra's own errors: an unknown group or key
+            raise ConfigError(f"row {row.row}: {' '.join(overrides)} does not compose: {error}") from None
