@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
 from pipeline.paths import CONFIG_DIRECTORY, PARAMS_FILE
@@ -42,9 +42,14 @@ Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Md5 = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 
 
+# NumPy's legacy seeding and scikit-learn's random_state take 32-bit seeds.
+MAX_SEED = 2**32 - 1
+
+
 class StrictModel(BaseModel):
     # Unknown keys are errors: a misspelled key must not be silently ignored.
-    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+    # inf and nan are refused in every float: they would train a NaN model.
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True, allow_inf_nan=False)
 
 
 class FileSpec(StrictModel):
@@ -166,12 +171,34 @@ class TrainConfig(StrictModel):
 
 
 class MlflowConfig(StrictModel):
-    experiment_name: str = Field(min_length=1)
-    registered_model_name: str = Field(min_length=1)
+    experiment_name: str = Field(min_length=1, max_length=500)
+    registered_model_name: str = Field(min_length=1, max_length=256)
+
+    @field_validator("experiment_name", "registered_model_name")
+    @classmethod
+    def not_blank(cls, value: str) -> str:
+        if value != value.strip() or not value.strip():
+            raise ValueError("must not be blank or start or end with spaces")
+        return value
+
+    @field_validator("registered_model_name")
+    @classmethod
+    def valid_model_name(cls, value: str) -> str:
+        # MLflow's own rule, checked before training rather than at registration.
+        # Imported here: MLflow takes seconds to import, and the download and
+        # preprocess stages validate params without ever using it.
+        from mlflow.exceptions import MlflowException
+        from mlflow.utils.validation import _validate_model_name
+
+        try:
+            _validate_model_name(value)
+        except MlflowException as error:
+            raise ValueError(error.message) from None
+        return value
 
 
 class Params(StrictModel):
-    seed: int = Field(ge=0)
+    seed: int = Field(ge=0, le=MAX_SEED)
     mirror: str | None
     mlflow: MlflowConfig
     dataset: DatasetConfig
@@ -222,8 +249,11 @@ def parse_params(text: str, path: Path = PARAMS_FILE) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as error:
-        problems = "\n".join(f"  {_describe(problem)}" for problem in error.errors())
-        raise ConfigError(f"{path} has invalid parameters:\n{problems}") from None
+        problems = [_describe(problem) for problem in error.errors()]
+        if len(problems) == 1:
+            raise ConfigError(f"{path}: {problems[0]}") from None
+        listed = "\n".join(f"  {problem}" for problem in problems)
+        raise ConfigError(f"{path} has {len(problems)} invalid parameters:\n{listed}") from None
 
 
 def mirror_location(configured: str | None) -> str | None:
@@ -266,8 +296,17 @@ def _describe(problem: dict[str, Any]) -> str:
         return f"{key}: missing; set it in conf/ or with -S {key}=<value>"
     if problem["type"] == "extra_forbidden":
         allowed = ", ".join(_allowed_keys(problem["loc"][:-1]))
-        return f"{key} = {problem['input']!r}: unknown key; allowed here: {allowed}"
-    return f"{key} = {problem['input']!r}: {problem['msg']}"
+        return f"{key} = {_short(problem['input'])}: unknown key; allowed here: {allowed}"
+    message = problem["msg"].removeprefix("Value error, ")
+    if isinstance(problem["input"], dict):
+        # A rule across several keys: its message names them; the section's values would bury it.
+        return message
+    return f"{key} = {_short(problem['input'])}: {message}"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _allowed_keys(location: tuple[Any, ...]) -> list[str]:

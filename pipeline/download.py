@@ -22,7 +22,7 @@ import requests
 from tqdm import tqdm
 
 from pipeline.checksums import checksum_problem
-from pipeline.config import FileSpec, load_params, mirror_location
+from pipeline.config import MIRROR_ENVIRONMENT_VARIABLE, FileSpec, load_params, mirror_location
 from pipeline.errors import DownloadError, run_stage
 from pipeline.paths import RAW_DIRECTORY
 
@@ -60,14 +60,26 @@ def download(
     with requests.Session() as session:
         for spec in files:
             path = destination / spec.name
-            if path.exists() and checksum_problem(path, spec) is None:
+            local_problem = checksum_problem(path, spec) if path.exists() else "missing"
+            if local_problem is None:
                 logger.info("%s already present and verified", path)
             else:
+                if local_problem != "missing":
+                    logger.warning("%s does not verify (%s): fetching it again", path, local_problem)
                 if mirror:
                     sources = [_mirror_base(mirror, dataset_name) + spec.name]
                 else:
                     sources = [base + (spec.remote_name or spec.name) for base in urls]
-                _fetch(session, spec, sources, path, timeout, attempts, backoff_seconds)
+                try:
+                    _fetch(session, spec, sources, path, timeout, attempts, backoff_seconds)
+                except DownloadError as error:
+                    if local_problem == "missing":
+                        raise
+                    raise DownloadError(
+                        f"{path} is corrupt ({local_problem}) and no source served a verified copy: "
+                        f"replace it with a verified copy (or set {MIRROR_ENVIRONMENT_VARIABLE} to a folder "
+                        f"holding <dataset>/<file>) and run `dvc repro download`\n{error}"
+                    ) from None
             paths.append(path)
     return paths
 

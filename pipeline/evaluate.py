@@ -45,6 +45,7 @@ from pipeline.paths import (
     MODEL_FILE,
     PER_CLASS_METRICS_FILE,
     PROCESSED_DIRECTORY,
+    repair_hint,
     rerun_hint,
 )
 from pipeline.splits import load_split
@@ -136,6 +137,15 @@ def plot_learning_curves(rows: list[dict[str, str]], path: Path) -> None:
     save_figure(figure, path)
 
 
+def load_model(path: Path) -> keras.Model:
+    if not path.exists():
+        raise DataError(f"{path} not found: {rerun_hint('train')}")
+    try:
+        return keras.models.load_model(path)
+    except Exception as error:  # noqa: BLE001 - any failure to rebuild the model means a damaged file
+        raise DataError(f"{path} is corrupt ({type(error).__name__}: {error}); {repair_hint('train')}") from None
+
+
 def write_reports(results: dict, labels: np.ndarray, history: list[dict[str, str]], metrics: dict) -> None:
     write_json(METRICS_FILE, metrics)
     write_json(PER_CLASS_METRICS_FILE, results["per_class"])
@@ -165,10 +175,7 @@ def main() -> None:
     dataset = params.dataset
     run_id = read_run_id()
     test_split = load_split(PROCESSED_DIRECTORY, "test")
-    try:
-        model = keras.models.load_model(MODEL_FILE)
-    except (OSError, ValueError) as error:
-        raise DataError(f"{MODEL_FILE} cannot be loaded ({error}): {rerun_hint('train')}") from None
+    model = load_model(MODEL_FILE)
 
     with pipeline_run(run_id=run_id):
         targets = training_targets(

@@ -20,6 +20,9 @@ MODEL_FILE = MODEL_DIRECTORY / "model.keras"
 # The MLflow run the train stage opened, which the evaluate stage finishes.
 RUN_FILE = MODEL_DIRECTORY / "mlflow_run.json"
 
+# Training state saved at every epoch end, resumed after a crash (pipeline.checkpoints)
+CHECKPOINTS_DIRECTORY = Path(".checkpoints")
+
 # Reports: small, kept in git so `dvc metrics/params/plots diff` compare commits
 REPORTS_DIRECTORY = Path("reports")
 CLASS_COUNTS_FILE = REPORTS_DIRECTORY / "class_counts.json"
@@ -46,3 +49,8 @@ ARTIFACTS_DIRECTORY = "mlartifacts"
 def rerun_hint(stage: str) -> str:
     """What to run when a stage's output is missing or unreadable."""
     return f"run the {stage} stage first (dvc repro {stage})"
+
+
+def repair_hint(stage: str) -> str:
+    """What to run when a stage's output is corrupt."""
+    return f"rebuild it with `dvc repro --force {stage}`"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 import zlib
 from pathlib import Path
 from typing import NamedTuple
@@ -10,7 +11,7 @@ import numpy as np
 
 from pipeline.errors import DataError
 from pipeline.files import atomic_path
-from pipeline.paths import rerun_hint
+from pipeline.paths import repair_hint, rerun_hint
 
 
 class Split(NamedTuple):
@@ -31,8 +32,14 @@ def load_split(directory: Path, name: str) -> Split:
     path = directory / f"{name}.npz"
     try:
         with np.load(path, allow_pickle=False) as arrays:
-            return Split(arrays["inputs"], arrays["labels"])
+            split = Split(arrays["inputs"], arrays["labels"])
     except FileNotFoundError:
         raise DataError(f"{path} not found: {rerun_hint('preprocess')}") from None
-    except (KeyError, ValueError, OSError, zlib.error) as error:
-        raise DataError(f"{path} is not a valid split file (expected arrays 'inputs' and 'labels'): {error}") from None
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise DataError(f"{path} is corrupt ({type(error).__name__}: {error}); {repair_hint('preprocess')}") from None
+    if split.inputs.ndim != 2 or split.labels.ndim != 1 or len(split.inputs) != len(split.labels):
+        raise DataError(
+            f"{path} holds inputs of shape {split.inputs.shape} and labels of shape {split.labels.shape}, "
+            f"expected (count, features) and (count,); {repair_hint('preprocess')}"
+        )
+    return split

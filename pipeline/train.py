@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import logging
+from pathlib import Path
 
 import keras
 import mlflow
 import tensorflow as tf
 
 from pipeline import lineage
+from pipeline.checkpoints import Checkpoint, TrainingState, best_weights, fingerprint, restore_variables
 from pipeline.config import ModelConfig, OptimizerConfig, Params, TrainConfig, flatten, load_params
 from pipeline.errors import run_stage
 from pipeline.files import atomic_path, write_json, write_text
@@ -44,7 +47,14 @@ from pipeline.paths import (
     SUMMARY_FILE,
 )
 from pipeline.splits import Split, load_split
-from pipeline.tracking import log_datasets, log_model, pipeline_run, write_run_file
+from pipeline.tracking import client, log_datasets, log_model, pipeline_run, repository_root, write_run_file
+from pipeline.training import (
+    EpochCheckpointer,
+    ResumableEarlyStopping,
+    check_finite,
+    shuffled_batches,
+    steps_per_epoch,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,39 +76,63 @@ def train(
     train_config: TrainConfig,
     seed: int,
     callbacks: list[keras.callbacks.Callback] | None = None,
+    checkpoint: Checkpoint | None = None,
+    run_id: str | None = None,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
-    """Build, compile and fit the MLP; return (model, history) with history as {metric: [value per epoch]}."""
+    """Build, compile and fit the MLP, resuming from `checkpoint` when it holds a saved state;
+    return (model, history) with history as {metric: [value per epoch]}, every epoch included."""
     # Seeded here, right before the first random draw: anything that ran before
     # (MLflow picks run names with Python's global `random`, which Keras also
     # draws initializer seeds from) cannot change the weights.
     seed_everything(seed)
-
     model = build_mlp(training.inputs.shape[1], num_classes=num_classes, task=task, config=model_config)
     model.compile(optimizer=make_optimizer(optimizer_config), loss=keras_loss(train_config.loss), metrics=["accuracy"])
-    targets = {"loss": train_config.loss, "task": task, "num_classes": num_classes}
-    callbacks = list(callbacks or [])
-    if train_config.early_stopping_patience:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=train_config.early_stopping_patience, restore_best_weights=True
-            )
+    state, saved = TrainingState(epochs_done=0, history={}, run_id=run_id, early_stopping=None), {}
+    if checkpoint is not None and (resumed := checkpoint.load()) is not None:
+        state, saved = resumed
+        state = dataclasses.replace(state, run_id=run_id or state.run_id)
+        restore_variables(model, saved)
+        logger.info(
+            "resuming after epoch %d of %d from %s", state.epochs_done, train_config.epochs, checkpoint.directory
         )
-    has_validation = len(validation.labels) > 0
-    history = model.fit(
+    early_stopping = None
+    if train_config.early_stopping_patience:
+        early_stopping = ResumableEarlyStopping(
+            monitor="val_loss",
+            patience=train_config.early_stopping_patience,
+            restore_best_weights=True,
+            restored=state.early_stopping,
+            best_weights=best_weights(saved),
+        )
+    # Order matters: NaN and early stopping decide before the checkpoint is saved, the caller's callbacks see it saved.
+    checkpointer = EpochCheckpointer(checkpoint, state, early_stopping)
+    callbacks = [keras.callbacks.TerminateOnNaN(), *filter(None, [early_stopping]), checkpointer, *(callbacks or [])]
+    targets = {"loss": train_config.loss, "task": task, "num_classes": num_classes}
+    batches = shuffled_batches(
         training.inputs,
         training_targets(training.labels, **targets),
         batch_size=train_config.batch_size,
+        seed=seed,
+        first_epoch=state.epochs_done,
         epochs=train_config.epochs,
+    )
+    has_validation = len(validation.labels) > 0
+    model.fit(
+        batches,
+        epochs=train_config.epochs,
+        initial_epoch=state.epochs_done,
+        steps_per_epoch=steps_per_epoch(len(training.labels), train_config.batch_size),
         validation_data=(validation.inputs, training_targets(validation.labels, **targets)) if has_validation else None,
-        shuffle=True,
         callbacks=callbacks,
+        shuffle=False,  # shuffled_batches shuffles, seeded per epoch
         verbose=2,  # one line per epoch: readable in `dvc repro` logs
     )
-    return model, {name: [float(value) for value in values] for name, values in history.history.items()}
+    check_finite(checkpointer.history, learning_rate=optimizer_config.learning_rate)
+    return model, checkpointer.history
 
 
-def train_with_params(params: Params, training: Split, validation: Split, callbacks=None):
-    """train() with every setting taken from params.yaml."""
+def train_with_params(params: Params, training: Split, validation: Split, **options):
+    """train() with every setting taken from params.yaml; `options` are train()'s callbacks, checkpoint, run_id."""
     return train(
         training,
         validation,
@@ -108,7 +142,7 @@ def train_with_params(params: Params, training: Split, validation: Split, callba
         optimizer_config=params.optimizer,
         train_config=params.train,
         seed=params.seed,
-        callbacks=callbacks,
+        **options,
     )
 
 
@@ -152,31 +186,80 @@ def write_architecture(model: keras.Model) -> None:
         mlflow.log_artifact(str(path), artifact_path="architecture")
 
 
+def record_inputs(params: Params, splits: dict[str, Split], diff: str) -> None:
+    """What a new run records before training: the params, the config file, the diff and the dataset inputs."""
+    mlflow.log_params(flatten(params.model_dump()))
+    mlflow.log_artifact(str(PARAMS_FILE), artifact_path="config")
+    if diff:
+        mlflow.log_text(diff, "lineage/git_diff.patch")
+    log_datasets(splits, dataset_name=params.dataset.name, source=params.dataset.urls[0], context="training")
+
+
+def epoch_logger(run_id: str) -> keras.callbacks.Callback:
+    """Logs each epoch's metrics with the epoch as step, once: after a resume, epochs already logged are skipped."""
+    logged = {metric.step for metric in client().get_metric_history(run_id, "loss")}
+
+    def log(epoch: int, logs: dict) -> None:
+        if epoch + 1 not in logged:
+            mlflow.log_metrics({name: float(value) for name, value in logs.items()}, step=epoch + 1)
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=log)
+
+
+def backfill_epochs(run_id: str, history: dict[str, list[float]]) -> None:
+    """Log the epochs a crashed process checkpointed but did not get to log."""
+    logged = {metric.step for metric in client().get_metric_history(run_id, "loss")}
+    for epoch in range(1, len(history.get("loss", [])) + 1):
+        if epoch not in logged:
+            mlflow.log_metrics({name: values[epoch - 1] for name, values in history.items()}, step=epoch)
+
+
 def train_and_log(params: Params, training: Split, validation: Split) -> keras.Model:
-    """Train inside a new MLflow run that records params, lineage, per-epoch metrics and the model."""
-    tags, diff = run_tags(params)
-    with pipeline_run(experiment_name=params.mlflow.experiment_name, tags=tags) as run:
-        logger.info("MLflow run %s", run.info.run_id)
-        mlflow.log_params(flatten(params.model_dump()))
-        mlflow.log_artifact(str(PARAMS_FILE), artifact_path="config")
-        if diff:
-            mlflow.log_text(diff, "lineage/git_diff.patch")
-        splits = {"train": training, "validation": validation}
-        log_datasets(splits, dataset_name=params.dataset.name, source=params.dataset.urls[0], context="training")
-        log_epoch = keras.callbacks.LambdaCallback(
-            on_epoch_end=lambda epoch, logs: mlflow.log_metrics(
-                {name: float(value) for name, value in logs.items()}, step=epoch + 1
+    """Train inside an MLflow run that records params, lineage, per-epoch metrics and the model.
+
+    After a crash, training resumes from its checkpoint and continues the same run."""
+    splits = {"train": training, "validation": validation}
+    settings = params.model_dump(include={"seed", "model", "optimizer", "train"})
+    key = fingerprint(settings, [array for split in splits.values() for array in split], Path(__file__).parent)
+    with Checkpoint(repository_root(), key) as checkpoint:
+        saved = checkpoint.load()
+        resumed_run = saved[0].run_id if saved and run_exists(saved[0].run_id) else None
+        if resumed_run:
+            context = pipeline_run(run_id=resumed_run)
+        else:
+            tags, diff = run_tags(params)
+            context = pipeline_run(experiment_name=params.mlflow.experiment_name, tags=tags)
+        with context as run:
+            run_id = run.info.run_id
+            logger.info("MLflow run %s%s", run_id, " (continued after a crash)" if resumed_run else "")
+            if resumed_run:
+                backfill_epochs(run_id, saved[0].history)
+            else:
+                record_inputs(params, splits, diff)
+            model, history = train_with_params(
+                params, training, validation, callbacks=[epoch_logger(run_id)], checkpoint=checkpoint, run_id=run_id
             )
-        )
-        model, history = train_with_params(params, training, validation, callbacks=[log_epoch])
-        save_model(model, MODEL_FILE)
-        write_history(history, HISTORY_FILE)
-        write_architecture(model)
-        mlflow.log_param("model.parameter_count", model.count_params())
-        mlflow.set_tag("model.weights_sha256", weights_sha256(model))
-        log_model(model, training.inputs[:5], registered_model_name=params.mlflow.registered_model_name)
-        write_run_file(run)
+            save_model(model, MODEL_FILE)
+            write_history(history, HISTORY_FILE)
+            write_architecture(model)
+            mlflow.log_param("model.parameter_count", model.count_params())
+            mlflow.set_tag("model.weights_sha256", weights_sha256(model))
+            log_model(model, training.inputs[:5], registered_model_name=params.mlflow.registered_model_name)
+            write_run_file(run)
+        checkpoint.remove()
     return model
+
+
+def run_exists(run_id: str | None) -> bool:
+    """Whether the run a crashed training left can be continued."""
+    if run_id is None:
+        return False
+    try:
+        client().get_run(run_id)
+    except mlflow.exceptions.MlflowException as error:
+        logger.warning("starting a new MLflow run: run %s of the crashed training is gone (%s)", run_id, error)
+        return False
+    return True
 
 
 def main() -> None:

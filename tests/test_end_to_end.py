@@ -17,7 +17,7 @@ import yaml
 from conftest import TINY_DATASET, make_tiny_project, run
 from mlflow.tracking import MlflowClient
 
-STAGES = ("download", "preprocess", "train", "evaluate")
+STAGES = ("validate", "download", "preprocess", "train", "evaluate")
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_lock_file_records_every_stage_with_hashes(project):
         lock["stages"]["train"]["params"]["params.yaml"]["dataset"]
     ) <= {"num_classes"}
     for stage in STAGES:
-        for output in lock["stages"][stage]["outs"]:
+        for output in lock["stages"][stage].get("outs", []):
             assert len(output["md5"].removesuffix(".dir")) == 32
 
 
@@ -171,6 +171,22 @@ def test_training_parameter_change_reruns_only_train_and_evaluate(project):
     assert "Running stage 'preprocess'" not in result.stdout
     run(["git", "checkout", "--", "params.yaml"], cwd=path)
     run(["dvc", "checkout", "--force"], cwd=path)
+
+
+def test_an_unknown_key_fails_the_run_whichever_way_it_came(project):
+    path, _ = project
+    original = (path / "params.yaml").read_text()
+    try:
+        (path / "params.yaml").write_text(original + "foo: 1\n")
+        result = run(["dvc", "repro"], cwd=path, check=False)
+        assert result.returncode != 0
+        assert "foo = 1: unknown key" in result.stderr
+        overrides = [f"-S dataset={TINY_DATASET}", "-S train.epochs=1", "-S +foo=1"]
+        result = run(["dvc", "exp", "run", *" ".join(overrides).split()], cwd=path, check=False)
+        assert result.returncode != 0
+        assert "foo = 1: unknown key" in result.stderr
+    finally:
+        (path / "params.yaml").write_text(original)
 
 
 def test_exp_run_composes_overrides_and_links_mlflow(project, client):

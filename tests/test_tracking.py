@@ -1,8 +1,11 @@
-"""MLflow runs end FINISHED, FAILED or KILLED, never RUNNING; the store follows DVC_ROOT."""
+"""MLflow runs end FINISHED, FAILED or KILLED, never RUNNING; the store follows DVC_ROOT; concurrent
+first users create one sound store; a run whose process was killed is ended FAILED by the next one."""
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,6 +15,10 @@ from conftest import REPOSITORY
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
+from pipeline.errors import ConfigError
+
+# A bare environment for stage-like subprocesses: no MLFLOW_TRACKING_URI, no DVC_ROOT.
+SUBPROCESS_ENVIRONMENT = {"PYTHONPATH": str(REPOSITORY), "PATH": "/usr/bin:/bin"}
 
 
 @pytest.fixture
@@ -90,3 +97,133 @@ def test_a_stopped_stage_marks_its_run_killed(tmp_path, sent, inherited_sigint):
     process.send_signal(sent)
     assert process.wait(timeout=60) == 130
     assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id).info.status == "KILLED"
+
+
+def start_script(script: str, cwd, **options) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=SUBPROCESS_ENVIRONMENT,
+        **options,
+    )
+
+
+def test_concurrent_first_users_create_one_sound_store(tmp_path):
+    """Eight processes open the missing store at the same moment (they wait for a start file after their
+    imports): every one creates its run, and the store holds all eight afterwards."""
+    count = 8
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from pipeline.tracking import pipeline_run\n"
+        "Path(f'ready-{sys.argv[1]}').touch()\n"
+        "while not Path('go').exists():\n"
+        "    time.sleep(0.005)\n"
+        "with pipeline_run(experiment_name='concurrent') as run:\n"
+        "    print(run.info.run_id, flush=True)\n"
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(number)],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=SUBPROCESS_ENVIRONMENT,
+        )
+        for number in range(count)
+    ]
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready-*"))) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (tmp_path / "go").touch()
+    results = [(process.wait(timeout=120), *process.communicate()) for process in processes]
+    failures = [stderr for status, _, stderr in results if status != 0]
+    assert not failures, f"{len(failures)} of {count} failed; the first: {failures[0][-2000:]}"
+    run_ids = {stdout.strip() for _, stdout, _ in results}
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("concurrent")
+    runs = client.search_runs([experiment.experiment_id])
+    assert {run.info.run_id for run in runs} == run_ids
+    assert len(run_ids) == count
+    assert {run.info.status for run in runs} == {"FINISHED"}
+
+
+def test_each_run_records_its_owner_process(store):
+    with tracking.pipeline_run(experiment_name="test") as run:
+        tags = store.get_run(run.info.run_id).data.tags
+    assert tags["process.host"] == socket.gethostname()
+    assert tags["process.pid"] == str(os.getpid())
+    assert tags["process.start_time"] == tracking.process_start_time(os.getpid())
+
+
+def test_a_killed_stage_run_is_ended_failed_by_the_next_process(store, tmp_path):
+    """SIGKILL leaves no chance to end the run; the next process that opens the store ends it FAILED.
+    A RUNNING run whose process is alive (this one) is left running."""
+    with tracking.pipeline_run(experiment_name="test") as alive:
+        stage = start_script(
+            "import time\n"
+            "from pipeline.tracking import pipeline_run\n"
+            "with pipeline_run(experiment_name='test') as run:\n"
+            "    print(run.info.run_id, flush=True)\n"
+            "    time.sleep(60)\n",
+            cwd=tmp_path,
+        )
+        run_id = stage.stdout.readline().strip()
+        stage.kill()
+        stage.wait(timeout=60)
+        assert store.get_run(run_id).info.status == "RUNNING"
+        next_process = start_script("from pipeline import tracking\ntracking.client()\n", cwd=tmp_path)
+        assert next_process.wait(timeout=120) == 0, next_process.communicate()[1]
+        ended = store.get_run(run_id)
+        assert ended.info.status == "FAILED"
+        reason = ended.data.tags["failure.reason"]
+        assert f"process {stage.pid} on host {socket.gethostname()} ended without finishing the run" in reason
+        assert store.get_run(alive.info.run_id).info.status == "RUNNING"
+    assert store.get_run(alive.info.run_id).info.status == "FINISHED"
+
+
+def owned_run(client: MlflowClient, experiment_id: str, host: str, pid: int, start_time: str) -> str:
+    tags = {"process.host": host, "process.pid": str(pid), "process.start_time": start_time}
+    return client.create_run(experiment_id, tags=tags).info.run_id
+
+
+def test_a_reused_pid_is_not_the_owner_and_another_host_is_left_alone(store):
+    experiment = tracking.experiment_id("test")
+    host = socket.gethostname()
+    # This process's pid, but another start time: the owner was an earlier process with the same pid.
+    reused = owned_run(store, experiment, host, os.getpid(), "1")
+    elsewhere = owned_run(store, experiment, "another-host.example", 1, "1")
+    tracking.end_abandoned_runs(store)
+    assert store.get_run(reused).info.status == "FAILED"
+    assert f"process {os.getpid()} on host {host}" in store.get_run(reused).data.tags["failure.reason"]
+    assert store.get_run(elsewhere).info.status == "RUNNING"
+
+
+def test_a_run_ended_by_the_reaper_can_be_resumed(store):
+    experiment = tracking.experiment_id("test")
+    run_id = owned_run(store, experiment, socket.gethostname(), os.getpid(), "1")
+    tracking.end_abandoned_runs(store)
+    assert store.get_run(run_id).info.status == "FAILED"
+    with tracking.pipeline_run(run_id=run_id):
+        resumed = store.get_run(run_id)
+        assert resumed.info.status == "RUNNING"
+        assert resumed.data.tags["process.pid"] == str(os.getpid())
+        assert resumed.data.tags["process.start_time"] == tracking.process_start_time(os.getpid())
+        assert "failure.reason" not in resumed.data.tags
+    assert store.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_deleted_experiment_is_a_config_error_that_says_how_to_restore_it(store):
+    experiment = tracking.experiment_id("test")
+    store.delete_experiment(experiment)
+    with pytest.raises(ConfigError) as raised:
+        tracking.experiment_id("test")
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "'test'" in message
+    assert f"mlflow experiments restore --experiment-id {experiment}" in message
+    assert "mlflow.experiment_name" in message

@@ -1,0 +1,86 @@
+"""Training saves its complete state at every epoch end and, resumed after a crash,
+ends with exactly the weights of an uninterrupted run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import synthetic_digits
+
+from pipeline.checkpoints import Checkpoint
+from pipeline.config import ModelConfig, OptimizerConfig, TrainConfig
+from pipeline.model import weights_sha256
+from pipeline.splits import Split
+from pipeline.train import train
+from pipeline.training import TrainingDiverged
+
+MODEL = ModelConfig(
+    hidden_units=[32, 16], activation="relu", dropout_rate=0.3, kernel_initializer="glorot_uniform", l2_weight_decay=0.0
+)
+
+
+class Crash(Exception):
+    """Stands in for the process dying after an epoch's checkpoint was written."""
+
+
+class CrashAfterEpoch:
+    def __init__(self, epoch: int):
+        import keras
+
+        class Callback(keras.callbacks.Callback):
+            def on_epoch_end(inner, epoch_index, logs=None):  # noqa: N805 - the enclosing instance is `self`
+                if epoch_index + 1 == epoch:
+                    raise Crash
+
+        self.callback = Callback()
+
+
+def tiny_split():
+    images, labels = synthetic_digits(300, seed=1)
+    inputs = images.reshape(300, -1).astype(np.float32) / 255
+    return Split(inputs[:250], labels[:250].astype(np.int64)), Split(inputs[250:], labels[250:].astype(np.int64))
+
+
+def fit(checkpoint=None, callbacks=None, epochs=5, patience=None, learning_rate=0.01, optimizer="adam"):
+    training, validation = tiny_split()
+    return train(
+        training,
+        validation,
+        num_classes=10,
+        task="multiclass",
+        model_config=MODEL,
+        optimizer_config=OptimizerConfig(name=optimizer, learning_rate=learning_rate),
+        train_config=TrainConfig(
+            loss="categorical_crossentropy", batch_size=32, epochs=epochs, early_stopping_patience=patience
+        ),
+        seed=3,
+        callbacks=callbacks,
+        checkpoint=checkpoint,
+    )
+
+
+@pytest.mark.parametrize("patience", [None, 1])
+def test_resumed_training_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, patience):
+    uninterrupted, history = fit(patience=patience, epochs=8)
+    with Checkpoint(tmp_path, "a" * 64) as checkpoint:
+        with pytest.raises(Crash):
+            fit(checkpoint, callbacks=[CrashAfterEpoch(3).callback], patience=patience, epochs=8)
+        assert checkpoint.load()[0].epochs_done == 3
+    with Checkpoint(tmp_path, "a" * 64) as checkpoint:
+        resumed, resumed_history = fit(checkpoint, patience=patience, epochs=8)
+    assert weights_sha256(resumed) == weights_sha256(uninterrupted)
+    assert resumed_history == history  # every epoch's metrics, none twice
+
+
+def test_a_checkpoint_of_another_fingerprint_is_never_resumed(tmp_path):
+    with Checkpoint(tmp_path, "a" * 64) as checkpoint, pytest.raises(Crash):
+        fit(checkpoint, callbacks=[CrashAfterEpoch(2).callback])
+    with Checkpoint(tmp_path, "b" * 64) as other:
+        assert other.load() is None
+        # The stale checkpoint is gone: nobody holds it.
+        assert [path.name for path in (tmp_path / ".checkpoints").glob("train-*") if path.is_dir()] == []
+
+
+def test_a_diverging_loss_stops_training_with_a_clear_error():
+    with pytest.raises(TrainingDiverged, match=r"the loss became nan in epoch 1.*Lower optimizer.learning_rate"):
+        fit(learning_rate=1e30, optimizer="sgd", epochs=3)
