@@ -118,5 +118,3 @@ def trained_project(tmp_path_factory, tiny_dataset_server):
     path = make_tiny_project(tmp_path_factory.mktemp("validation"), tiny_dataset_server)
     run(["dvc", "repro"], cwd=path)
     return path, MlflowClient(f"sqlite:///{path / 'mlflow.db'}")
-
-
