@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 # Stage commands in dvc.yaml call `python`: it must be the environment's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro study test test-slow lint params lock
+.PHONY: setup repro study bench test test-slow lint params lock
 
 setup: $(INSTALLED)
 
@@ -29,6 +29,13 @@ repro: $(INSTALLED)
 STUDY ?= atienza_table_1_3_2
 study: $(INSTALLED)
 	mlp study $(STUDY)
+
+# Training speed side by side: the seed tutorial's plain Keras program,
+# scikit-learn and this pipeline, on MNIST (needs data/ from `make repro`).
+# A quick run: make bench BENCH_ARGS="--epochs 3"
+BENCH_ARGS ?= --epochs 5 --repetitions 2 --repro
+bench: $(INSTALLED)
+	python benchmarks/training_speed.py $(BENCH_ARGS)
 
 # The fast suite: unit tests and the end-to-end tests on a tiny synthetic dataset.
 test: $(INSTALLED)

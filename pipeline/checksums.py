@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from pipeline.config import FileSpec
+from pipeline.dataset_config import FileSpec
 from pipeline.errors import DataError
 from pipeline.paths import rerun_hint
 

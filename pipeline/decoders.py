@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from pipeline.checksums import verify_checksum
-from pipeline.config import CsvLayout, DatasetConfig, FileSpec
+from pipeline.dataset_config import CsvLayout, DatasetConfig, FileSpec
 from pipeline.errors import DataError
 from pipeline.paths import rerun_hint
 

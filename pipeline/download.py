@@ -22,7 +22,8 @@ import requests
 from tqdm import tqdm
 
 from pipeline.checksums import checksum_problem
-from pipeline.config import MIRROR_ENVIRONMENT_VARIABLE, FileSpec, load_params, mirror_location
+from pipeline.config import MIRROR_ENVIRONMENT_VARIABLE, load_params, mirror_location
+from pipeline.dataset_config import FileSpec
 from pipeline.errors import DownloadError, run_stage
 from pipeline.paths import RAW_DIRECTORY
 

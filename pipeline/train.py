@@ -24,6 +24,7 @@ import argparse
 import csv
 import dataclasses
 import logging
+import time
 from pathlib import Path
 
 import keras
@@ -51,7 +52,9 @@ from pipeline.tracking import client, log_datasets, log_model, pipeline_run, rep
 from pipeline.training import (
     EpochCheckpointer,
     ResumableEarlyStopping,
+    backfill_epochs,
     check_finite,
+    epoch_logger,
     shuffled_batches,
     steps_per_epoch,
 )
@@ -85,25 +88,13 @@ def train(
     # (MLflow picks run names with Python's global `random`, which Keras also
     # draws initializer seeds from) cannot change the weights.
     seed_everything(seed)
+    steps = steps_per_epoch(len(training.labels), train_config.batch_size)
     model = build_mlp(training.inputs.shape[1], num_classes=num_classes, task=task, config=model_config)
-    model.compile(optimizer=make_optimizer(optimizer_config), loss=keras_loss(train_config.loss), metrics=["accuracy"])
-    state, saved = TrainingState(epochs_done=0, history={}, run_id=run_id, early_stopping=None), {}
-    if checkpoint is not None and (resumed := checkpoint.load()) is not None:
-        state, saved = resumed
-        state = dataclasses.replace(state, run_id=run_id or state.run_id)
-        restore_variables(model, saved)
-        logger.info(
-            "resuming after epoch %d of %d from %s", state.epochs_done, train_config.epochs, checkpoint.directory
-        )
-    early_stopping = None
-    if train_config.early_stopping_patience:
-        early_stopping = ResumableEarlyStopping(
-            monitor="val_loss",
-            patience=train_config.early_stopping_patience,
-            restore_best_weights=True,
-            restored=state.early_stopping,
-            best_weights=best_weights(saved),
-        )
+    # A whole epoch in one call of the compiled training loop: no Python between steps.
+    optimizer, loss = make_optimizer(optimizer_config), keras_loss(train_config.loss)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], steps_per_execution=steps)
+    state, saved = resume(model, checkpoint, run_id=run_id, epochs=train_config.epochs)
+    early_stopping = early_stopping_for(train_config, state, saved)
     # Order matters: NaN and early stopping decide before the checkpoint is saved, the caller's callbacks see it saved.
     checkpointer = EpochCheckpointer(checkpoint, state, early_stopping)
     callbacks = [keras.callbacks.TerminateOnNaN(), *filter(None, [early_stopping]), checkpointer, *(callbacks or [])]
@@ -117,18 +108,46 @@ def train(
         epochs=train_config.epochs,
     )
     has_validation = len(validation.labels) > 0
+    start = time.perf_counter()
     model.fit(
         batches,
         epochs=train_config.epochs,
         initial_epoch=state.epochs_done,
-        steps_per_epoch=steps_per_epoch(len(training.labels), train_config.batch_size),
+        steps_per_epoch=steps,
         validation_data=(validation.inputs, training_targets(validation.labels, **targets)) if has_validation else None,
         callbacks=callbacks,
         shuffle=False,  # shuffled_batches shuffles, seeded per epoch
         verbose=2,  # one line per epoch: readable in `dvc repro` logs
     )
+    logger.info("fitted in %.1f s", time.perf_counter() - start)  # benchmarks/training_speed.py reads it
     check_finite(checkpointer.history, learning_rate=optimizer_config.learning_rate)
     return model, checkpointer.history
+
+
+def early_stopping_for(train_config: TrainConfig, state: TrainingState, saved: dict) -> ResumableEarlyStopping | None:
+    if not train_config.early_stopping_patience:
+        return None
+    return ResumableEarlyStopping(
+        monitor="val_loss",
+        patience=train_config.early_stopping_patience,
+        restore_best_weights=True,
+        restored=state.early_stopping,
+        best_weights=best_weights(saved),
+    )
+
+
+def resume(
+    model: keras.Model, checkpoint: Checkpoint | None, *, run_id: str | None, epochs: int
+) -> tuple[TrainingState, dict]:
+    """The state to start from: the checkpoint's, its variables put back into `model`, or a fresh one."""
+    fresh = TrainingState(epochs_done=0, history={}, run_id=run_id, early_stopping=None)
+    resumed = checkpoint.load() if checkpoint is not None else None
+    if resumed is None:
+        return fresh, {}
+    state, saved = resumed
+    restore_variables(model, saved)
+    logger.info("resuming after epoch %d of %d from %s", state.epochs_done, epochs, checkpoint.directory)
+    return dataclasses.replace(state, run_id=run_id or state.run_id), saved
 
 
 def train_with_params(params: Params, training: Split, validation: Split, **options):
@@ -193,25 +212,6 @@ def record_inputs(params: Params, splits: dict[str, Split], diff: str) -> None:
     if diff:
         mlflow.log_text(diff, "lineage/git_diff.patch")
     log_datasets(splits, dataset_name=params.dataset.name, source=params.dataset.urls[0], context="training")
-
-
-def epoch_logger(run_id: str) -> keras.callbacks.Callback:
-    """Logs each epoch's metrics with the epoch as step, once: after a resume, epochs already logged are skipped."""
-    logged = {metric.step for metric in client().get_metric_history(run_id, "loss")}
-
-    def log(epoch: int, logs: dict) -> None:
-        if epoch + 1 not in logged:
-            mlflow.log_metrics({name: float(value) for name, value in logs.items()}, step=epoch + 1)
-
-    return keras.callbacks.LambdaCallback(on_epoch_end=log)
-
-
-def backfill_epochs(run_id: str, history: dict[str, list[float]]) -> None:
-    """Log the epochs a crashed process checkpointed but did not get to log."""
-    logged = {metric.step for metric in client().get_metric_history(run_id, "loss")}
-    for epoch in range(1, len(history.get("loss", [])) + 1):
-        if epoch not in logged:
-            mlflow.log_metrics({name: values[epoch - 1] for name, values in history.items()}, step=epoch)
 
 
 def train_and_log(params: Params, training: Split, validation: Split) -> keras.Model:

@@ -6,7 +6,7 @@ import numpy as np
 import yaml
 from conftest import REPOSITORY, synthetic_digits
 
-from pipeline.config import DatasetConfig
+from pipeline.dataset_config import DatasetConfig
 from pipeline.decoders import RawData
 from pipeline.preprocess import class_counts, preprocess, save_samples_figure
 

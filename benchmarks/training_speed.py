@@ -1,0 +1,252 @@
+"""Training speed, side by side in one invocation: the seed tutorial's plain Keras program,
+scikit-learn's MLPClassifier with the same layers and batch, and this pipeline's training path.
+
+    python benchmarks/training_speed.py [--epochs N] [--repetitions R] [--repro] [--output FILE]
+
+Each contender runs in its own process (so its peak memory is its own) on the
+same MNIST files: data/raw/ if the download stage ran, else MLP_DATA_MIRROR's
+mnist/ folder. The table gives seconds per epoch (median of epochs 2..N, the
+first one pays for tracing), images per second, test accuracy, the ratio to the
+plain program, the fraction of the arithmetic floor (6 x parameters x images
+FLOP at the GEMM rate measured in the same run) and peak RSS. With --repro it
+also times a whole `dvc repro --force` and its overhead (the run minus fitting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up notices would bury the table
+sys.path.insert(0, str(REPOSITORY))
+
+import numpy as np  # noqa: E402 - after the path: the project's modules are imported below
+
+from pipeline.decoders import read_idx_images_and_labels  # noqa: E402
+
+MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
+TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+CONTENDERS = ("plain", "sklearn", "pipeline")
+PARAMETERS = 784 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10  # 269,322
+
+
+def mnist_folder() -> Path:
+    for folder in (REPOSITORY / "data/raw", Path(os.environ.get("MLP_DATA_MIRROR", "/nonexistent")) / "mnist"):
+        if all((folder / name).exists() for name in MNIST_FILES + TEST_FILES):
+            return folder
+    sys.exit("no MNIST files: run `dvc repro download` or set MLP_DATA_MIRROR to a folder holding mnist/")
+
+
+def load_mnist():
+    folder = mnist_folder()
+    train = read_idx_images_and_labels(*(folder / name for name in MNIST_FILES), (28, 28), 10)
+    test = read_idx_images_and_labels(*(folder / name for name in TEST_FILES), (28, 28), 10)
+    return train, test
+
+
+def plain(epochs: int) -> dict:
+    """Atienza's listing 1.3.2 as the book writes it (mnist.load_data() replaced by the local files)."""
+    from keras.layers import Activation, Dense, Dropout
+    from keras.models import Sequential
+    from keras.utils import to_categorical
+
+    (x_train, y_train), (x_test, y_test) = load_mnist()
+    x_train = np.reshape(x_train, [-1, 784]).astype("float32") / 255
+    x_test = np.reshape(x_test, [-1, 784]).astype("float32") / 255
+    y_train, y_test = to_categorical(y_train), to_categorical(y_test)
+    model = Sequential()
+    model.add(Dense(256, input_dim=784))
+    model.add(Activation("relu"))
+    model.add(Dropout(0.45))
+    model.add(Dense(256))
+    model.add(Activation("relu"))
+    model.add(Dropout(0.45))
+    model.add(Dense(10))
+    model.add(Activation("softmax"))
+    model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
+    timer = epoch_timer()
+    model.fit(x_train, y_train, epochs=epochs, batch_size=128, callbacks=[timer], verbose=0)
+    _, accuracy = model.evaluate(x_test, y_test, batch_size=128, verbose=0)
+    return {"epoch_seconds": timer.times, "images": len(x_train), "test_accuracy": accuracy}
+
+
+def sklearn(epochs: int) -> dict:
+    from sklearn.neural_network import MLPClassifier
+
+    (x_train, y_train), (x_test, y_test) = load_mnist()
+    x_train = x_train.reshape(-1, 784).astype("float32") / 255
+    x_test = x_test.reshape(-1, 784).astype("float32") / 255
+    model = MLPClassifier((256, 256), batch_size=128, random_state=42)
+    times = []
+    for _ in range(epochs):  # partial_fit: one pass over the data per call
+        start = time.perf_counter()
+        model.partial_fit(x_train, y_train, classes=np.arange(10))
+        times.append(time.perf_counter() - start)
+    return {"epoch_seconds": times, "images": len(x_train), "test_accuracy": model.score(x_test, y_test)}
+
+
+def pipeline(epochs: int) -> dict:
+    """The train stage's path: pipeline.train.train() on data/processed (54,000 images + validation)."""
+    from pipeline.config import load_params
+    from pipeline.evaluate import evaluate
+    from pipeline.paths import PARAMS_FILE, PROCESSED_DIRECTORY
+    from pipeline.splits import load_split
+    from pipeline.train import train_with_params
+
+    os.chdir(REPOSITORY)
+    params = load_params(PARAMS_FILE)
+    params = params.model_copy(update={"train": params.train.model_copy(update={"epochs": epochs})})
+    training, validation = (load_split(PROCESSED_DIRECTORY, name) for name in ("train", "validation"))
+    test = load_split(PROCESSED_DIRECTORY, "test")
+    timer = epoch_timer()
+    model, _ = train_with_params(params, training, validation, callbacks=[timer])
+    accuracy = evaluate(model, test.inputs, test.labels, num_classes=10)["test"]["accuracy"]
+    return {"epoch_seconds": timer.times, "images": len(training.labels), "test_accuracy": accuracy}
+
+
+def gemm_rate() -> dict:
+    """GFLOP/s of TensorFlow's matrix product at the MLP's first layer's shape and at 2048^3."""
+    import tensorflow as tf
+
+    @tf.function
+    def repeated_product(a, b, repeats):
+        total = tf.zeros((a.shape[0], b.shape[1]))
+        for _ in tf.range(repeats):
+            total += tf.matmul(a, b)
+        return total
+
+    rates = {}
+    for name, (m, k, n) in {"128x784x256": (128, 784, 256), "2048^3": (2048, 2048, 2048)}.items():
+        a, b = tf.random.normal((m, k)), tf.random.normal((k, n))
+        repeats = tf.constant(max(1, int(2e10 / (2 * m * k * n))))
+        repeated_product(a, b, repeats).numpy()  # trace and warm up
+        start = time.perf_counter()
+        repeated_product(a, b, repeats).numpy()
+        rates[name] = 2 * m * k * n * int(repeats) / (time.perf_counter() - start) / 1e9
+    return rates
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+def epoch_timer():
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        times: list[float] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.times.append(time.perf_counter() - self.start)
+
+    timer = EpochTimer()
+    timer.times = []
+    return timer
+
+
+WORKERS = {"plain": plain, "sklearn": sklearn, "pipeline": pipeline}
+
+
+def run_worker(name: str, epochs: int) -> dict:
+    """Run one contender in a fresh process; its figures and peak RSS."""
+    command = [sys.executable, __file__, "--worker", name, "--epochs", str(epochs)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPOSITORY)
+    if result.returncode != 0:
+        sys.exit(f"{name} failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def timed_repro() -> dict:
+    """A whole `dvc repro --force` and the train stage's fitting time from its log."""
+    start = time.perf_counter()
+    result = subprocess.run(["dvc", "repro", "--force"], capture_output=True, text=True, cwd=REPOSITORY)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        sys.exit(f"dvc repro --force failed:\n{result.stderr[-2000:]}")
+    fit = [
+        float(line.split("fitted in ")[1].split(" s")[0]) for line in result.stderr.splitlines() if "fitted in " in line
+    ]
+    return {"seconds": seconds, "fit_seconds": fit[0] if fit else float("nan")}
+
+
+def table(results: dict[str, list[dict]], rates: dict, epochs: int) -> list[str]:
+    plain_epoch = statistics.median(median_epoch(run) for run in results["plain"])
+    lines = [
+        "| contender | s/epoch (median of epochs 2..N) | images/s | test accuracy | speed-up over plain | "
+        "fraction of GEMM floor | peak RSS (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, runs in results.items():
+        epoch = statistics.median(median_epoch(run) for run in runs)
+        images = runs[0]["images"]
+        floor = 6 * PARAMETERS * images / (rates["128x784x256"] * 1e9)
+        accuracy = ", ".join(f"{100 * run['test_accuracy']:.2f}%" for run in runs)
+        rss = max(run["peak_rss_kib"] for run in runs) / 1024
+        lines.append(
+            f"| {name} | {epoch:.2f} | {images / epoch:,.0f} | {accuracy} | {plain_epoch / epoch:.2f}x | "
+            f"{floor / epoch:.0%} | {rss:,.0f} |"
+        )
+    return lines
+
+
+def median_epoch(run: dict) -> float:
+    times = run["epoch_seconds"]
+    return statistics.median(times[1:] if len(times) > 1 else times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=5, help="epochs per contender (default: %(default)s)")
+    parser.add_argument("--repetitions", type=int, default=1, help="runs of each contender (default: %(default)s)")
+    parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
+    parser.add_argument("--repro", action="store_true", help="also time a whole `dvc repro --force`")
+    parser.add_argument("--output", type=Path, help="also write the table to this Markdown file")
+    parser.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+    if arguments.worker:
+        figures = WORKERS[arguments.worker](arguments.epochs)
+        figures["peak_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(json.dumps(figures, default=float))
+        return
+    rates = gemm_rate()
+    results = {name: [] for name in arguments.contenders}
+    for _ in range(arguments.repetitions):
+        for name in arguments.contenders:  # interleaved: load changes affect every contender alike
+            results[name].append(run_worker(name, arguments.epochs))
+    lines = [
+        f"Training speed, {date.today()}, {cpu_name()}, {os.cpu_count()} cores; "
+        f"{arguments.epochs} epochs x {arguments.repetitions} repetition(s); GEMM "
+        + ", ".join(f"{rate:.0f} GFLOP/s at {shape}" for shape, rate in rates.items()),
+        "",
+        *table(results, rates, arguments.epochs),
+    ]
+    if arguments.repro:
+        repro = timed_repro()
+        lines += [
+            "",
+            f"`dvc repro --force`: {repro['seconds']:.1f} s, of which fitting {repro['fit_seconds']:.1f} s; "
+            f"overhead (whole run minus fitting) {repro['seconds'] - repro['fit_seconds']:.1f} s",
+        ]
+    print("\n".join(lines))
+    if arguments.output:
+        arguments.output.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
