@@ -110,7 +110,9 @@ def pipeline(epochs: int) -> dict:
     test = load_split(PROCESSED_DIRECTORY, "test")
     timer = epoch_timer()
     model, _ = train_with_params(params, training, validation, callbacks=[timer])
-    accuracy = evaluate(model, test.inputs, test.labels, num_classes=10)["test"]["accuracy"]
+    accuracy = evaluate(model, test.inputs, test.labels, class_names=[str(digit) for digit in range(10)])["test"][
+        "accuracy"
+    ]
     return {"epoch_seconds": timer.times, "images": len(training.labels), "test_accuracy": accuracy}
 
 

@@ -1,6 +1,6 @@
 """Stage `evaluate`: score the trained model on the test split and finish the MLflow run.
 
-Reads params `dataset.name`, `dataset.urls`, `dataset.num_classes`, `dataset.task`,
+Reads params `dataset.name`, `dataset.urls`, `dataset.num_classes`, `dataset.class_names`, `dataset.task`,
 `train.loss`, data/model/,
 data/processed/test.npz and reports/training_history.csv; writes
 reports/metrics.json (DVC metrics: test loss and accuracy, macro
@@ -55,9 +55,14 @@ logger = logging.getLogger(__name__)
 
 
 def evaluate(
-    model: keras.Model, inputs: np.ndarray, labels: np.ndarray, *, num_classes: int, targets: np.ndarray | None = None
+    model: keras.Model,
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    *,
+    class_names: list[str],
+    targets: np.ndarray | None = None,
 ) -> dict:
-    """Test loss and accuracy, macro and per-class precision/recall/F1, and the predictions.
+    """Test loss and accuracy, macro and per-class precision/recall/F1 (by class name), and the predictions.
 
     `targets` are what the model's loss compares its output with, when not the
     labels themselves (one-hot rows for mse over a softmax).
@@ -68,8 +73,9 @@ def evaluate(
     predictions = (
         (probabilities[:, 0] >= 0.5).astype(int) if probabilities.shape[1] == 1 else probabilities.argmax(axis=1)
     )
-    class_labels = list(range(num_classes))
-    report = classification_report(labels, predictions, labels=class_labels, output_dict=True, zero_division=0)
+    class_labels = list(range(len(class_names)))
+    options = {"labels": class_labels, "target_names": class_names, "zero_division": 0}
+    report = classification_report(labels, predictions, output_dict=True, **options)
     return {
         "test": {
             "loss": float(loss),
@@ -79,29 +85,34 @@ def evaluate(
             "f1_macro": report["macro avg"]["f1-score"],
         },
         "per_class": {
-            str(label): {
-                "precision": report[str(label)]["precision"],
-                "recall": report[str(label)]["recall"],
-                "f1": report[str(label)]["f1-score"],
+            name: {
+                "precision": report[name]["precision"],
+                "recall": report[name]["recall"],
+                "f1": report[name]["f1-score"],
+                "support": report[name]["support"],
             }
-            for label in class_labels
+            for name in class_names
         },
         "predictions": predictions,
-        "report_text": classification_report(labels, predictions, labels=class_labels, digits=4, zero_division=0),
+        "report_text": classification_report(labels, predictions, digits=4, **options),
         "confusion_matrix": confusion_matrix(labels, predictions, labels=class_labels),
     }
 
 
-def write_confusion_csv(labels: np.ndarray, predictions: np.ndarray, path: Path) -> None:
+def write_confusion_csv(labels: np.ndarray, predictions: np.ndarray, path: Path, *, class_names: list[str]) -> None:
+    """One row per test example, actual and predicted class by name (`dvc plots`' confusion template)."""
     with atomic_path(path) as temporary, temporary.open("w", newline="", encoding="utf-8") as stream:
         writer = csv.writer(stream)
         writer.writerow(["actual", "predicted"])
-        writer.writerows(zip(labels.tolist(), predictions.tolist(), strict=True))
+        writer.writerows(
+            (class_names[actual], class_names[predicted]) for actual, predicted in zip(labels, predictions, strict=True)
+        )
 
 
-def plot_confusion_matrix(matrix: np.ndarray, path: Path) -> None:
+def plot_confusion_matrix(matrix: np.ndarray, path: Path, *, class_names: list[str]) -> None:
     figure, axis = plt.subplots(figsize=(7, 6))
-    ConfusionMatrixDisplay(matrix).plot(ax=axis, cmap="Blues", colorbar=False, values_format="d")
+    display = ConfusionMatrixDisplay(matrix, display_labels=class_names)
+    display.plot(ax=axis, cmap="Blues", colorbar=False, values_format="d", xticks_rotation="vertical")
     axis.set_title("Confusion matrix, test split")
     save_figure(figure, path)
 
@@ -146,11 +157,13 @@ def load_model(path: Path) -> keras.Model:
         raise DataError(f"{path} is corrupt ({type(error).__name__}: {error}); {repair_hint('train')}") from None
 
 
-def write_reports(results: dict, labels: np.ndarray, history: list[dict[str, str]], metrics: dict) -> None:
+def write_reports(
+    results: dict, labels: np.ndarray, history: list[dict[str, str]], metrics: dict, *, class_names: list[str]
+) -> None:
     write_json(METRICS_FILE, metrics)
     write_json(PER_CLASS_METRICS_FILE, results["per_class"])
-    write_confusion_csv(labels, results["predictions"], CONFUSION_CSV)
-    plot_confusion_matrix(results["confusion_matrix"], CONFUSION_PNG)
+    write_confusion_csv(labels, results["predictions"], CONFUSION_CSV, class_names=class_names)
+    plot_confusion_matrix(results["confusion_matrix"], CONFUSION_PNG, class_names=class_names)
     plot_learning_curves(history, LEARNING_CURVES_PNG)
     write_text(CLASSIFICATION_REPORT_FILE, results["report_text"])
 
@@ -162,8 +175,9 @@ def log_evaluation(results: dict, *, test_split, dataset_name: str, source: str)
     mlflow.set_tags(lock_tags(("download", "preprocess", "train")))
     mlflow.log_artifact(str(LOCK_FILE), artifact_path="lineage")
     log_datasets({"test": test_split}, dataset_name=dataset_name, source=source, context="test")
-    for label, scores in results["per_class"].items():
-        mlflow.log_metrics({f"test_{name}_class_{label}": scores[name] for name in ("precision", "recall", "f1")})
+    # One table, not 3 metrics per class: the run's metrics tab keeps the curves people look at.
+    table = [{"class": name, **scores} for name, scores in results["per_class"].items()]
+    mlflow.log_table({column: [row[column] for row in table] for column in table[0]}, "evaluation/per_class.json")
     for path in (CONFUSION_PNG, LEARNING_CURVES_PNG, CONFUSION_CSV, CLASSIFICATION_REPORT_FILE):
         mlflow.log_artifact(str(path), artifact_path="evaluation")
     for path in (METRICS_FILE, PER_CLASS_METRICS_FILE):
@@ -182,7 +196,7 @@ def main() -> None:
             test_split.labels, loss=params.train.loss, task=dataset.task, num_classes=dataset.num_classes
         )
         results = evaluate(
-            model, test_split.inputs, test_split.labels, num_classes=dataset.num_classes, targets=targets
+            model, test_split.inputs, test_split.labels, class_names=dataset.class_names, targets=targets
         )
         history = read_history(HISTORY_FILE)
         metrics = {
@@ -192,7 +206,7 @@ def main() -> None:
             "weights_sha256": weights_sha256(model),
             "mlflow_run_id": run_id,
         }
-        write_reports(results, test_split.labels, history, metrics)
+        write_reports(results, test_split.labels, history, metrics, class_names=dataset.class_names)
         log_evaluation(results, test_split=test_split, dataset_name=dataset.name, source=dataset.urls[0])
     logger.info("test accuracy %.4f, test loss %.4f", results["test"]["accuracy"], results["test"]["loss"])
 

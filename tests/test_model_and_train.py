@@ -196,3 +196,23 @@ def test_architecture_artifacts_describe_the_network(tmp_path):
     assert (tmp_path / "architecture.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = model_summary(model)
     assert "hidden_1" in summary and "269,322" in summary
+
+
+def test_evaluation_names_the_classes_everywhere(tmp_path):
+    from pipeline.evaluate import evaluate, plot_confusion_matrix, write_confusion_csv
+
+    model = build_mlp(
+        784, num_classes=3, task="multiclass", config=DEFAULT_MODEL.model_copy(update={"hidden_units": [8]})
+    )
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    images, labels = synthetic_digits(30, seed=1)
+    inputs, labels = images.reshape(30, -1).astype(np.float32) / 255, labels % 3
+    names = ["cat", "dog", "bird"]
+    results = evaluate(model, inputs, labels, class_names=names)
+    assert list(results["per_class"]) == names
+    assert all(name in results["report_text"] for name in names)
+    write_confusion_csv(labels, results["predictions"], tmp_path / "confusion.csv", class_names=names)
+    rows = (tmp_path / "confusion.csv").read_text().splitlines()
+    assert rows[0] == "actual,predicted" and {row.split(",")[0] for row in rows[1:]} <= set(names)
+    plot_confusion_matrix(results["confusion_matrix"], tmp_path / "confusion.png", class_names=names)
+    assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
