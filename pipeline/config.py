@@ -178,14 +178,26 @@ def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def compose(overrides: list[str] | None = None, config_directory: Path = CONFIG_DIRECTORY) -> str:
     """The YAML text `dvc exp run` would write to params.yaml for these overrides."""
     # The same function DVC calls, so the two can never disagree on the format.
-    # Imported here: DVC takes a second to import, and of the stages only
-    # train composes (for its lineage record).
+    # Imported here: DVC and Hydra take a second to import, and of the stages
+    # only train composes (for its lineage record).
     from dvc.utils.hydra import compose_and_dump
+
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     with tempfile.TemporaryDirectory() as directory:
         output = Path(directory) / "params.yaml"
-        compose_and_dump(output, str(config_directory.resolve()), None, "config", "", overrides or [])
+        try:
+            compose_and_dump(output, str(config_directory.resolve()), None, "config", "", overrides or [])
+        except (HydraException, OmegaConfBaseException) as error:
+            raise ConfigError(f"{' '.join(overrides or [])}: {_hydra_message(error)}") from None
         return output.read_text(encoding="utf-8")
+
+
+def _hydra_message(error: Exception) -> str:
+    """Hydra's own words without its config search path: e.g. the missing option and the available ones."""
+    text = str(error).split("\nConfig search path:")[0]
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _unset_keys(mapping: dict[str, Any], prefix: str = "") -> list[str]:

@@ -239,3 +239,17 @@ def test_stage_refuses_bad_config_before_touching_anything(tmp_path: Path, stage
 def test_load_params_reports_a_missing_file(tmp_path: Path):
     with pytest.raises(ConfigError, match="not found: compose it from conf/"):
         load_params(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("dataset=mnistt", "Could not find 'dataset/mnistt' Available options in 'dataset': cifar10 mnist pima"),
+        ("model.dropout_rat=0.3", "Could not override 'model.dropout_rat'"),
+    ],
+)
+def test_a_mistyped_override_is_one_line_without_a_traceback(override, expected):
+    with pytest.raises(ConfigError) as raised:
+        compose([override])
+    assert expected in str(raised.value)
+    assert "\n" not in str(raised.value) and "Config search path" not in str(raised.value)
