@@ -17,6 +17,7 @@ COMMANDS = {
     "params": "compose conf/ into params.yaml, as `dvc exp run` does",
     "reproduce": "re-run a recorded MLflow run from its lineage and compare, or check repeatability",
     "study": "re-run a published table of configurations as DVC experiments and report",
+    "server": "run the team's tracking server (PostgreSQL + MLflow with basic auth): start, stop, status, backup",
 }
 
 

@@ -1,0 +1,87 @@
+"""`mlp server`: the team's tracking server, PostgreSQL and `mlflow server` with basic auth, on this machine.
+
+    mlp server start [--host H] [--port P] [--workers N] [--artifacts-destination URI] [--no-auth]
+        Starts whatever is not running (a second start does nothing; after a crash it restarts what
+        died). Settings given once are kept in the state folder for the next start.
+    mlp server stop
+    mlp server status          exit status 0 when the whole stack runs and answers, 3 otherwise
+    mlp server backup [--output FILE]
+    mlp server restore ARCHIVE
+
+The state folder (`.server/`, git-ignored; --state-dir or MLP_SERVER_STATE elsewhere) holds the
+data, the logs and the generated passwords: pipeline/server/__init__.py lists its files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pipeline.server import backup, stack
+from pipeline.server.state import ADMIN_USERNAME, STATE_DIRECTORY, StateFolder
+
+logger = logging.getLogger(__name__)
+
+NOT_RUNNING = 3  # the LSB status code for "not running", as `systemctl status` uses
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    start = actions.add_parser("start", help="start PostgreSQL and the MLflow server (a no-op when running)")
+    start.add_argument("--host", help="address to listen on (default 127.0.0.1; another needs auth)")
+    start.add_argument("--port", type=int, help="the MLflow server's port (default 5000)")
+    start.add_argument("--workers", type=int, help="MLflow server worker processes (default 4)")
+    start.add_argument(
+        "--artifacts-destination",
+        help="where artifacts go: a folder or a URI such as s3://bucket/path (default: the state folder's artifacts/)",
+    )
+    start.add_argument("--allowed-hosts", help="extra Host headers to accept, e.g. mlflow.example.org:5000")
+    start.add_argument("--no-auth", dest="auth", action="store_false", default=None, help="no passwords; loopback only")
+    actions.add_parser("stop", help="stop the MLflow server and PostgreSQL")
+    actions.add_parser("status", help="what runs where; exit status 3 when not running")
+    archive = actions.add_parser("backup", help="dump the databases and copy the artifacts into one archive")
+    archive.add_argument("--output", type=Path, help="the archive to write (default: backups/ in the state folder)")
+    restore = actions.add_parser("restore", help="replace the server's databases and artifacts with an archive's")
+    restore.add_argument("archive", type=Path)
+    for action in actions.choices.values():
+        action.add_argument(
+            "--state-dir",
+            type=Path,
+            default=Path(os.environ.get("MLP_SERVER_STATE", STATE_DIRECTORY)),
+            help="the server's state folder (default: $MLP_SERVER_STATE or %(default)s)",
+        )
+
+
+def run(arguments: argparse.Namespace) -> None:
+    state = StateFolder(arguments.state_dir)
+    if arguments.action == "status":
+        lines, running = stack.status(state)
+        print("\n".join(lines))
+        if not running:
+            sys.exit(NOT_RUNNING)
+        return
+    with stack.locked(state):
+        if arguments.action == "start":
+            start(state, arguments)
+        elif arguments.action == "stop":
+            stopped = stack.stop(state)
+            print("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
+        elif arguments.action == "backup":
+            print(backup.backup(state, arguments.output).describe())
+        elif arguments.action == "restore":
+            print(backup.restore(state, arguments.archive).describe())
+
+
+def start(state: StateFolder, arguments: argparse.Namespace) -> None:
+    names = ("host", "port", "workers", "artifacts_destination", "allowed_hosts", "auth")
+    runtime, started = stack.start(state, {name: getattr(arguments, name) for name in names})
+    print(f"MLflow server {'started' if started else 'already running'} at {runtime.url}")
+    settings = state.load_settings()
+    print("use it with:")
+    print(f"  export MLFLOW_TRACKING_URI={runtime.url}")
+    if settings.auth:
+        print(f"  export MLFLOW_TRACKING_USERNAME={ADMIN_USERNAME}")
+        print(f'  export MLFLOW_TRACKING_PASSWORD="$(cat {state.admin_password_file})"')

@@ -1,0 +1,134 @@
+"""The state folder: where each file of the server lives, its settings, and its generated secrets."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+STATE_DIRECTORY = Path(".server")
+ADMIN_USERNAME = "admin"
+# PostgreSQL: the superuser only `mlp server` itself uses (create, back up, restore), and the role
+# the MLflow server connects as, owner of its two databases and nothing else.
+SUPERUSER = "postgres"
+DATABASE_ROLE = "mlflow"
+TRACKING_DATABASE = "mlflow"
+AUTH_DATABASE = "mlflow_auth"
+
+
+class ServerError(PipelineError):
+    """The server cannot do what was asked: a setting, a port, a missing or broken state folder."""
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 5000
+    workers: int = 4
+    # None: the artifacts/ folder of the state folder.
+    artifacts_destination: str | None = None
+    # Host headers MLflow accepts besides localhost and private addresses (None: MLflow's default).
+    allowed_hosts: str | None = None
+    auth: bool = True
+
+
+@dataclass
+class Runtime:
+    """What `start` left running, so that `status` and `stop` find it and a crash is told from a stop."""
+
+    mlflow_pid: int
+    mlflow_started: float  # the process's creation time: a reused pid has another
+    postgres_port: int
+    url: str
+
+
+class StateFolder:
+    def __init__(self, root: Path):
+        self.root = root.resolve()
+        self.postgres_data = self.root / "postgres"
+        self.artifacts = self.root / "artifacts"
+        self.logs = self.root / "logs"
+        self.backups = self.root / "backups"
+        self.settings_file = self.root / "settings.json"
+        self.runtime_file = self.root / "runtime.json"
+        self.admin_password_file = self.root / "admin_password"
+        self.secrets_file = self.root / "secrets.json"
+        self.pgpass_file = self.root / "pgpass"
+        self.auth_config_file = self.root / "basic_auth.ini"
+        self.lock_file = self.root / "lock"
+
+    def create(self) -> None:
+        # 0700: the folder holds the database files and the password files.
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.root.chmod(0o700)
+        self.logs.mkdir(exist_ok=True)
+
+    def load_settings(self) -> Settings | None:
+        if not self.settings_file.is_file():
+            return None
+        try:
+            values = json.loads(self.settings_file.read_text(encoding="utf-8"))
+            return Settings(**{field.name: values[field.name] for field in fields(Settings) if field.name in values})
+        except (json.JSONDecodeError, TypeError) as error:
+            raise ServerError(f"{self.settings_file} is not valid ({error}): delete it and start again") from None
+
+    def save_settings(self, settings: Settings) -> None:
+        self.settings_file.write_text(json.dumps(asdict(settings), indent=2) + "\n", encoding="utf-8")
+
+    def artifacts_destination(self, settings: Settings) -> str:
+        return settings.artifacts_destination or str(self.artifacts)
+
+    def load_runtime(self) -> Runtime | None:
+        try:
+            return Runtime(**json.loads(self.runtime_file.read_text(encoding="utf-8")))
+        except (FileNotFoundError, json.JSONDecodeError, TypeError):
+            return None
+
+    def save_runtime(self, runtime: Runtime) -> None:
+        self.runtime_file.write_text(json.dumps(asdict(runtime), indent=2) + "\n", encoding="utf-8")
+
+    def clear_runtime(self) -> None:
+        self.runtime_file.unlink(missing_ok=True)
+
+    def secrets(self) -> dict[str, str]:
+        """The generated PostgreSQL passwords and Flask secret key; generated on first use."""
+        if not self.secrets_file.is_file():
+            values = {name: secrets.token_urlsafe(32) for name in ("superuser", "database_role", "flask_secret_key")}
+            write_private(self.secrets_file, json.dumps(values, indent=2) + "\n")
+        return json.loads(self.secrets_file.read_text(encoding="utf-8"))
+
+    def admin_password(self) -> str:
+        if not self.admin_password_file.is_file():
+            write_private(self.admin_password_file, secrets.token_urlsafe(24) + "\n")
+        return self.admin_password_file.read_text(encoding="utf-8").strip()
+
+    def write_pgpass(self) -> None:
+        # libpq's format, host:port:database:user:password; any port, since PostgreSQL's changes per start.
+        values = self.secrets()
+        lines = [f"127.0.0.1:*:*:{SUPERUSER}:{values['superuser']}\n"]
+        lines.append(f"127.0.0.1:*:*:{DATABASE_ROLE}:{values['database_role']}\n")
+        write_private(self.pgpass_file, "".join(lines))
+
+    def write_auth_config(self, postgres_port: int) -> None:
+        # The users database lives in the same PostgreSQL; the password comes from pgpass, not the URI.
+        text = (
+            "[mlflow]\n"
+            "default_permission = READ\n"
+            f"database_uri = postgresql://{DATABASE_ROLE}@127.0.0.1:{postgres_port}/{AUTH_DATABASE}\n"
+            f"admin_username = {ADMIN_USERNAME}\n"
+            f"admin_password = {self.admin_password()}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        write_private(self.auth_config_file, text)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to a file only its owner can read (mode 0600 from the moment it exists)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # an existing file keeps its mode through O_CREAT
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text)
