@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 # Stage commands in dvc.yaml call `python`: it must be the environment's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro study bench test test-slow lint params lock
+.PHONY: setup repro study bench test test-slow lint params lock server server-stop
 
 setup: $(INSTALLED)
 
@@ -36,6 +36,14 @@ study: $(INSTALLED)
 BENCH_ARGS ?= --epochs 5 --repetitions 2 --repro
 bench: $(INSTALLED)
 	python benchmarks/training_speed.py $(BENCH_ARGS)
+
+# The team's tracking server (README, "Team use"): PostgreSQL and the MLflow server
+# with basic auth on 127.0.0.1:5000, state in .server/. `mlp server status` says what runs.
+server: $(INSTALLED)
+	mlp server start
+
+server-stop: $(INSTALLED)
+	mlp server stop
 
 # The fast suite: unit tests and the end-to-end tests on a tiny synthetic dataset.
 test: $(INSTALLED)
