@@ -25,7 +25,10 @@ from pipeline.server.state import ADMIN_USERNAME, AUTH_DATABASE, TRACKING_DATABA
 logger = logging.getLogger(__name__)
 
 # Rows of MLflow's own tables: what a restore must bring back, counted the same way before and after.
-COUNTED_TABLES = ("experiments", "runs", "metrics", "params", "tags", "registered_models", "model_versions")
+COUNTED_TABLES = (
+    "experiments", "runs", "metrics", "params", "tags", "datasets", "logged_models",
+    "registered_models", "model_versions",
+)  # fmt: skip
 DUMPS = {TRACKING_DATABASE: "tracking.dump", AUTH_DATABASE: "auth.dump"}
 
 

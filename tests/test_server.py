@@ -1,0 +1,74 @@
+"""`mlp server` without a server: settings refused before anything starts, the state folder's file
+modes, and the one-line errors a user can cause. The real stack runs in test_server_end_to_end.py."""
+
+from __future__ import annotations
+
+import stat
+
+import pytest
+from conftest import REPOSITORY, run
+
+from pipeline.server import mlflow_server, stack
+from pipeline.server.state import ServerError, Settings, StateFolder, write_private
+
+
+def mlp_server(*arguments: str, state_dir) -> tuple[int, str, str]:
+    result = run(["mlp", "server", *arguments, "--state-dir", str(state_dir)], cwd=REPOSITORY, check=False)
+    return result.returncode, result.stdout, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("localhost", True), ("0.0.0.0", False),
+     ("192.168.1.10", False), ("mlflow.example.org", False)],
+)  # fmt: skip
+def test_loopback_addresses_are_told_from_the_others(host, loopback):
+    assert mlflow_server.is_loopback(host) is loopback
+
+
+def test_a_server_without_passwords_may_listen_on_loopback_only(tmp_path):
+    state = StateFolder(tmp_path)
+    assert stack.resolve_settings(state, {"auth": False}).host == "127.0.0.1"
+    with pytest.raises(ServerError, match="--host 0.0.0.0 .* needs authentication: drop --no-auth"):
+        stack.resolve_settings(state, {"host": "0.0.0.0", "auth": False})
+
+
+def test_saved_settings_are_the_defaults_of_the_next_start(tmp_path):
+    state = StateFolder(tmp_path)
+    state.create()
+    state.save_settings(Settings(port=5123, artifacts_destination="s3://bucket/mlflow"))
+    settings = stack.resolve_settings(state, {"host": None, "workers": 3})
+    assert (settings.port, settings.workers, settings.artifacts_destination) == (5123, 3, "s3://bucket/mlflow")
+    assert mlflow_server.client_url(Settings(host="0.0.0.0", port=5123)) == "http://127.0.0.1:5123"
+
+
+def test_secrets_are_generated_once_and_readable_by_their_owner_only(tmp_path):
+    state = StateFolder(tmp_path / "state")
+    state.create()
+    password = state.admin_password()
+    assert len(password) >= 24 and state.admin_password() == password
+    assert state.secrets() == state.secrets()
+    state.write_pgpass()
+    state.write_auth_config(postgres_port=5432)
+    for path in (state.admin_password_file, state.secrets_file, state.pgpass_file, state.auth_config_file):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE(state.root.stat().st_mode) == 0o700
+    # The database URI in MLflow's auth config names no password: libpq reads it from pgpass.
+    assert state.secrets()["database_role"] not in state.auth_config_file.read_text()
+    # An existing file loosened by hand is tightened when written again.
+    state.pgpass_file.chmod(0o644)
+    write_private(state.pgpass_file, "x")
+    assert stat.S_IMODE(state.pgpass_file.stat().st_mode) == 0o600
+
+
+def test_user_errors_are_one_line_without_a_traceback(tmp_path):
+    code, out, err = mlp_server("status", state_dir=tmp_path / "none")
+    assert code == 3 and "no server here" in out
+    code, _, err = mlp_server("start", "--host", "0.0.0.0", "--no-auth", state_dir=tmp_path / "state")
+    assert code == 1 and "needs authentication" in err and "Traceback" not in err
+    assert not (tmp_path / "state/postgres").exists()
+    (tmp_path / "junk.tar.gz").write_bytes(b"not an archive")
+    code, _, err = mlp_server("restore", str(tmp_path / "junk.tar.gz"), state_dir=tmp_path / "state")
+    assert code == 1 and "is not an archive of `mlp server backup`" in err and "Traceback" not in err
+    code, _, err = mlp_server("backup", state_dir=tmp_path / "state")
+    assert code == 1 and "nothing to back up" in err and "Traceback" not in err
