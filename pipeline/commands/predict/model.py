@@ -1,0 +1,138 @@
+"""The model `mlp predict` classifies with, and the dataset configuration and scaling statistics it was trained with.
+
+A local .keras file goes with the local params.yaml and data/processed/scaling.json
+(DVC keeps the three in step). A registered model brings its own dataset
+configuration: the config/params.yaml its training run recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import mlflow
+import mlflow.tensorflow
+import numpy as np
+import yaml
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from pydantic import ValidationError
+
+from pipeline.config import load_params
+from pipeline.dataset_config import DatasetConfig
+from pipeline.errors import ConfigError, DataError
+from pipeline.paths import PARAMS_FILE, SCALING_FILE, repair_hint, rerun_hint
+from pipeline.tracking import tracking_uri
+
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[0-9]+)|@(?P<alias>[^/@]+))$")
+
+
+@dataclass(frozen=True)
+class Predictor:
+    model: keras.Model
+    dataset: DatasetConfig
+    # Per-feature mean and standard deviation when the dataset is standardized.
+    standardization: tuple[np.ndarray, np.ndarray] | None
+
+
+def load_predictor(model: str) -> Predictor:
+    """The model, the dataset configuration it was trained with, and that dataset's scaling statistics."""
+    if model.startswith("models:/"):
+        keras_model, recorded = _registered_model(model)
+        dataset = _recorded_dataset(model, recorded)
+        local = _read_yaml(PARAMS_FILE) if PARAMS_FILE.exists() else {}
+        # scaling.json is fitted by the local preprocess stage: it is the model's
+        # only if the local data came from the same dataset config and seed.
+        if dataset.scaling == "standardize" and any(local.get(key) != recorded.get(key) for key in ("seed", "dataset")):
+            raise ConfigError(
+                f"{model} was trained with another dataset config or seed than {PARAMS_FILE}, so "
+                f"{SCALING_FILE} does not hold its standardization: check out the commit it was trained from "
+                f"(its run's git.commit tag) and run `dvc repro preprocess`"
+            )
+    else:
+        keras_model = _keras_file(Path(model))
+        dataset = load_params().dataset
+    width = keras_model.input_shape[-1]
+    if width != dataset.num_features:
+        raise ConfigError(
+            f"{model} takes {width} features, but dataset {dataset.name} has {dataset.num_features} "
+            f"(input_shape {dataset.input_shape}): run `dvc repro` for the current params.yaml"
+        )
+    return Predictor(keras_model, dataset, _standardization(dataset))
+
+
+def _keras_file(path: Path) -> keras.Model:
+    if not path.exists():
+        raise DataError(f"{path} not found: {rerun_hint('train')}")
+    try:
+        return keras.models.load_model(path)
+    except Exception as error:  # noqa: BLE001 - any failure to rebuild the model means a damaged file
+        raise DataError(f"{path} is not a readable Keras model ({type(error).__name__}: {error})") from None
+
+
+def _registered_model(uri: str) -> tuple[keras.Model, dict]:
+    """The model a models:/ URI names, and the params.yaml its training run recorded."""
+    match = MODEL_URI.match(uri)
+    if match is None:
+        raise ConfigError(f"--model {uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    store = tracking_uri()
+    if store.startswith("sqlite:///") and not Path(store.removeprefix("sqlite:///")).exists():
+        # MLflow would create an empty store there and then report the model missing.
+        raise ConfigError(f"--model {uri}: no MLflow store at {store}: train a model first, or set MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(store)
+    client = MlflowClient(store)
+    name, version, alias = match["name"], match["version"], match["alias"]
+    try:
+        found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+        with tempfile.TemporaryDirectory() as directory:
+            recorded = mlflow.artifacts.download_artifacts(
+                run_id=found.run_id, artifact_path="config/params.yaml", dst_path=directory
+            )
+            params = _read_yaml(Path(recorded))
+            model = mlflow.tensorflow.load_model(uri, dst_path=directory)
+    except (MlflowException, OSError) as error:
+        message = error.message if isinstance(error, MlflowException) else str(error)
+        shown = re.sub(r"//[^/@]*@", "//", store)  # a server URI may hold a password
+        raise ConfigError(f"--model {uri}: {message.splitlines()[0]} (MLflow store {shown})") from None
+    return model, params
+
+
+def _recorded_dataset(uri: str, params: dict) -> DatasetConfig:
+    try:
+        return DatasetConfig.model_validate(params["dataset"])
+    except (KeyError, TypeError, ValidationError) as error:
+        problem = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+        message = f"--model {uri}: its run's config/params.yaml has no valid dataset section ({problem})"
+        raise ConfigError(message) from None
+
+
+def _standardization(dataset: DatasetConfig) -> tuple[np.ndarray, np.ndarray] | None:
+    if dataset.scaling != "standardize":
+        return None
+    if not SCALING_FILE.exists():
+        raise DataError(f"{SCALING_FILE} not found: {rerun_hint('preprocess')}")
+    try:
+        statistics = json.loads(SCALING_FILE.read_text(encoding="utf-8"))
+        mean = np.asarray(statistics["mean"], dtype=np.float64)
+        deviation = np.asarray(statistics["standard_deviation"], dtype=np.float64)
+    except (ValueError, KeyError, TypeError) as error:
+        problem = f"{type(error).__name__}: {error}"
+        raise DataError(f"{SCALING_FILE} is corrupt ({problem}); {repair_hint('preprocess')}") from None
+    if mean.shape != (dataset.num_features,) or deviation.shape != mean.shape or not np.all(deviation > 0):
+        raise DataError(
+            f"{SCALING_FILE} does not hold the standardization of {dataset.name}'s {dataset.num_features} features: "
+            f"{rerun_hint('preprocess')}"
+        )
+    return mean, deviation
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    return content if isinstance(content, dict) else {}
