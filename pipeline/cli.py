@@ -18,6 +18,8 @@ COMMANDS = {
     "reproduce": "re-run a recorded MLflow run from its lineage and compare, or check repeatability",
     "study": "re-run a published table of configurations as DVC experiments and report",
     "server": "run the team's tracking server (PostgreSQL + MLflow with basic auth): start, stop, status, backup",
+    "predict": "classify images or feature rows with the trained model or a registered one",
+    "dataset": "add a dataset: write conf/dataset/<name>.yaml from local copies of its published files",
 }
 
 
