@@ -63,8 +63,9 @@ def start(state: StateFolder, overrides: dict) -> tuple[Runtime, bool]:
             "password (basic auth); put TLS in front of it (a reverse proxy) before using it across a network",
             settings.host,
         )
-    state.save_settings(settings)
-    return launch(state, settings), True
+    runtime = launch(state, settings)
+    state.save_settings(settings)  # once they worked: a refused port is not the next start's default
+    return runtime, True
 
 
 def launch(state: StateFolder, settings: Settings) -> Runtime:
