@@ -58,9 +58,11 @@ def load_predictor(model: str) -> Predictor:
         dataset = load_params().dataset
     width = keras_model.input_shape[-1]
     if width != dataset.num_features:
+        # Locally: params.yaml changed since the model was trained.
+        hint = "" if model.startswith("models:/") else f": run `dvc repro` for the current {PARAMS_FILE}"
         raise ConfigError(
             f"{model} takes {width} features, but dataset {dataset.name} has {dataset.num_features} "
-            f"(input_shape {dataset.input_shape}): run `dvc repro` for the current params.yaml"
+            f"(input_shape {dataset.input_shape}){hint}"
         )
     return Predictor(keras_model, dataset, _standardization(dataset))
 
@@ -93,7 +95,8 @@ def _registered_model(uri: str) -> tuple[keras.Model, dict]:
                 run_id=found.run_id, artifact_path="config/params.yaml", dst_path=directory
             )
             params = _read_yaml(Path(recorded))
-            model = mlflow.tensorflow.load_model(uri, dst_path=directory)
+            # The version just resolved, even if the alias moves meanwhile.
+            model = mlflow.tensorflow.load_model(f"models:/{name}/{found.version}", dst_path=directory)
     except (MlflowException, OSError) as error:
         message = error.message if isinstance(error, MlflowException) else str(error)
         shown = re.sub(r"//[^/@]*@", "//", store)  # a server URI may hold a password
@@ -103,11 +106,11 @@ def _registered_model(uri: str) -> tuple[keras.Model, dict]:
 
 def _recorded_dataset(uri: str, params: dict) -> DatasetConfig:
     try:
-        return DatasetConfig.model_validate(params["dataset"])
-    except (KeyError, TypeError, ValidationError) as error:
-        problem = f"{type(error).__name__}: {str(error).splitlines()[0]}"
-        message = f"--model {uri}: its run's config/params.yaml has no valid dataset section ({problem})"
-        raise ConfigError(message) from None
+        return DatasetConfig.model_validate(params.get("dataset"))
+    except ValidationError as error:
+        first = error.errors()[0]
+        problem = ".".join(["dataset", *map(str, first["loc"])]) + f": {first['msg']}"
+    raise ConfigError(f"--model {uri}: its run's config/params.yaml holds no valid dataset config ({problem})")
 
 
 def _standardization(dataset: DatasetConfig) -> tuple[np.ndarray, np.ndarray] | None:
