@@ -59,10 +59,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "add", help=summary, description=summary, epilog=HELP, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add.add_argument("name", help="the dataset's name: -S dataset=<name>, <name>-mlp in the model registry")
-    add.add_argument("--format", required=True, choices=list(FORMAT_FILES), dest="file_format")
-    add.add_argument("--url", required=True, action="append", dest="urls", metavar="BASE_URL", help="repeatable")
     add.add_argument(
-        "--file", required=True, action="append", dest="files", metavar="ROLE=PATH", help="a local copy, per role"
+        "--format", required=True, choices=list(FORMAT_FILES), dest="file_format", help="how the files are laid out"
+    )
+    add.add_argument(
+        "--url",
+        required=True,
+        action="append",
+        dest="urls",
+        metavar="BASE_URL",
+        help="where the publisher serves the files, as <url><file name>; repeat for mirrors, tried in order",
+    )
+    add.add_argument(
+        "--file",
+        required=True,
+        action="append",
+        dest="files",
+        metavar="ROLE=PATH",
+        help="a local copy of the file of each role (see below)",
     )
     add.add_argument("--md5-only", action="append", default=[], metavar="ROLE", help="pin by md5 (see below)")
     add.add_argument("--remote-name", action="append", default=[], metavar="ROLE=NAME", help="the name at the URLs")
