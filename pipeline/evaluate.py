@@ -18,6 +18,7 @@ stages that produced the model.
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 from pathlib import Path
 
@@ -48,8 +49,9 @@ from pipeline.paths import (
     repair_hint,
     rerun_hint,
 )
+from pipeline.registry import describe_version, promote_if_better
 from pipeline.splits import load_split
-from pipeline.tracking import log_datasets, pipeline_run, read_run_id
+from pipeline.tracking import client, log_datasets, pipeline_run, read_run_file
 
 logger = logging.getLogger(__name__)
 
@@ -184,10 +186,39 @@ def log_evaluation(results: dict, *, test_split, dataset_name: str, source: str)
         mlflow.log_artifact(str(path), artifact_path="evaluation")
 
 
+def run_summary(model: keras.Model, run_id: str, *, dataset_name: str, accuracy: float) -> str:
+    """One line: the network, how it was trained and how it scored."""
+    params = client().get_run(run_id).data.params
+    units = [str(model.input_shape[-1])] + [str(layer.units) for layer in model.layers if hasattr(layer, "units")]
+    return (
+        f"MLP {'-'.join(units)} ({params.get('model.activation')}, dropout {params.get('model.dropout_rate')}) "
+        f"on {dataset_name}, {params.get('optimizer.name')} lr {params.get('optimizer.learning_rate')}, "
+        f"{params.get('train.epochs')} epochs of batch {params.get('train.batch_size')}: "
+        f"test accuracy {accuracy:.2%}"
+    )
+
+
+def register(record: dict, summary: str, *, test_split, dataset_name: str, accuracy: float) -> None:
+    """Describe the registered version and move the champion alias to it if it is the best on this test set."""
+    name, version = record["registered_model"]["name"], record["registered_model"]["version"]
+    test_set = hashlib.sha256(test_split.inputs.tobytes() + test_split.labels.tobytes()).hexdigest()
+    run = client().get_run(record["run_id"])
+    tags = {
+        "dataset": dataset_name,
+        "test_accuracy": f"{accuracy:.6f}",
+        "test_set": test_set,
+        "run_id": record["run_id"],
+        "commit": run.data.tags.get("git.commit", "unknown"),
+    }
+    describe_version(client(), name, version, description=summary, tags=tags)
+    logger.info("%s: %s", name, promote_if_better(client(), name, version, test_set=test_set, accuracy=accuracy))
+
+
 def main() -> None:
     params = load_params()
     dataset = params.dataset
-    run_id = read_run_id()
+    record = read_run_file()
+    run_id = record["run_id"]
     test_split = load_split(PROCESSED_DIRECTORY, "test")
     model = load_model(MODEL_FILE)
 
@@ -208,6 +239,11 @@ def main() -> None:
         }
         write_reports(results, test_split.labels, history, metrics, class_names=dataset.class_names)
         log_evaluation(results, test_split=test_split, dataset_name=dataset.name, source=dataset.urls[0])
+        summary = run_summary(model, run_id, dataset_name=dataset.name, accuracy=results["test"]["accuracy"])
+        mlflow.set_tag("mlflow.note.content", summary)  # the run's description in the MLflow UI
+        register(
+            record, summary, test_split=test_split, dataset_name=dataset.name, accuracy=results["test"]["accuracy"]
+        )
     logger.info("test accuracy %.4f, test loss %.4f", results["test"]["accuracy"], results["test"]["loss"])
 
 

@@ -34,7 +34,7 @@ def promote_if_better(client: MlflowClient, name: str, version: str, *, test_set
         champion = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         champion = None
-    if champion is not None and champion.version != version:
+    if champion is not None and str(champion.version) != str(version):
         same_test_set = champion.tags.get("test_set") == test_set
         best = float(champion.tags.get("test_accuracy", "nan"))
         if same_test_set and not accuracy > best:

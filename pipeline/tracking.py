@@ -9,6 +9,16 @@ The default store is an SQLite file at the repository root, addressed by
 absolute path. `dvc exp run --queue` and `--temp` run the stages in a copy
 under .dvc/tmp/exps/; DVC passes the original repository's root in DVC_ROOT,
 so those runs land in the same store. MLFLOW_TRACKING_URI overrides it.
+
+The first use of the store in a process (`experiment_id`, `pipeline_run`, `client`)
+does two things before anything else touches it. If the store is the default
+one, it is created and migrated under a file lock (`mlflow.db.lock`): MLflow
+migrates a new SQLite store without one, and processes that start together
+(`dvc exp run --temp` in parallel, `dvc queue start -j N`) would each run the
+migrations and leave a half-migrated store. Then the runs left RUNNING by a
+process of this host that no longer exists (killed with SIGKILL, crashed, the
+machine rebooted) are ended FAILED: every run records its owner process in the
+tags process.host, process.pid, process.start_time and process.boot_id.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,15 +35,31 @@ import keras
 import mlflow
 import numpy as np
 import tensorflow as tf
+from filelock import FileLock
+from mlflow.entities import LifecycleStage, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
+from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
 from mlflow.tracking import MlflowClient
 
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.files import write_json
-from pipeline.paths import ARTIFACTS_DIRECTORY, RUN_FILE, STORE_FILE, rerun_hint
+from pipeline.paths import ARTIFACTS_DIRECTORY, RUN_FILE, STORE_FILE, repair_hint, rerun_hint
 from pipeline.splits import Split
 
 logger = logging.getLogger(__name__)
+
+OWNER_HOST = "process.host"
+OWNER_PID = "process.pid"
+OWNER_START_TIME = "process.start_time"
+OWNER_BOOT_ID = "process.boot_id"
+FAILURE_REASON = "failure.reason"
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+
+# The stores this process has prepared and swept: once per process is enough, a
+# run abandoned after that is found by the next process.
+_opened_stores: set[str] = set()
 
 
 def repository_root() -> Path:
@@ -49,38 +76,140 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
-def experiment_id(name: str) -> str:
-    """The id of MLflow experiment `name`, created with artifacts beside the store if new."""
-    uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)  # note: this also exports MLFLOW_TRACKING_URI
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
+def default_artifact_root() -> str:
     # Explicit and absolute: MLflow's default (./mlruns) would follow the
     # working directory, which for queued experiments is a temporary copy.
-    # Another store (a tracking server) keeps its own artifact root.
-    location = (repository_root() / ARTIFACTS_DIRECTORY).as_uri() if uri == default_tracking_uri() else None
-    return mlflow.create_experiment(name, artifact_location=location)
+    return (repository_root() / ARTIFACTS_DIRECTORY).as_uri()
+
+
+def open_store() -> str:
+    """Point MLflow at the store; on first use in this process, create it safely and end abandoned runs."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)  # note: this also exports MLFLOW_TRACKING_URI
+    if uri not in _opened_stores:
+        # Only our own SQLite file: a server or another database is created
+        # and migrated by whoever runs it.
+        if uri == default_tracking_uri():
+            create_default_store(uri)
+        end_abandoned_runs(MlflowClient(uri))
+        _opened_stores.add(uri)
+    return uri
+
+
+def create_default_store(uri: str) -> None:
+    """Create and migrate the SQLite store, one process at a time."""
+    # Both store classes migrate a store they find incomplete, without a lock
+    # of their own; inside ours, the first process migrates and the others then
+    # find every table in place. MLflow caches the engine per URI, so the stores
+    # MLflow opens later in this process reuse it and check nothing again.
+    with FileLock(f"{repository_root() / STORE_FILE}.lock"):
+        TrackingStore(uri, default_artifact_root())
+        RegistryStore(uri)
+
+
+def experiment_id(name: str) -> str:
+    """The id of MLflow experiment `name`, created with artifacts beside the store if new."""
+    uri = open_store()
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        # Another store (a tracking server) keeps its own artifact root.
+        location = default_artifact_root() if uri == default_tracking_uri() else None
+        try:
+            return mlflow.create_experiment(name, artifact_location=location)
+        except MlflowException:
+            # Processes started together all find it missing; one creates it.
+            experiment = mlflow.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == LifecycleStage.DELETED:
+        # MLflow keeps the name taken, so neither a run in it nor a new one is possible.
+        raise ConfigError(
+            f"MLflow experiment '{name}' (id {experiment.experiment_id}) is deleted in {uri}: restore it with "
+            f"`MLFLOW_TRACKING_URI={uri} mlflow experiments restore --experiment-id {experiment.experiment_id}`, "
+            "or choose another mlflow.experiment_name"
+        )
+    return experiment.experiment_id
+
+
+def process_start_time(pid: int) -> str | None:
+    """When process `pid` started, in clock ticks after boot; None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22; field 2, the name, may hold spaces and ")"
+
+
+def boot_id() -> str:
+    return BOOT_ID_FILE.read_text().strip() if BOOT_ID_FILE.is_file() else ""
+
+
+def owner_tags() -> dict[str, str]:
+    """The tags that name this process as the owner of a run: a pid alone can be reused by a later
+    process once the owner is gone, its start time within one boot cannot."""
+    pid = os.getpid()
+    start_time = process_start_time(pid) or ""
+    return {
+        OWNER_HOST: socket.gethostname(),
+        OWNER_PID: str(pid),
+        OWNER_START_TIME: start_time,
+        OWNER_BOOT_ID: boot_id(),
+    }
+
+
+def owner_is_alive(tags: dict[str, str]) -> bool:
+    """Whether the process that the owner tags of a run of this host name is still running."""
+    try:
+        pid = int(tags[OWNER_PID])
+    except (KeyError, ValueError):
+        return True  # not ours to judge
+    if BOOT_ID_FILE.is_file():
+        return tags.get(OWNER_BOOT_ID) == boot_id() and process_start_time(pid) == tags.get(OWNER_START_TIME)
+    if os.name != "posix":
+        return True  # no probe: on Windows, os.kill(pid, 0) would send Ctrl+C
+    try:  # No /proc (macOS): the pid alone; a reused one keeps a dead owner's run RUNNING, never the reverse.
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def end_abandoned_runs(store: MlflowClient) -> None:
+    """End FAILED the RUNNING runs whose owner process on this host has ended without ending them."""
+    host = socket.gethostname()
+    experiments = [experiment.experiment_id for experiment in store.search_experiments(max_results=50_000)]
+    # Runs of other hosts are left alone: from here we cannot tell whether their
+    # processes still run; nor for runs without owner tags (made elsewhere).
+    query = f"attributes.status = 'RUNNING' and tags.`{OWNER_HOST}` = '{host}'"
+    runs, token = [], None
+    while experiments:  # every page first: ending runs while paging would shift the pages
+        page = store.search_runs(experiments, filter_string=query, max_results=1000, page_token=token)
+        runs.extend(run for run in page if not owner_is_alive(run.data.tags))
+        if not (token := page.token):
+            break
+    for run in runs:
+        reason = f"process {run.data.tags[OWNER_PID]} on host {host} ended without finishing the run: killed or crashed"
+        logger.warning("MLflow run %s: %s; ending it FAILED", run.info.run_id, reason)
+        store.set_tag(run.info.run_id, FAILURE_REASON, reason)
+        store.set_terminated(run.info.run_id, "FAILED")
 
 
 @contextmanager
 def pipeline_run(
     experiment_name: str | None = None, run_id: str | None = None, tags: dict[str, str] | None = None
 ) -> Iterator[mlflow.ActiveRun]:
-    """Start a new run in `experiment_name`, or reopen `run_id`; always end it with a final status."""
+    """Start a new run in `experiment_name`, or reopen `run_id` (also one ended FAILED because its process
+    was killed); the current process owns it until it ends, always with a final status."""
     if run_id is None:
         run = mlflow.start_run(
-            experiment_id=experiment_id(experiment_name), run_name=os.environ.get("DVC_EXP_NAME"), tags=tags
+            experiment_id=experiment_id(experiment_name),
+            run_name=os.environ.get("DVC_EXP_NAME"),
+            tags={**(tags or {}), **owner_tags()},
         )
     else:
-        mlflow.set_tracking_uri(tracking_uri())
-        try:
-            run = mlflow.start_run(run_id=run_id)
-        except mlflow.exceptions.MlflowException as error:
-            raise PipelineError(
-                f"MLflow run {run_id} (from {RUN_FILE}) cannot be reopened in {tracking_uri()}: {error}. "
-                "Re-run training with `dvc repro --force train`."
-            ) from None
+        run = reopen_run(run_id)
     try:
         yield run
     except KeyboardInterrupt:
@@ -92,30 +221,60 @@ def pipeline_run(
     mlflow.end_run("FINISHED")
 
 
-def write_run_file(run: mlflow.ActiveRun) -> None:
-    # No store path: this file is a versioned output and must not depend on where the repository lives.
-    write_json(RUN_FILE, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
-
-
-def read_run_id() -> str:
+def reopen_run(run_id: str) -> mlflow.ActiveRun:
+    """Reopen a finished or failed run: it becomes RUNNING again, owned by this process."""
+    uri = open_store()
+    store = MlflowClient(uri)
     try:
-        return json.loads(RUN_FILE.read_text(encoding="utf-8"))["run_id"]
+        # The owner first, then the status (start_run sets it RUNNING): a
+        # process sweeping the store in between must not see the run RUNNING
+        # under its previous, ended owner.
+        store.log_batch(run_id, tags=[RunTag(key, value) for key, value in owner_tags().items()])
+        if FAILURE_REASON in store.get_run(run_id).data.tags:
+            # It continues: the reason would contradict how it ends this time.
+            store.delete_tag(run_id, FAILURE_REASON)
+        return mlflow.start_run(run_id=run_id)
+    except MlflowException as error:
+        raise PipelineError(
+            f"MLflow run {run_id} (from {RUN_FILE}) cannot be reopened in {uri}: {error}. "
+            "Re-run training with `dvc repro --force train`."
+        ) from None
+
+
+def write_run_file(run: mlflow.ActiveRun, *, model_name: str, model_version: str) -> None:
+    """The run and the registered model version the train stage made, for the evaluate stage."""
+    # No store path: this file is a versioned output and must not depend on where the repository lives.
+    record = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}
+    write_json(RUN_FILE, record | {"registered_model": {"name": model_name, "version": model_version}})
+
+
+def read_run_file() -> dict:
+    try:
+        record = json.loads(RUN_FILE.read_text(encoding="utf-8"))
+        record["run_id"], record["registered_model"]["version"]  # noqa: B018 - both must be there
     except FileNotFoundError:
         raise PipelineError(f"{RUN_FILE} not found: {rerun_hint('train')}") from None
     except (json.JSONDecodeError, KeyError, TypeError):
-        raise PipelineError(f"{RUN_FILE} is not valid: expected JSON with a run_id; re-run the train stage") from None
+        raise PipelineError(
+            f"{RUN_FILE} is not valid: expected JSON with run_id and registered_model; {repair_hint('train')}"
+        ) from None
+    return record
+
+
+def read_run_id() -> str:
+    return read_run_file()["run_id"]
 
 
 def client() -> MlflowClient:
-    return MlflowClient(tracking_uri())
+    return MlflowClient(open_store())
 
 
-def log_model(model: keras.Model, example_inputs: np.ndarray, *, registered_model_name: str) -> None:
-    """Log the model with its signature and an input example, and register a new version of it."""
+def log_model(model: keras.Model, example_inputs: np.ndarray, *, registered_model_name: str) -> str:
+    """Log the model with its signature and an input example, register a new version of it; return the version."""
     signature = infer_signature(example_inputs, model.predict(example_inputs, verbose=0))
     # The tensorflow flavor: it saves Keras 3 models as .keras files too, and
     # (unlike mlflow.keras in this release) stores the input example correctly.
-    mlflow.tensorflow.log_model(
+    info = mlflow.tensorflow.log_model(
         model,
         name="model",
         signature=signature,
@@ -129,6 +288,7 @@ def log_model(model: keras.Model, example_inputs: np.ndarray, *, registered_mode
             f"mlflow=={mlflow.__version__}",
         ],
     )
+    return str(info.registered_model_version)
 
 
 def log_datasets(splits: dict[str, Split], *, dataset_name: str, source: str, context: str) -> None:

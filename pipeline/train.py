@@ -24,6 +24,7 @@ import argparse
 import csv
 import dataclasses
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -31,7 +32,7 @@ import keras
 import mlflow
 import tensorflow as tf
 
-from pipeline import lineage
+from pipeline import determinism, lineage
 from pipeline.checkpoints import Checkpoint, TrainingState, best_weights, fingerprint, restore_variables
 from pipeline.config import ModelConfig, OptimizerConfig, Params, TrainConfig, flatten, load_params
 from pipeline.errors import run_stage
@@ -44,7 +45,6 @@ from pipeline.paths import (
     MODEL_FILE,
     PARAMS_FILE,
     PROCESSED_DIRECTORY,
-    RAW_DIRECTORY,
     SUMMARY_FILE,
 )
 from pipeline.splits import Split, load_split
@@ -87,6 +87,7 @@ def train(
     # Seeded here, right before the first random draw: anything that ran before
     # (MLflow picks run names with Python's global `random`, which Keras also
     # draws initializer seeds from) cannot change the weights.
+    determinism.require(train_config.determinism)
     seed_everything(seed)
     steps = steps_per_epoch(len(training.labels), train_config.batch_size)
     model = build_mlp(training.inputs.shape[1], num_classes=num_classes, task=task, config=model_config)
@@ -186,15 +187,6 @@ def save_model(model: keras.Model, path) -> None:
         model.save(temporary)
 
 
-def run_tags(params: Params) -> tuple[dict[str, str], str]:
-    """The lineage tags of a new run, and the uncommitted diff of the code ("" when clean)."""
-    code, diff = lineage.code_tags()
-    # Computed, not copied from the pins: a dataset may pin only an md5.
-    data = lineage.data_tags([RAW_DIRECTORY / spec.name for spec in params.dataset.files.values()])
-    overrides = " ".join(lineage.config_overrides()) or "(none)"
-    return {**code, **lineage.environment_tags(), **data, "config.overrides": overrides}, diff
-
-
 def write_architecture(model: keras.Model) -> None:
     """The summary, the layer-by-layer definition Keras can rebuild the network from
     (keras.Sequential.from_config), and a diagram; logged to the run too."""
@@ -205,10 +197,23 @@ def write_architecture(model: keras.Model) -> None:
         mlflow.log_artifact(str(path), artifact_path="architecture")
 
 
-def record_inputs(params: Params, splits: dict[str, Split], diff: str) -> None:
-    """What a new run records before training: the params, the config file, the diff and the dataset inputs."""
+def run_name(params: Params) -> str:
+    """What the run is, readable in the MLflow UI's run list: e.g. `sgd-dropout (mnist 256-256, adam, 20 epochs)`."""
+    units = "-".join(str(count) for count in params.model.hidden_units) or "linear"
+    epochs = f"{params.train.epochs} epoch{'s' if params.train.epochs != 1 else ''}"
+    what = f"{params.dataset.name} {units}, {params.optimizer.name}, {epochs}"
+    experiment = os.environ.get("DVC_EXP_NAME")
+    return f"{experiment} ({what})" if experiment else what
+
+
+def record_inputs(run: mlflow.ActiveRun, params: Params, splits: dict[str, Split], diff: str) -> None:
+    """What a new run records before training: its name, the params, the config file, the diff and the datasets."""
+    mlflow.set_tag("mlflow.runName", run_name(params))
+    # MLflow 3 opens an experiment without this tag in its GenAI view, which hides the model registry.
+    client().set_experiment_tag(run.info.experiment_id, "mlflow.experimentKind", "custom_model_development")
     mlflow.log_params(flatten(params.model_dump()))
     mlflow.log_artifact(str(PARAMS_FILE), artifact_path="config")
+    mlflow.log_dict(lineage.environment_record(), lineage.ENVIRONMENT_ARTIFACT)
     if diff:
         mlflow.log_text(diff, "lineage/git_diff.patch")
     log_datasets(splits, dataset_name=params.dataset.name, source=params.dataset.urls[0], context="training")
@@ -227,7 +232,7 @@ def train_and_log(params: Params, training: Split, validation: Split) -> keras.M
         if resumed_run:
             context = pipeline_run(run_id=resumed_run)
         else:
-            tags, diff = run_tags(params)
+            tags, diff = lineage.run_tags(params.dataset.files)
             context = pipeline_run(experiment_name=params.mlflow.experiment_name, tags=tags)
         with context as run:
             run_id = run.info.run_id
@@ -235,7 +240,7 @@ def train_and_log(params: Params, training: Split, validation: Split) -> keras.M
             if resumed_run:
                 backfill_epochs(run_id, saved[0].history)
             else:
-                record_inputs(params, splits, diff)
+                record_inputs(run, params, splits, diff)
             model, history = train_with_params(
                 params, training, validation, callbacks=[epoch_logger(run_id)], checkpoint=checkpoint, run_id=run_id
             )
@@ -244,8 +249,9 @@ def train_and_log(params: Params, training: Split, validation: Split) -> keras.M
             write_architecture(model)
             mlflow.log_param("model.parameter_count", model.count_params())
             mlflow.set_tag("model.weights_sha256", weights_sha256(model))
-            log_model(model, training.inputs[:5], registered_model_name=params.mlflow.registered_model_name)
-            write_run_file(run)
+            name = params.mlflow.registered_model_name
+            version = log_model(model, training.inputs[:5], registered_model_name=name)
+            write_run_file(run, model_name=name, model_version=version)
         checkpoint.remove()
     return model
 
@@ -271,6 +277,7 @@ def main() -> None:
     )
     arguments = parser.parse_args()
     params = load_params()
+    determinism.enter(params.train.determinism)
     training = load_split(PROCESSED_DIRECTORY, "train")
     validation = load_split(PROCESSED_DIRECTORY, "validation")
     if arguments.hash_only:

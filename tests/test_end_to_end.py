@@ -131,6 +131,15 @@ def test_model_is_registered_and_loads_from_the_registry(project, client):
     run_id = metrics_of(path)["mlflow_run_id"]
     versions = client.search_model_versions(f"name='{TINY_DATASET}-mlp'")
     assert [version.run_id for version in versions] == [run_id]
+    # Described, tagged, and the champion: the first version on this test set.
+    champion = client.get_model_version_by_alias(f"{TINY_DATASET}-mlp", "champion")
+    assert str(champion.version) == "1"
+    assert "test accuracy" in champion.description and champion.tags["dataset"] == TINY_DATASET
+    assert set(champion.tags) >= {"dataset", "test_accuracy", "test_set", "run_id", "commit"}
+    mlflow_run = client.get_run(run_id)
+    assert mlflow_run.data.tags["mlflow.note.content"] == champion.description
+    experiment = client.get_experiment(mlflow_run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     mlflow.set_tracking_uri(f"sqlite:///{path / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model(f"models:/{TINY_DATASET}-mlp/1")
     assert model.metadata.signature is not None
@@ -213,7 +222,7 @@ def test_exp_run_composes_overrides_and_links_mlflow(project, client):
     assert revision["params"]["params.yaml"]["data"]["optimizer"]["name"] == "sgd"
     mlflow_run = client.get_run(run_id)
     assert mlflow_run.data.tags["dvc.experiment_name"] == "sgd-dropout-02"
-    assert mlflow_run.info.run_name == "sgd-dropout-02"
+    assert mlflow_run.info.run_name == "sgd-dropout-02 (tiny_digits 256-256, sgd, 1 epoch)"
     assert mlflow_run.data.params["optimizer.name"] == "sgd"
     assert mlflow_run.info.status == "FINISHED"
 
@@ -254,6 +263,6 @@ def test_a_dataset_added_by_one_yaml_file_runs_end_to_end(project):
     assert mlflow_run.data.params["optimizer.learning_rate"] == "0.0005"
     assert mlflow_run.data.params["train.batch_size"] == "32"
     assert mlflow_run.info.status == "FINISHED"
-    assert mlflow_run.info.run_name == "kumar_cifar10"
+    assert mlflow_run.info.run_name.startswith("kumar_cifar10 (tiny_cifar 200-150, adam")
     for metric in ("test_precision_macro", "test_recall_macro", "test_f1_macro"):
         assert metric in mlflow_run.data.metrics

@@ -257,7 +257,7 @@ def test_study_runs_rows_as_experiments_and_resumes_after_an_interruption(tmp_pa
     runs = client.search_runs([experiment.experiment_id])
     assert {mlflow_run.info.run_name for mlflow_run in runs} <= {first, second}
     assert all(mlflow_run.info.status in ("FINISHED", "KILLED") for mlflow_run in runs), output
-    first_run_ids = {mlflow_run.info.run_id for mlflow_run in runs if mlflow_run.info.run_name == first}
+    first_run_ids = {mlflow_run.info.run_id for mlflow_run in runs if mlflow_run.info.run_name.startswith(f"{first} (")}
     assert len(first_run_ids) == 1
 
     # Run again: row 1 is not trained again, row 2 is.
@@ -265,7 +265,7 @@ def test_study_runs_rows_as_experiments_and_resumes_after_an_interruption(tmp_pa
     assert "1 of 2 rows already run" in resumed.stderr
     assert finished_experiment_names(path) >= {first, second}
     runs = client.search_runs([experiment.experiment_id])
-    assert {mlflow_run.info.run_id for mlflow_run in runs if mlflow_run.info.run_name == first} == first_run_ids
+    assert {mlflow_run.info.run_id for mlflow_run in runs if mlflow_run.info.run_name.startswith(f"{first} (")} == first_run_ids
     finished = [mlflow_run for mlflow_run in runs if mlflow_run.info.status == "FINISHED"]
     assert sorted(mlflow_run.info.run_name for mlflow_run in finished) == [first, second]
     assert not [mlflow_run for mlflow_run in runs if mlflow_run.info.status == "RUNNING"]
