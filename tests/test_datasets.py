@@ -79,7 +79,7 @@ def test_split_round_trip_and_bad_split_file(tmp_path):
     np.testing.assert_array_equal(loaded_inputs, inputs)
     np.testing.assert_array_equal(loaded_labels, labels)
     (tmp_path / "test.npz").write_bytes(b"garbage")
-    with pytest.raises(DataError, match="is not a valid split file"):
+    with pytest.raises(DataError, match=r"test.npz is corrupt .*dvc repro --force preprocess"):
         load_split(tmp_path, "test")
     with pytest.raises(DataError, match="run the preprocess stage first"):
         load_split(tmp_path, "validation")
