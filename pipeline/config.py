@@ -70,6 +70,10 @@ class TrainConfig(StrictModel):
     batch_size: PositiveInt
     epochs: PositiveInt
     early_stopping_patience: PositiveInt | None
+    # host: identical weights on the same machine; portable: on any x86-64 CPU
+    # TensorFlow runs on, slower (pipeline.determinism). A default, so that
+    # configs recorded before the key existed still load.
+    determinism: Literal["host", "portable"] = "host"
 
 
 class MlflowConfig(StrictModel):

@@ -1,7 +1,10 @@
 """What produced a run: code, configuration, data, software and hardware.
 
 Collected by the train and evaluate stages into the MLflow run as tags, so
-that `mlp reproduce <run id>` can rebuild the run from its record alone.
+that `mlp reproduce <run id>` can rebuild the run from its record alone. The
+hardware and numerics fingerprint (pipeline.hardware) and the package versions
+are one JSON artifact, `lineage/environment.json`, summarized by two tags:
+`environment.sha256` and `cpu.isa`.
 """
 
 from __future__ import annotations
@@ -16,14 +19,27 @@ from typing import Any
 import tensorflow as tf
 import yaml
 
+from pipeline import hardware
 from pipeline.checksums import file_digest
 from pipeline.config import compose, flatten
+from pipeline.dataset_config import FileSpec
 from pipeline.git import git_or_empty
-from pipeline.paths import LOCK_FILE, PARAMS_FILE, REQUIREMENTS_LOCK
+from pipeline.paths import LOCK_FILE, PARAMS_FILE, RAW_DIRECTORY, REQUIREMENTS_LOCK
 
 PACKAGES = ("tensorflow-cpu", "keras", "dvc", "hydra-core", "mlflow", "numpy")
+# Where a run keeps environment_record(): `mlp reproduce` reads it back.
+ENVIRONMENT_ARTIFACT = "lineage/environment.json"
 # Set by `mlp reproduce` for the runs it starts.
 REPRODUCES_VARIABLE = "MLP_REPRODUCES_RUN"
+
+
+def run_tags(raw_files: dict[str, FileSpec]) -> tuple[dict[str, str], str]:
+    """A new run's lineage tags, the dataset's `raw_files` hashed, and the uncommitted diff ("" when clean)."""
+    code, diff = code_tags()
+    # Computed, not copied from the pins: a dataset may pin only an md5.
+    data = data_tags([RAW_DIRECTORY / spec.name for spec in raw_files.values()])
+    overrides = " ".join(config_overrides()) or "(none)"
+    return {**code, **environment_tags(), **data, "config.overrides": overrides}, diff
 
 
 def code_tags() -> tuple[dict[str, str], str]:
@@ -42,20 +58,36 @@ def code_tags() -> tuple[dict[str, str], str]:
     return tags, diff
 
 
-def environment_tags() -> dict[str, str]:
-    """Software versions, the lock file's hash, the CPU and the thread settings."""
-    tags = {"python.version": platform.python_version()}
+def environment_record() -> dict[str, Any]:
+    """The hardware and numerics fingerprint and the software versions, as lineage/environment.json holds them."""
+    return {**hardware.fingerprint(), "packages": package_versions()}
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
     for package in PACKAGES:
         with contextlib.suppress(metadata.PackageNotFoundError):
-            tags[f"package.{package}"] = metadata.version(package)
+            versions[package] = metadata.version(package)
     if REQUIREMENTS_LOCK.exists():
-        tags["requirements_lock.sha256"] = file_digest(REQUIREMENTS_LOCK)
+        versions["requirements_lock.sha256"] = file_digest(REQUIREMENTS_LOCK)
+    return versions
+
+
+def environment_tags(record: dict[str, Any] | None = None) -> dict[str, str]:
+    """Software versions, the lock file's hash, the CPU and the thread settings, and the record's summary."""
+    record = record or environment_record()
+    tags = {"python.version": platform.python_version()}
+    tags.update({f"package.{name}": version for name, version in record["packages"].items() if name in PACKAGES})
+    if "requirements_lock.sha256" in record["packages"]:
+        tags["requirements_lock.sha256"] = record["packages"]["requirements_lock.sha256"]
     tags["cpu.model"] = cpu_model()
     tags["cpu.count"] = str(os.cpu_count())
-    # 0 means "TensorFlow picks", which is the number of cores.
+    # 0 means "TensorFlow picks"; the record has the numbers in force.
     tags["threads.intra_op"] = str(tf.config.threading.get_intra_op_parallelism_threads())
     tags["threads.inter_op"] = str(tf.config.threading.get_inter_op_parallelism_threads())
     tags["platform"] = f"{platform.system()} {platform.machine()}"
+    tags["environment.sha256"] = hardware.digest(record)
+    tags["cpu.isa"] = hardware.isa_summary(record)
     return tags
 
 

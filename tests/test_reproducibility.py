@@ -16,6 +16,8 @@ import yaml
 from conftest import TINY_DATASET, make_tiny_project, run
 from mlflow.tracking import MlflowClient
 
+from pipeline import hardware
+
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_dataset_server):
@@ -31,8 +33,13 @@ def client(project):
     return MlflowClient(f"sqlite:///{path / 'mlflow.db'}")
 
 
-def reproduce(path, *arguments):
-    return run(["mlp", "reproduce", *arguments], cwd=path, check=False)
+def reproduce(path, *arguments, **environment):
+    return run(["mlp", "reproduce", *arguments], cwd=path, check=False, **environment)
+
+
+def artifacts(client, run_id) -> Path:
+    # The default store keeps artifacts as plain files under mlartifacts/.
+    return Path(urlparse(client.get_run(run_id).info.artifact_uri).path)
 
 
 def test_run_carries_the_lineage_record(project, client):
@@ -59,6 +66,17 @@ def test_run_carries_the_lineage_record(project, client):
     inputs = {item.dataset.name: item for item in mlflow_run.inputs.dataset_inputs}
     assert set(inputs) == {f"{TINY_DATASET}-{split}" for split in ("train", "validation", "test")}
     assert all(item.dataset.digest for item in inputs.values())
+
+
+def test_run_carries_the_environment_fingerprint(project, client):
+    _, run_id, _ = project
+    tags = client.get_run(run_id).data.tags
+    record = json.loads((artifacts(client, run_id) / "lineage/environment.json").read_text())
+    assert tags["environment.sha256"] == hardware.digest(record)
+    assert tags["cpu.isa"] == hardware.isa_summary(record)
+    assert record["packages"]["tensorflow-cpu"] == tags["package.tensorflow-cpu"]
+    assert record["cpu"]["isa_cpuid"] and record["cpu"]["caches"] is not None
+    assert record["threads"]["intra_op"] >= 1 and isinstance(record["onednn"]["enabled"], bool)
 
 
 def test_training_twice_in_separate_processes_gives_the_same_weights(project, client):
@@ -88,15 +106,49 @@ def test_reproduce_reports_a_match_and_records_the_reproduction(project, client)
     path, run_id, _ = project
     result = reproduce(path, run_id)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "verdict: match" in result.stdout
+    assert "the environment is the recorded run's (compared by lineage/environment.json)" in result.stdout
+    assert "verdict: identical" in result.stdout
     assert "MISMATCH" not in result.stdout
     reproductions = client.search_runs(
         [client.get_run(run_id).info.experiment_id], filter_string=f"tags.reproduces = '{run_id}'"
     )
     assert len(reproductions) == 1
-    assert reproductions[0].data.tags["reproduction.verdict"] == "match"
+    assert reproductions[0].data.tags["reproduction.verdict"] == "identical"
     assert reproductions[0].data.tags["git.commit"] == client.get_run(run_id).data.tags["git.commit"]
     assert "worktree" not in run(["git", "worktree", "list"], cwd=path).stdout.split("\n", 1)[-1]
+
+
+@pytest.mark.slow
+def test_reproduce_in_another_environment_names_the_differences_and_judges_equivalence(project, client):
+    path, run_id, _ = project
+    recorded = artifacts(client, run_id) / "lineage/environment.json"
+    original = recorded.read_text()
+    record = json.loads(original)
+    # As if recorded on a Sandy Bridge with 64 threads.
+    record["cpu"]["isa"], record["threads"]["intra_op"] = ["sse4_1", "sse4_2", "avx"], 64
+    recorded.write_text(json.dumps(record))
+    run(["mlp", "tolerance", "--seeds", "3"], cwd=path)
+    # And reproduced here with other kernels: oneDNN's oldest and one thread.
+    other_kernels = {"TF_ENABLE_ONEDNN_OPTS": "0", "ONEDNN_MAX_CPU_ISA": "SSE41", "TF_NUM_INTRAOP_THREADS": "1"}
+    try:
+        result = reproduce(path, run_id, **other_kernels)
+    finally:
+        recorded.write_text(original)
+        for tolerance in (path / "reports/tolerance").glob("*.json"):
+            tolerance.unlink()
+    if "verdict: identical" in result.stdout:
+        pytest.skip("this CPU computes the same weights with oneDNN's SSE4.1 kernels on one thread")
+    assert result.returncode == 3, result.stdout + result.stderr
+    for line in ("cpu.isa ", "threads.intra_op 64 -> 1", "environment.ONEDNN_MAX_CPU_ISA (none) -> SSE41"):
+        assert f"\n    {line}" in result.stdout
+    assert "bitwise identical weights are not expected" in result.stdout
+    assert "measured across seeds in reports/tolerance/" in result.stdout
+    assert "verdict: equivalent within tolerance (environment differs: cpu.isa, " in result.stdout
+    reproductions = client.search_runs(
+        [client.get_run(run_id).info.experiment_id],
+        filter_string=f"tags.reproduces = '{run_id}' and tags.`reproduction.verdict` = 'equivalent'",
+    )
+    assert len(reproductions) == 1
 
 
 def test_reproduce_refuses_data_that_no_longer_verifies(project):
@@ -128,8 +180,7 @@ def test_reproduce_refuses_a_missing_commit(project, client):
 @pytest.mark.slow
 def test_reproduce_reports_a_mismatch_when_the_recorded_config_was_tampered_with(project, client):
     path, run_id, _ = project
-    # The default store keeps artifacts as plain files under mlartifacts/.
-    recorded = Path(urlparse(client.get_run(run_id).info.artifact_uri).path) / "config/params.yaml"
+    recorded = artifacts(client, run_id) / "config/params.yaml"
     original = recorded.read_text()
     recorded.write_text(original.replace("dropout_rate: 0.45", "dropout_rate: 0.2"))
     try:
@@ -138,4 +189,4 @@ def test_reproduce_reports_a_mismatch_when_the_recorded_config_was_tampered_with
         recorded.write_text(original)
     assert result.returncode == 1
     assert "model.weights_sha256" in result.stdout and "MISMATCH" in result.stdout
-    assert "verdict: MISMATCH" in result.stdout
+    assert "verdict: MISMATCH in an identical environment" in result.stdout

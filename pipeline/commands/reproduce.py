@@ -1,14 +1,18 @@
-"""`mlp reproduce`: re-run a recorded MLflow run from its lineage alone and say whether it matches.
+"""`mlp reproduce`: re-run a recorded MLflow run from its lineage alone and judge the result.
 
-    mlp reproduce RUN_ID
+    mlp reproduce RUN_ID [--tolerance ACCURACY]
         Checks out the run's recorded commit in a temporary git worktree (applying
         its recorded diff if the tree was dirty), writes its recorded params.yaml,
         verifies the raw data against the recorded sha256s, shares this
         repository's DVC cache, runs `dvc repro --force` (which re-executes every
         stage rather than restoring DVC's run cache) into the same MLflow store,
-        and compares every test metric and the weights' sha256. The reproduction
-        is an MLflow run tagged `reproduces` and `reproduction.verdict`.
-        Exit status: 0 when everything matches, 1 otherwise.
+        and compares every test metric, the weights' sha256 and the environment
+        (lineage/environment.json: CPU, thread counts, oneDNN, packages). The
+        verdict (pipeline.commands.verdict) is identical (exit status 0),
+        equivalent within tolerance in another environment (3) or mismatch (1);
+        the tolerance is the one `mlp tolerance` measured for the configuration
+        (reports/tolerance/), or --tolerance for the test accuracy. The
+        reproduction is an MLflow run tagged `reproduces` and `reproduction.verdict`.
 
     mlp reproduce --repeatability
         Trains the current configuration on data/processed twice, in separate
@@ -32,12 +36,14 @@ from pathlib import Path
 
 import mlflow
 
-from pipeline import tracking
+from pipeline import hardware, tracking
 from pipeline.checksums import file_digest
+from pipeline.commands.tolerance import read_tolerances, tolerance_file
+from pipeline.commands.verdict import EXIT_STATUS, Comparison, Reproduction
 from pipeline.config import Params, parse_params
 from pipeline.errors import PipelineError
 from pipeline.git import git, is_commit, repository_top
-from pipeline.lineage import REPRODUCES_VARIABLE
+from pipeline.lineage import ENVIRONMENT_ARTIFACT, REPRODUCES_VARIABLE
 from pipeline.paths import METRICS_FILE, PARAMS_FILE, RAW_DIRECTORY
 
 logger = logging.getLogger(__name__)
@@ -45,33 +51,8 @@ logger = logging.getLogger(__name__)
 BIN_DIRECTORY = Path(sys.executable).parent
 
 
-@dataclass
-class Comparison:
-    name: str
-    original: float | str
-    reproduced: float | str | None
-
-    @property
-    def matches(self) -> bool:
-        return self.original == self.reproduced
-
-
-@dataclass
-class Reproduction:
-    run_id: str
-    comparisons: list[Comparison]
-
-    @property
-    def matches(self) -> bool:
-        return all(comparison.matches for comparison in self.comparisons)
-
-    def report(self, original_run_id: str) -> str:
-        lines = [f"reproduction {self.run_id} of run {original_run_id}:"]
-        for comparison in self.comparisons:
-            verdict = "match" if comparison.matches else "MISMATCH"
-            lines.append(f"  {comparison.name:<34} {comparison.original!s:<66} {comparison.reproduced!s:<66} {verdict}")
-        lines.append("verdict: " + ("match" if self.matches else "MISMATCH"))
-        return "\n".join(lines)
+# What runs recorded before lineage/environment.json say about their environment.
+LEGACY_ENVIRONMENT_TAGS = ("cpu.model", "cpu.count", "threads.", "python.version", "package.", "requirements_lock.")
 
 
 @dataclass(frozen=True)
@@ -84,11 +65,16 @@ class RecordedRun:
     weights_sha256: str
     test_metrics: dict[str, float]
     params_text: str
+    params: Params
     data: dict[str, str]  # raw file name -> sha256
+    tags: dict[str, str]
+    environment: dict | None  # lineage/environment.json; None for runs recorded before it existed
 
 
-def reproduce(run_id: str, repository: Path) -> Reproduction:
-    """Rebuild run `run_id` from its lineage record and compare it; raise PipelineError if it cannot be rebuilt."""
+def reproduce(run_id: str, repository: Path, tolerance: float | None = None) -> Reproduction:
+    """Rebuild run `run_id` from its lineage record and compare it; raise PipelineError if it cannot be rebuilt.
+
+    `tolerance`: of the test accuracy, instead of the measured ones in reports/tolerance/."""
     mlflow.set_tracking_uri(tracking.tracking_uri())
     recorded = read_record(run_id)
     if not is_commit(recorded.commit, cwd=repository):
@@ -104,7 +90,11 @@ def reproduce(run_id: str, repository: Path) -> Reproduction:
             reproduced_data = {name: file_digest(worktree / RAW_DIRECTORY / name) for name in recorded.data}
         finally:
             git("worktree", "remove", "--force", str(worktree), cwd=repository)
-    return _compare(recorded, metrics["mlflow_run_id"], reproduced_data)
+    tolerances = {"test_accuracy": tolerance} if tolerance is not None else read_tolerances(recorded.params, repository)
+    source = "given with --tolerance" if tolerance is not None else None
+    if tolerances and not source:
+        source = f"measured across seeds in {tolerance_file(recorded.params).as_posix()}"
+    return _compare(recorded, metrics["mlflow_run_id"], reproduced_data, tolerances or {}, source)
 
 
 def read_record(run_id: str) -> RecordedRun:
@@ -128,7 +118,8 @@ def read_record(run_id: str) -> RecordedRun:
         for name, value in tags.items()
         if name.startswith("data.")
     }
-    _check_pins(parse_params(params_text, Path(f"the recorded config of run {run_id}")), data, run_id)
+    params = parse_params(params_text, Path(f"the recorded config of run {run_id}"))
+    _check_pins(params, data, run_id)
     return RecordedRun(
         run_id=run_id,
         commit=tags["git.commit"],
@@ -136,8 +127,23 @@ def read_record(run_id: str) -> RecordedRun:
         weights_sha256=tags["model.weights_sha256"],
         test_metrics=test_metrics,
         params_text=params_text,
+        params=params,
         data=data,
+        tags=dict(tags),
+        environment=recorded_environment(run_id),
     )
+
+
+def recorded_environment(run_id: str) -> dict | None:
+    """The run's lineage/environment.json, or None when it has none."""
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ENVIRONMENT_ARTIFACT)
+    except (mlflow.exceptions.MlflowException, OSError):
+        return None
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError:
+        raise PipelineError(f"{ENVIRONMENT_ARTIFACT} of run {run_id} is not JSON: it was damaged") from None
 
 
 def _check_pins(params: Params, recorded_data: dict[str, str], run_id: str) -> None:
@@ -181,21 +187,43 @@ def _rerun(recorded: RecordedRun, worktree: Path, repository: Path, local_files:
     return json.loads((worktree / METRICS_FILE).read_text(encoding="utf-8"))
 
 
-def _compare(recorded: RecordedRun, new_run_id: str, reproduced_data: dict[str, str]) -> Reproduction:
+def _compare(
+    recorded: RecordedRun,
+    new_run_id: str,
+    reproduced_data: dict[str, str],
+    tolerances: dict[str, float],
+    tolerance_source: str | None,
+) -> Reproduction:
     client = tracking.client()
     new_run = client.get_run(new_run_id)
     comparisons = [
-        Comparison(name, value, new_run.data.metrics.get(name)) for name, value in sorted(recorded.test_metrics.items())
+        Comparison(name, value, new_run.data.metrics.get(name), tolerance=tolerances.get(name))
+        for name, value in sorted(recorded.test_metrics.items())
     ]
-    comparisons.append(
-        Comparison("model.weights_sha256", recorded.weights_sha256, new_run.data.tags.get("model.weights_sha256"))
-    )
+    weights = new_run.data.tags.get("model.weights_sha256")
+    comparisons.append(Comparison("model.weights_sha256", recorded.weights_sha256, weights, kind="weights"))
     comparisons += [
-        Comparison(f"data {name}", recorded.data[name], reproduced_data[name]) for name in sorted(recorded.data)
+        Comparison(f"data {name}", recorded.data[name], reproduced_data[name], kind="data")
+        for name in sorted(recorded.data)
     ]
-    reproduction = Reproduction(new_run.info.run_id, comparisons)
-    client.set_tag(new_run.info.run_id, "reproduction.verdict", "match" if reproduction.matches else "mismatch")
+    environment, compared_by = environment_differences(recorded, new_run)
+    reproduction = Reproduction(new_run.info.run_id, comparisons, environment, compared_by, tolerance_source)
+    client.set_tag(new_run.info.run_id, "reproduction.verdict", reproduction.verdict)
     return reproduction
+
+
+def environment_differences(recorded: RecordedRun, new_run: mlflow.entities.Run) -> tuple[list[str], str]:
+    """How the reproduction's environment differs from the recorded one, and what was compared."""
+    reproduced = recorded_environment(new_run.info.run_id)
+    if recorded.environment is not None and reproduced is not None:
+        return hardware.differences(recorded.environment, reproduced), ENVIRONMENT_ARTIFACT
+    # A run from before the fingerprint existed (or a reproduction at its commit): the tags it has.
+    before, after = _legacy_environment(recorded.tags), _legacy_environment(new_run.data.tags)
+    return hardware.differences(before, after), "the tags cpu.model, cpu.count, threads.* and package.* only"
+
+
+def _legacy_environment(tags: dict[str, str]) -> dict[str, str]:
+    return {name: value for name, value in tags.items() if name.startswith(LEGACY_ENVIRONMENT_TAGS)}
 
 
 def check_repeatability(repetitions: int = 2) -> list[str]:
@@ -242,6 +270,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("run_id", nargs="?", help="the MLflow run to reproduce")
     group.add_argument("--repeatability", action="store_true", help="train the current configuration twice and compare")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        metavar="ACCURACY",
+        help="in another environment, accept a test accuracy this far from the recorded one "
+        "(default: the spread `mlp tolerance` measured for the configuration)",
+    )
 
 
 def run(arguments: argparse.Namespace) -> None:
@@ -251,6 +286,8 @@ def run(arguments: argparse.Namespace) -> None:
         repeatable = len(set(hashes)) == 1
         print("verdict: " + ("repeatable" if repeatable else "NOT repeatable"))
         sys.exit(0 if repeatable else 1)
-    reproduction = reproduce(arguments.run_id, repository_top())
+    if arguments.tolerance is not None and not 0 <= arguments.tolerance <= 1:
+        raise PipelineError(f"--tolerance {arguments.tolerance}: a difference of accuracy, between 0 and 1")
+    reproduction = reproduce(arguments.run_id, repository_top(), arguments.tolerance)
     print(reproduction.report(arguments.run_id))
-    sys.exit(0 if reproduction.matches else 1)
+    sys.exit(EXIT_STATUS[reproduction.verdict])

@@ -1,0 +1,101 @@
+"""The three verdicts of `mlp reproduce`, and how a reproduction reaches one.
+
+identical (exit status 0): the weights' sha256, every test metric and the data are the recorded ones.
+equivalent (exit status 3): the weights differ, but so does the environment (the CPU's fingerprint,
+    the thread counts or the packages), where bitwise identity is not expected, and every test
+    metric lies within its tolerance: the spread across seeds that `mlp tolerance` measured for the
+    configuration, or the one given with --tolerance.
+mismatch (exit status 1): anything else. In an identical environment any difference is a
+    mismatch: the same operations in the same order give the same bits, so something else
+    changed (code, data, configuration) or training is not deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+IDENTICAL, EQUIVALENT, MISMATCH = "identical", "equivalent", "mismatch"
+EXIT_STATUS = {IDENTICAL: 0, EQUIVALENT: 3, MISMATCH: 1}
+
+
+@dataclass
+class Comparison:
+    name: str
+    original: float | str
+    reproduced: float | str | None
+    kind: str = "metric"  # metric, weights or data
+    tolerance: float | None = None
+
+    @property
+    def matches(self) -> bool:
+        return self.original == self.reproduced
+
+    @property
+    def within_tolerance(self) -> bool:
+        if self.tolerance is None or not isinstance(self.reproduced, float | int):
+            return False
+        return abs(float(self.reproduced) - float(self.original)) <= self.tolerance
+
+    def verdict(self) -> str:
+        if self.matches:
+            return "match"
+        if self.within_tolerance:
+            return f"within {self.tolerance:.4g}"
+        return "MISMATCH"
+
+
+@dataclass
+class Reproduction:
+    run_id: str
+    comparisons: list[Comparison]
+    # How the reproduction's environment differs from the recorded run's, one line per field; [] when it does not.
+    environment: list[str] = field(default_factory=list)
+    environment_compared_by: str = "fingerprint"
+    tolerance_source: str | None = None  # a tolerance file, or --tolerance
+
+    def judge(self) -> tuple[str, str]:
+        """The verdict and, in a few words, why."""
+        changed = ", ".join(dict.fromkeys(line.split()[0] for line in self.environment))
+        if all(comparison.matches for comparison in self.comparisons):
+            return IDENTICAL, f"identical although the environment differs: {changed}" if changed else IDENTICAL
+        if any(not comparison.matches for comparison in self.comparisons if comparison.kind == "data"):
+            return MISMATCH, "MISMATCH: the data differ from the recorded run's"
+        if not self.environment:
+            return MISMATCH, (
+                "MISMATCH in an identical environment: the result should have been bitwise identical, so code, "
+                "data or configuration changed, or training is not deterministic: a real problem"
+            )
+        metrics = [comparison for comparison in self.comparisons if comparison.kind == "metric"]
+        judged = [comparison for comparison in metrics if comparison.tolerance is not None]
+        if not judged:
+            return MISMATCH, (
+                f"MISMATCH: the environment differs ({changed}), and no tolerance is known for this "
+                "configuration to judge the metrics by: measure one with `mlp tolerance`, or give --tolerance"
+            )
+        outside = [comparison.name for comparison in judged if not comparison.within_tolerance]
+        if outside:
+            return MISMATCH, (
+                f"MISMATCH: the environment differs ({changed}), and {', '.join(outside)} moved further than "
+                "another seed moves it"
+            )
+        return EQUIVALENT, f"equivalent within tolerance (environment differs: {changed})"
+
+    @property
+    def verdict(self) -> str:
+        return self.judge()[0]
+
+    def report(self, original_run_id: str) -> str:
+        lines = [f"reproduction {self.run_id} of run {original_run_id}:"]
+        compared_by = f"compared by {self.environment_compared_by}"
+        if self.environment:
+            lines.append(f"  the environment differs from the recorded run's ({compared_by}):")
+            lines += [f"    {line}" for line in self.environment]
+            lines.append("  so bitwise identical weights are not expected; the metrics are judged against")
+            lines.append(f"  the tolerance {self.tolerance_source or '(none known)'}")
+        else:
+            lines.append(f"  the environment is the recorded run's ({compared_by})")
+        for comparison in self.comparisons:
+            original, reproduced = str(comparison.original), str(comparison.reproduced)
+            lines.append(f"  {comparison.name:<34} {original:<66} {reproduced:<66} {comparison.verdict()}")
+        lines.append(f"verdict: {self.judge()[1]}")
+        return "\n".join(lines)
