@@ -10,14 +10,12 @@ absolute path. `dvc exp run --queue` and `--temp` run the stages in a copy
 under .dvc/tmp/exps/; DVC passes the original repository's root in DVC_ROOT,
 so those runs land in the same store. MLFLOW_TRACKING_URI overrides it.
 
-The first use of the store in a process (`experiment_id`, `pipeline_run`, `client`)
-does two things before anything else touches it. If the store is the default
-one, it is created and migrated under a file lock (`mlflow.db.lock`): MLflow
-migrates a new SQLite store without one, and processes that start together
-(`dvc exp run --temp` in parallel, `dvc queue start -j N`) would each run the
-migrations and leave a half-migrated store. Then the runs left RUNNING by a
-process of this host that no longer exists (killed with SIGKILL, crashed, the
-machine rebooted) are ended FAILED: every run records its owner process in the
+A process's first use of the store (`experiment_id`, `pipeline_run`, `client`)
+creates and migrates the default store under a file lock (`mlflow.db.lock`):
+MLflow migrates a new SQLite store without one, and processes started together
+(parallel `dvc exp run --temp`, `dvc queue start -j N`) would leave it
+half-migrated. It then ends FAILED the runs left RUNNING by a process of this
+host that is gone (SIGKILL, crash, reboot): each run names its owner in the
 tags process.host, process.pid, process.start_time and process.boot_id.
 """
 
@@ -57,8 +55,7 @@ OWNER_BOOT_ID = "process.boot_id"
 FAILURE_REASON = "failure.reason"
 BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
 
-# The stores this process has prepared and swept: once per process is enough, a
-# run abandoned after that is found by the next process.
+# Stores prepared and swept by this process: once is enough, the next process finds later orphans.
 _opened_stores: set[str] = set()
 
 

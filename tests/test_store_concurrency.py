@@ -31,12 +31,21 @@ def test_experiments_started_at_once_on_a_missing_store_all_land_in_it(tmp_path_
     run(["dvc", "repro"], cwd=path)  # the data, in DVC's cache for the temporary copies
     (path / "mlflow.db").unlink()
     shutil.rmtree(path / "mlartifacts")
-    # -S composes conf/ afresh: choose the tiny dataset and one epoch again.
+    # -S composes conf/ afresh: choose the tiny dataset and one epoch again. --wait-for-lock: DVC's
+    # repository lock is held while each run is set up and collected, and by default DVC gives up on it
+    # after 3 seconds, long before eight of them are through; that is DVC's lock, not the store's.
     overrides = [f"dataset={TINY_DATASET}", "train.epochs=1"]
     started = time.monotonic()
     processes = [
         subprocess.Popen(
-            ["dvc", "exp", "run", "--temp", *(f"-S{override}" for override in [*overrides, f"seed={seed}"])],
+            [
+                "dvc",
+                "--wait-for-lock",
+                "exp",
+                "run",
+                "--temp",
+                *(f"-S{override}" for override in [*overrides, f"seed={seed}"]),
+            ],
             cwd=path,
             env=user_environment(),
             stdout=subprocess.PIPE,
