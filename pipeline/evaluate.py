@@ -188,12 +188,13 @@ def log_evaluation(results: dict, *, test_split, dataset_name: str, source: str)
 
 def run_summary(model: keras.Model, run_id: str, *, dataset_name: str, accuracy: float) -> str:
     """One line: the network, how it was trained and how it scored."""
-    params = client().get_run(run_id).data.params
+    # From the run's logged params: this stage does not read (nor re-run for) the training settings.
+    logged = client().get_run(run_id).data.params
     units = [str(model.input_shape[-1])] + [str(layer.units) for layer in model.layers if hasattr(layer, "units")]
     return (
-        f"MLP {'-'.join(units)} ({params.get('model.activation')}, dropout {params.get('model.dropout_rate')}) "
-        f"on {dataset_name}, {params.get('optimizer.name')} lr {params.get('optimizer.learning_rate')}, "
-        f"{params.get('train.epochs')} epochs of batch {params.get('train.batch_size')}: "
+        f"MLP {'-'.join(units)} ({logged.get('model.activation')}, dropout {logged.get('model.dropout_rate')}) "
+        f"on {dataset_name}, {logged.get('optimizer.name')} lr {logged.get('optimizer.learning_rate')}, "
+        f"{logged.get('train.epochs')} epochs of batch {logged.get('train.batch_size')}: "
         f"test accuracy {accuracy:.2%}"
     )
 
