@@ -12,10 +12,13 @@ it must run before anything has trained.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
 from pipeline.errors import PipelineError
+
+logger = logging.getLogger(__name__)
 
 PORTABLE_ENVIRONMENT = {
     # TensorFlow's oneDNN graph rewrites: on by default only on CPUs with some
@@ -30,6 +33,7 @@ PORTABLE_ENVIRONMENT = {
     "TF_NUM_INTEROP_THREADS": "1",
 }
 MODES = ("host", "portable")
+RESTARTED_VARIABLE = "MLP_DETERMINISM_RESTARTED"
 
 
 def environment_for(mode: str) -> dict[str, str]:
@@ -49,8 +53,15 @@ def enter(mode: str) -> None:
     needed = missing(mode)
     if not needed:
         return
+    if os.environ.get(RESTARTED_VARIABLE):  # set, yet gone again: restarting once more would loop
+        require(mode)
+    logger.info("train.determinism %s: restarting with %s", mode, " ".join(f"{k}={v}" for k, v in needed.items()))
+    # exec replaces the process without flushing what it buffered.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
     # exec keeps the pid, so DVC, signals and the MLflow run's owner tags see one process.
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **needed})
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **needed, RESTARTED_VARIABLE: "1"})
 
 
 def require(mode: str) -> None:
