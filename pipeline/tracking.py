@@ -202,7 +202,8 @@ def pipeline_run(
     if run_id is None:
         run = mlflow.start_run(
             experiment_id=experiment_id(experiment_name),
-            run_name=os.environ.get("DVC_EXP_NAME"),
+            # A tag "mlflow.runName" in `tags` names the run; else DVC's experiment name does.
+            run_name=(tags or {}).get("mlflow.runName") or os.environ.get("DVC_EXP_NAME"),
             tags={**(tags or {}), **owner_tags()},
         )
     else:

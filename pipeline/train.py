@@ -207,8 +207,7 @@ def run_name(params: Params) -> str:
 
 
 def record_inputs(run: mlflow.ActiveRun, params: Params, splits: dict[str, Split], diff: str) -> None:
-    """What a new run records before training: its name, the params, the config file, the diff and the datasets."""
-    mlflow.set_tag("mlflow.runName", run_name(params))
+    """What a new run records before training: the params, the config file, the diff and the datasets."""
     # MLflow 3 opens an experiment without this tag in its GenAI view, which hides the model registry.
     client().set_experiment_tag(run.info.experiment_id, "mlflow.experimentKind", "custom_model_development")
     mlflow.log_params(flatten(params.model_dump()))
@@ -233,6 +232,7 @@ def train_and_log(params: Params, training: Split, validation: Split) -> keras.M
             context = pipeline_run(run_id=resumed_run)
         else:
             tags, diff = lineage.run_tags(params.dataset.files)
+            tags["mlflow.runName"] = run_name(params)
             context = pipeline_run(experiment_name=params.mlflow.experiment_name, tags=tags)
         with context as run:
             run_id = run.info.run_id

@@ -211,7 +211,8 @@ def row_runs(client, name):
     experiment = client.get_experiment_by_name("atienza-table-1.3.2")
     if experiment is None:
         return []
-    return client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{name}'")
+    # Run names start with the DVC experiment's name, then say what the run is.
+    return client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name LIKE '{name} (%'")
 
 
 @pytest.mark.slow
@@ -255,7 +256,7 @@ def test_study_runs_rows_as_experiments_and_resumes_after_an_interruption(tmp_pa
 
     experiment = client.get_experiment_by_name("atienza-table-1.3.2")
     runs = client.search_runs([experiment.experiment_id])
-    assert {mlflow_run.info.run_name for mlflow_run in runs} <= {first, second}
+    assert {mlflow_run.info.run_name.split(" (")[0] for mlflow_run in runs} <= {first, second}
     assert all(mlflow_run.info.status in ("FINISHED", "KILLED") for mlflow_run in runs), output
     first_run_ids = {mlflow_run.info.run_id for mlflow_run in runs if mlflow_run.info.run_name.startswith(f"{first} (")}
     assert len(first_run_ids) == 1
@@ -265,9 +266,11 @@ def test_study_runs_rows_as_experiments_and_resumes_after_an_interruption(tmp_pa
     assert "1 of 2 rows already run" in resumed.stderr
     assert finished_experiment_names(path) >= {first, second}
     runs = client.search_runs([experiment.experiment_id])
-    assert {mlflow_run.info.run_id for mlflow_run in runs if mlflow_run.info.run_name.startswith(f"{first} (")} == first_run_ids
+    assert {
+        mlflow_run.info.run_id for mlflow_run in runs if mlflow_run.info.run_name.startswith(f"{first} (")
+    } == first_run_ids
     finished = [mlflow_run for mlflow_run in runs if mlflow_run.info.status == "FINISHED"]
-    assert sorted(mlflow_run.info.run_name for mlflow_run in finished) == [first, second]
+    assert sorted(mlflow_run.info.run_name.split(" (")[0] for mlflow_run in finished) == [first, second]
     assert not [mlflow_run for mlflow_run in runs if mlflow_run.info.status == "RUNNING"]
 
     # dvc exp show lists both rows with their configuration.
@@ -279,7 +282,7 @@ def test_study_runs_rows_as_experiments_and_resumes_after_an_interruption(tmp_pa
     with (report / "table.csv").open() as stream:
         records = list(csv.DictReader(stream))
     assert [record["row"] for record in records] == ["1", "2"]
-    by_run = {mlflow_run.info.run_name: mlflow_run for mlflow_run in finished}
+    by_run = {mlflow_run.info.run_name.split(" (")[0]: mlflow_run for mlflow_run in finished}
     for record in records:
         measured = by_run[record["experiment"]].data.metrics["test_accuracy"] * 100
         assert float(record["measured_test"]) == pytest.approx(measured, abs=0.005)
