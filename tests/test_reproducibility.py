@@ -102,6 +102,21 @@ def test_another_seed_gives_other_weights(project, client):
     assert result.stdout.strip().splitlines()[-1] != client.get_run(run_id).data.tags["model.weights_sha256"]
 
 
+@pytest.mark.slow
+def test_portable_mode_restarts_the_train_stage_with_its_settings(project):
+    path, _, _ = project
+    params = path / "params.yaml"
+    original = params.read_text()
+    params.write_text(original.replace("determinism: host", "determinism: portable"))
+    try:
+        result = run([sys.executable, "-m", "pipeline.train", "--hash-only"], cwd=path)
+    finally:
+        params.write_text(original)
+    settings = "TF_ENABLE_ONEDNN_OPTS=0 ONEDNN_MAX_CPU_ISA=SSE41 TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1"
+    assert f"train.determinism portable: restarting with {settings}" in result.stderr
+    assert len(result.stdout.strip().splitlines()[-1]) == 64
+
+
 def test_reproduce_reports_a_match_and_records_the_reproduction(project, client):
     path, run_id, _ = project
     result = reproduce(path, run_id)

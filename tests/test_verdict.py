@@ -49,6 +49,7 @@ def test_another_environment_within_tolerance_is_equivalent():
     assert "    cpu.isa -avx512f -avx512_bf16" in report and "    threads.intra_op 8 -> 2" in report
     assert "bitwise identical weights are not expected" in report
     assert "within 0.0021" in report and "reports/tolerance/x.json" in report
+    assert "differs (expected)" in report and "MISMATCH" not in report
 
 
 def test_another_environment_beyond_tolerance_is_a_mismatch():

@@ -82,6 +82,12 @@ def reproduce(run_id: str, repository: Path, tolerance: float | None = None) -> 
             f"run {run_id} was made at commit {recorded.commit}, which this repository does not have: fetch it"
         )
     local_files = _verified_local_data(repository, recorded.data)
+    # Known before the long part, so that the log says what a difference will be judged by.
+    tolerances = {"test_accuracy": tolerance} if tolerance is not None else read_tolerances(recorded.params, repository)
+    source = "given with --tolerance" if tolerance is not None else None
+    if tolerances and not source:
+        source = f"measured across seeds in {tolerance_file(recorded.params).as_posix()}"
+    logger.info("tolerance in another environment: %s", source or "none measured (`mlp tolerance`)")
     with tempfile.TemporaryDirectory(prefix="reproduce-") as temporary:
         worktree = Path(temporary) / "worktree"
         git("worktree", "add", "--quiet", "--detach", str(worktree), recorded.commit, cwd=repository)
@@ -90,10 +96,6 @@ def reproduce(run_id: str, repository: Path, tolerance: float | None = None) -> 
             reproduced_data = {name: file_digest(worktree / RAW_DIRECTORY / name) for name in recorded.data}
         finally:
             git("worktree", "remove", "--force", str(worktree), cwd=repository)
-    tolerances = {"test_accuracy": tolerance} if tolerance is not None else read_tolerances(recorded.params, repository)
-    source = "given with --tolerance" if tolerance is not None else None
-    if tolerances and not source:
-        source = f"measured across seeds in {tolerance_file(recorded.params).as_posix()}"
     return _compare(recorded, metrics["mlflow_run_id"], reproduced_data, tolerances or {}, source)
 
 

@@ -36,12 +36,17 @@ class Comparison:
             return False
         return abs(float(self.reproduced) - float(self.original)) <= self.tolerance
 
-    def verdict(self) -> str:
+    def verdict(self, environment_differs: bool) -> str:
+        """This row's word: in another environment, the weights may differ and a metric may move a little."""
         if self.matches:
             return "match"
-        if self.within_tolerance:
-            return f"within {self.tolerance:.4g}"
-        return "MISMATCH"
+        if not environment_differs or self.kind == "data":
+            return "MISMATCH"
+        if self.kind == "weights":
+            return "differs (expected)"
+        if self.tolerance is None:
+            return "differs (no tolerance)"
+        return f"within {self.tolerance:.4g}" if self.within_tolerance else f"MISMATCH (beyond {self.tolerance:.4g})"
 
 
 @dataclass
@@ -96,6 +101,7 @@ class Reproduction:
             lines.append(f"  the environment is the recorded run's ({compared_by})")
         for comparison in self.comparisons:
             original, reproduced = str(comparison.original), str(comparison.reproduced)
-            lines.append(f"  {comparison.name:<34} {original:<66} {reproduced:<66} {comparison.verdict()}")
+            verdict = comparison.verdict(bool(self.environment))
+            lines.append(f"  {comparison.name:<34} {original:<66} {reproduced:<66} {verdict}")
         lines.append(f"verdict: {self.judge()[1]}")
         return "\n".join(lines)
