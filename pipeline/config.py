@@ -185,7 +185,6 @@ def compose(overrides: list[str] | None = None, config_directory: Path = CONFIG_
     # Imported here: DVC and Hydra take a second to import, and of the stages
     # only train composes (for its lineage record).
     from dvc.utils.hydra import compose_and_dump
-
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
