@@ -55,8 +55,7 @@ from pipeline.training import (
     backfill_epochs,
     check_finite,
     epoch_logger,
-    shuffled_batches,
-    steps_per_epoch,
+    fit,
 )
 
 logger = logging.getLogger(__name__)
@@ -89,36 +88,26 @@ def train(
     # draws initializer seeds from) cannot change the weights.
     determinism.require(train_config.determinism)
     seed_everything(seed)
-    steps = steps_per_epoch(len(training.labels), train_config.batch_size)
     model = build_mlp(training.inputs.shape[1], num_classes=num_classes, task=task, config=model_config)
-    # A whole epoch in one call of the compiled training loop: no Python between steps.
     optimizer, loss = make_optimizer(optimizer_config), keras_loss(train_config.loss)
-    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], steps_per_execution=steps)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     state, saved = resume(model, checkpoint, run_id=run_id, epochs=train_config.epochs)
     early_stopping = early_stopping_for(train_config, state, saved)
     # Order matters: NaN and early stopping decide before the checkpoint is saved, the caller's callbacks see it saved.
     checkpointer = EpochCheckpointer(checkpoint, state, early_stopping)
-    callbacks = [keras.callbacks.TerminateOnNaN(), *filter(None, [early_stopping]), checkpointer, *(callbacks or [])]
     targets = {"loss": train_config.loss, "task": task, "num_classes": num_classes}
-    batches = shuffled_batches(
+    validation_data = (validation.inputs, training_targets(validation.labels, **targets))
+    start = time.perf_counter()
+    fit(
+        model,
         training.inputs,
         training_targets(training.labels, **targets),
         batch_size=train_config.batch_size,
         seed=seed,
-        first_epoch=state.epochs_done,
-        epochs=train_config.epochs,
-    )
-    has_validation = len(validation.labels) > 0
-    start = time.perf_counter()
-    model.fit(
-        batches,
-        epochs=train_config.epochs,
         initial_epoch=state.epochs_done,
-        steps_per_epoch=steps,
-        validation_data=(validation.inputs, training_targets(validation.labels, **targets)) if has_validation else None,
-        callbacks=callbacks,
-        shuffle=False,  # shuffled_batches shuffles, seeded per epoch
-        verbose=2,  # one line per epoch: readable in `dvc repro` logs
+        epochs=train_config.epochs,
+        validation=validation_data if len(validation.labels) else None,
+        callbacks=[*filter(None, [early_stopping]), checkpointer, *(callbacks or [])],
     )
     logger.info("fitted in %.1f s", time.perf_counter() - start)  # benchmarks/training_speed.py reads it
     check_finite(checkpointer.history, learning_rate=optimizer_config.learning_rate)

@@ -10,6 +10,7 @@ uninterrupted training.
 from __future__ import annotations
 
 import math
+import time
 
 import keras
 import mlflow
@@ -25,24 +26,77 @@ class TrainingDiverged(PipelineError):
     """The loss became inf or nan: the run must fail and register nothing."""
 
 
-def shuffled_batches(
-    inputs: np.ndarray, targets: np.ndarray, *, batch_size: int, seed: int, first_epoch: int, epochs: int
-) -> tf.data.Dataset:
-    """Batches for epochs first_epoch..epochs-1 in one stream, each epoch in its own seeded order."""
+def fit(
+    model: keras.Model,
+    inputs: np.ndarray,
+    targets: np.ndarray,
+    *,
+    batch_size: int,
+    seed: int,
+    initial_epoch: int,
+    epochs: int,
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    callbacks: list[keras.callbacks.Callback],
+) -> None:
+    """Keras' `model.fit` for data that fits in memory, each epoch one call of one compiled loop.
+
+    The same steps as `fit` (the model's own train_step on the same batches, so
+    the same weights), without its per-step input pipeline: the arrays stay in
+    memory and each batch is gathered from them by the epoch's seeded order.
+    Callbacks get the epoch hooks, with the logs `fit` would give them.
+    """
     inputs, targets = tf.constant(inputs), tf.constant(targets)
-    count = int(inputs.shape[0])
+    validation = tuple(tf.constant(array) for array in validation) if validation is not None else None
+    run_epoch, run_validation = compiled_loops(model, batch_size)
+    # Variables are created before the loops are traced: never inside a loop body.
+    model.optimizer.build(model.trainable_variables)
+    model.evaluate(inputs[:1], targets[:1], verbose=0)
+    callback_list = keras.callbacks.CallbackList(callbacks, model=model, epochs=epochs, verbose=2)
+    model.stop_training = False
+    callback_list.on_train_begin()
+    for epoch in range(initial_epoch, epochs):
+        print(f"Epoch {epoch + 1}/{epochs}", flush=True)  # as Keras prints it: the crash test waits for it
+        callback_list.on_epoch_begin(epoch)
+        start = time.perf_counter()
+        logs = metric_results(model, run_epoch, inputs, targets, epoch_order(int(inputs.shape[0]), seed, epoch))
+        if validation is not None:
+            logs |= {f"val_{name}": value for name, value in metric_results(model, run_validation, *validation).items()}
+        scores = " - ".join(f"{name}: {value:.4f}" for name, value in logs.items())
+        print(f"{time.perf_counter() - start:.1f}s - {scores}", flush=True)
+        callback_list.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    callback_list.on_train_end()
 
-    def epoch_order(epoch: tf.Tensor) -> tf.data.Dataset:
-        order = tf.random.experimental.stateless_shuffle(
-            tf.range(count, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
-        )
-        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
 
-    return (
-        tf.data.Dataset.range(first_epoch, epochs)
-        .flat_map(epoch_order)
-        .map(lambda index: (tf.gather(inputs, index), tf.gather(targets, index)))
-        .prefetch(tf.data.AUTOTUNE)
+def compiled_loops(model: keras.Model, batch_size: int):
+    """Two graph functions: one epoch of training steps in a given order, and one pass of test steps."""
+
+    @tf.function
+    def run_epoch(inputs: tf.Tensor, targets: tf.Tensor, order: tf.Tensor) -> None:
+        for start in tf.range(0, tf.shape(order)[0], batch_size):
+            batch = order[start : start + batch_size]
+            model.train_step((tf.gather(inputs, batch), tf.gather(targets, batch)))
+
+    @tf.function
+    def run_validation(inputs: tf.Tensor, targets: tf.Tensor) -> None:
+        for start in tf.range(0, tf.shape(inputs)[0], batch_size):
+            model.test_step((inputs[start : start + batch_size], targets[start : start + batch_size]))
+
+    return run_epoch, run_validation
+
+
+def metric_results(model: keras.Model, loop, *arguments: tf.Tensor) -> dict[str, float]:
+    """The compiled metrics after one run of `loop`, in Keras' order (sorted by name)."""
+    model.reset_metrics()
+    loop(*arguments)
+    return {name: float(value) for name, value in sorted(model.get_metrics_result().items())}
+
+
+def epoch_order(count: int, seed: int, epoch: int) -> tf.Tensor:
+    """The order of the training rows in `epoch`: a permutation seeded by (seed, epoch) alone."""
+    return tf.random.experimental.stateless_shuffle(
+        tf.range(count, dtype=tf.int64), seed=tf.constant([seed, epoch], dtype=tf.int64)
     )
 
 

@@ -253,3 +253,32 @@ def test_a_mistyped_override_is_one_line_without_a_traceback(override, expected)
         compose([override])
     assert expected in str(raised.value)
     assert "\n" not in str(raised.value) and "Config search path" not in str(raised.value)
+
+
+@pytest.mark.parametrize("name", ["mnist-mlp", "a b", "x.y", "a/b", "a:b", ".", "..", "../x", "a/../b", "./a", "a//b"])
+def test_registered_model_name_rule_is_mlflows(name):
+    """The schema restates MLflow's model-name rule (so that the first stages need not import
+    MLflow): both accept and refuse the same names."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_name
+
+    try:
+        _validate_model_name(name)
+        mlflow_accepts = True
+    except MlflowException:
+        mlflow_accepts = False
+    document = default_params()
+    document["mlflow"]["registered_model_name"] = name
+    try:
+        parse_params(yaml.safe_dump(document))
+        we_accept = True
+    except ConfigError:
+        we_accept = False
+    assert we_accept == mlflow_accepts
+
+
+def test_the_stages_before_training_do_not_import_mlflow():
+    """validate, download and preprocess validate params.yaml without MLflow's second of import time."""
+    code = "import sys, pipeline.validate, pipeline.download, pipeline.preprocess; print('mlflow' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPOSITORY, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
