@@ -24,7 +24,7 @@ from pipeline.checksums import file_digest
 from pipeline.config import compose, flatten
 from pipeline.dataset_config import FileSpec
 from pipeline.git import git_or_empty
-from pipeline.paths import LOCK_FILE, PARAMS_FILE, RAW_DIRECTORY, REQUIREMENTS_LOCK
+from pipeline.paths import CONFIG_DIRECTORY, LOCK_FILE, PARAMS_FILE, RAW_DIRECTORY, REQUIREMENTS_LOCK
 
 PACKAGES = ("tensorflow-cpu", "keras", "dvc", "hydra-core", "mlflow", "numpy")
 # Where a run keeps environment_record(): `mlp reproduce` reads it back.
@@ -49,13 +49,22 @@ def code_tags() -> tuple[dict[str, str], str]:
         return {}, ""
     # Tracked files only: untracked outputs (data, reports) are not code.
     diff = git_or_empty("diff", "HEAD", "--", ".", ":(exclude)params.yaml", ":(exclude)dvc.lock", ":(exclude)reports")
-    tags = {"git.commit": commit, "git.dirty": str(bool(diff)).lower()}
+    # Configuration is code too: a new conf/ file that is not committed makes the
+    # run impossible to re-run from its commit (train warns and stores the file).
+    dirty = bool(diff) or bool(untracked_config_files())
+    tags = {"git.commit": commit, "git.dirty": str(dirty).lower()}
     for variable, tag in (("DVC_EXP_NAME", "dvc.experiment_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev")):
         if os.environ.get(variable):
             tags[tag] = os.environ[variable]
     if os.environ.get(REPRODUCES_VARIABLE):
         tags["reproduces"] = os.environ[REPRODUCES_VARIABLE]
     return tags, diff
+
+
+def untracked_config_files() -> list[Path]:
+    """The files under conf/ that git does not track (and does not ignore)."""
+    listed = git_or_empty("ls-files", "--others", "--exclude-standard", "--", str(CONFIG_DIRECTORY))
+    return [Path(line) for line in listed.splitlines() if line]
 
 
 def environment_record() -> dict[str, Any]:

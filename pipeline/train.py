@@ -204,6 +204,9 @@ def record_inputs(run: mlflow.ActiveRun, params: Params, splits: dict[str, Split
     mlflow.log_dict(lineage.environment_record(), lineage.ENVIRONMENT_ARTIFACT)
     if diff:
         mlflow.log_text(diff, "lineage/git_diff.patch")
+    for path in lineage.untracked_config_files():
+        logger.warning("%s is not committed: the run is marked dirty and keeps a copy; `git add %s`", path, path)
+        mlflow.log_artifact(str(path), artifact_path=f"lineage/untracked/{path.parent}")
     log_datasets(splits, dataset_name=params.dataset.name, source=params.dataset.urls[0], context="training")
 
 

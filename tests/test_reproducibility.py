@@ -205,3 +205,20 @@ def test_reproduce_reports_a_mismatch_when_the_recorded_config_was_tampered_with
     assert result.returncode == 1
     assert "model.weights_sha256" in result.stdout and "MISMATCH" in result.stdout
     assert "verdict: MISMATCH in an identical environment" in result.stdout
+
+
+def test_an_uncommitted_config_file_marks_the_run_dirty_and_is_stored_with_it(project, client):
+    """A new conf/ file that is not committed: the run says dirty, warns, and keeps the file."""
+    path, _, _ = project
+    extra = path / "conf/dataset/not_committed.yaml"
+    extra.write_text((path / "conf/dataset/mnist.yaml").read_text())
+    try:
+        result = run([sys.executable, "-m", "pipeline.train"], cwd=path)
+    finally:
+        extra.unlink()
+    run_id = json.loads((path / "data/model/mlflow_run.json").read_text())["run_id"]
+    assert "conf/dataset/not_committed.yaml is not committed" in result.stderr
+    assert "`git add conf/dataset/not_committed.yaml`" in result.stderr
+    assert client.get_run(run_id).data.tags["git.dirty"] == "true"
+    stored = artifacts(client, run_id) / "lineage/untracked/conf/dataset/not_committed.yaml"
+    assert stored.read_text() == (path / "conf/dataset/mnist.yaml").read_text()
