@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
 import requests
 from tqdm import tqdm
@@ -25,7 +25,8 @@ from pipeline.checksums import checksum_problem
 from pipeline.config import MIRROR_ENVIRONMENT_VARIABLE, load_params, mirror_location
 from pipeline.dataset_config import FileSpec
 from pipeline.errors import DownloadError, run_stage
-from pipeline.paths import RAW_DIRECTORY
+from pipeline.files import read_json_object, write_json
+from pipeline.paths import DATA_SOURCES_FILE, RAW_DIRECTORY
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ def download(
     """
     destination.mkdir(parents=True, exist_ok=True)
     paths = []
+    record = destination.with_name(DATA_SOURCES_FILE.name)  # data/raw -> data/sources.json
+    sources_served = read_json_object(record)
     with requests.Session() as session:
         for spec in files:
             path = destination / spec.name
@@ -72,7 +75,7 @@ def download(
                 else:
                     sources = [base + (spec.remote_name or spec.name) for base in urls]
                 try:
-                    _fetch(session, spec, sources, path, timeout, attempts, backoff_seconds)
+                    sources_served[spec.name] = _fetch(session, spec, sources, path, timeout, attempts, backoff_seconds)
                 except DownloadError as error:
                     if local_problem == "missing":
                         raise
@@ -82,6 +85,7 @@ def download(
                         f"holding <dataset>/<file>) and run `dvc repro download`\n{error}"
                     ) from None
             paths.append(path)
+    write_json(record, {spec.name: sources_served.get(spec.name, "unknown") for spec in files})
     return paths
 
 
@@ -99,7 +103,8 @@ def _fetch(
     timeout,
     attempts: int,
     backoff_seconds: float,
-) -> None:
+) -> str:
+    """Fetch the first of `sources` that verifies into `path`; return its URL without credentials."""
     # A fixed name beside the final file: an interrupted download is resumed by
     # the next run, and the rename below is atomic (same folder).
     partial = path.with_name(f".{spec.name}.part")
@@ -118,13 +123,20 @@ def _fetch(
         if problem is None:
             os.replace(partial, path)
             logger.info("%s downloaded from %s and verified", path, url)
-            return
+            return without_credentials(url)
         partial.unlink()  # wrong bytes: nothing in it is worth resuming
         failures.append(f"{url}: {problem}")
         logger.warning("%s", failures[-1])
     partial.unlink(missing_ok=True)
     tried = "\n".join(f"  {failure}" for failure in failures)
     raise DownloadError(f"could not get a verified {spec.name} from any URL:\n{tried}")
+
+
+def without_credentials(url: str) -> str:
+    """`url` without a user name or password, which must never reach a file or a run."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=host))
 
 
 def _copy_local(url: str, partial: Path, spec: FileSpec) -> None:

@@ -1,7 +1,7 @@
 """Stage `evaluate`: score the trained model on the test split and finish the MLflow run.
 
-Reads params `dataset.name`, `dataset.urls`, `dataset.num_classes`, `dataset.class_names`, `dataset.task`,
-`train.loss`, data/model/,
+Reads params `dataset.name`, `dataset.urls`, `dataset.files`, `dataset.num_classes`,
+`dataset.class_names`, `dataset.task`, `train.loss`, data/model/,
 data/processed/test.npz and reports/training_history.csv; writes
 reports/metrics.json (DVC metrics: test loss and accuracy, macro
 precision/recall/F1, the final epoch's training metrics, the sha256 of the
@@ -33,7 +33,7 @@ from pipeline.config import load_params
 from pipeline.errors import DataError, run_stage
 from pipeline.figures import save_figure
 from pipeline.files import atomic_path, write_json, write_text
-from pipeline.lineage import lock_tags
+from pipeline.lineage import dataset_source, lock_tags
 from pipeline.model import training_targets, weights_sha256
 from pipeline.paths import (
     CLASSIFICATION_REPORT_FILE,
@@ -239,7 +239,12 @@ def main() -> None:
             "mlflow_run_id": run_id,
         }
         write_reports(results, test_split.labels, history, metrics, class_names=dataset.class_names)
-        log_evaluation(results, test_split=test_split, dataset_name=dataset.name, source=dataset.urls[0])
+        log_evaluation(
+            results,
+            test_split=test_split,
+            dataset_name=dataset.name,
+            source=dataset_source(dataset.files, dataset.urls),
+        )
         summary = run_summary(model, run_id, dataset_name=dataset.name, accuracy=results["test"]["accuracy"])
         mlflow.set_tag("mlflow.note.content", summary)  # the run's description in the MLflow UI
         register(

@@ -23,8 +23,9 @@ from pipeline import hardware
 from pipeline.checksums import file_digest
 from pipeline.config import compose, flatten
 from pipeline.dataset_config import FileSpec
+from pipeline.files import read_json_object
 from pipeline.git import git_or_empty
-from pipeline.paths import CONFIG_DIRECTORY, LOCK_FILE, PARAMS_FILE, RAW_DIRECTORY, REQUIREMENTS_LOCK
+from pipeline.paths import CONFIG_DIRECTORY, DATA_SOURCES_FILE, LOCK_FILE, PARAMS_FILE, RAW_DIRECTORY, REQUIREMENTS_LOCK
 
 PACKAGES = ("tensorflow-cpu", "keras", "dvc", "hydra-core", "mlflow", "numpy")
 # Where a run keeps environment_record(): `mlp reproduce` reads it back.
@@ -125,6 +126,18 @@ def lock_tags(stages: tuple[str, ...]) -> dict[str, str]:
             for item in entry.get(kind, []):
                 tags[f"dvc.lock.{stage}.{kind}.{item['path']}"] = item.get("md5", "")
     return tags
+
+
+def data_sources(raw_files: dict[str, FileSpec]) -> dict[str, str]:
+    """Where each raw file came from, as the download stage recorded it: a mirror or a public URL."""
+    served = read_json_object(DATA_SOURCES_FILE)
+    return {spec.name: str(served.get(spec.name, "unknown")) for spec in raw_files.values()}
+
+
+def dataset_source(raw_files: dict[str, FileSpec], urls: list[str]) -> str:
+    """The source to show for the dataset in MLflow: the folder the first file came from, else the first URL."""
+    first = data_sources(raw_files).get(next(iter(raw_files.values())).name, "unknown")
+    return first.rsplit("/", 1)[0] + "/" if "/" in first else urls[0]
 
 
 def cpu_model() -> str:

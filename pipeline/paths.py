@@ -13,6 +13,9 @@ REQUIREMENTS_LOCK = Path("requirements.lock")
 
 # Data: DVC-tracked, kept out of git
 RAW_DIRECTORY = Path("data/raw")
+# Where this workspace's raw files came from (a mirror or a public URL), per file. Not a
+# DVC output: the files are the same, verified by checksum, whichever source served them.
+DATA_SOURCES_FILE = RAW_DIRECTORY.with_name("sources.json")
 PROCESSED_DIRECTORY = Path("data/processed")
 SCALING_FILE = PROCESSED_DIRECTORY / "scaling.json"
 MODEL_DIRECTORY = Path("data/model")

@@ -20,9 +20,7 @@ logger = logging.getLogger(__name__)
 CHAMPION = "champion"
 
 
-def describe_version(
-    client: MlflowClient, name: str, version: str, *, description: str, tags: dict[str, str]
-) -> None:
+def describe_version(client: MlflowClient, name: str, version: str, *, description: str, tags: dict[str, str]) -> None:
     client.update_model_version(name, version, description=description)
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)

@@ -207,7 +207,9 @@ def record_inputs(run: mlflow.ActiveRun, params: Params, splits: dict[str, Split
     for path in lineage.untracked_config_files():
         logger.warning("%s is not committed: the run is marked dirty and keeps a copy; `git add %s`", path, path)
         mlflow.log_artifact(str(path), artifact_path=f"lineage/untracked/{path.parent}")
-    log_datasets(splits, dataset_name=params.dataset.name, source=params.dataset.urls[0], context="training")
+    mlflow.log_dict(lineage.data_sources(params.dataset.files), "lineage/data_sources.json")
+    source = lineage.dataset_source(params.dataset.files, params.dataset.urls)
+    log_datasets(splits, dataset_name=params.dataset.name, source=source, context="training")
 
 
 def train_and_log(params: Params, training: Split, validation: Split) -> keras.Model:

@@ -5,6 +5,7 @@ under a final name."""
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 from conftest import TINY_DATASET
@@ -86,3 +87,21 @@ def test_a_corrupted_local_file_is_replaced(tmp_path, tiny_dataset_server):
     (tmp_path / spec.name).write_bytes(b"corrupted")
     download([spec], tmp_path, urls=[base_url], dataset_name=TINY_DATASET, mirror=None)
     assert verified(tmp_path / spec.name, spec)
+
+
+def test_the_source_of_each_file_is_recorded_without_credentials(tmp_path, tiny_dataset_server):
+    """data/sources.json beside data/raw says where each file came from: the mirror or the URL that served it."""
+    base_url, specs, served_root, _ = tiny_dataset_server
+    download(
+        specs_of(specs), tmp_path / "raw", urls=[CLOSED_PORT_URL], dataset_name=TINY_DATASET, mirror=str(served_root)
+    )
+    record = json.loads((tmp_path / "sources.json").read_text())
+    assert record == {spec.name: f"{served_root.as_uri()}/{TINY_DATASET}/{spec.name}" for spec in specs_of(specs)}
+    (tmp_path / "raw" / specs_of(specs)[0].name).unlink()
+    with_login = base_url.replace("http://", "http://someone:secret@")
+    download(specs_of(specs), tmp_path / "raw", urls=[with_login], dataset_name=TINY_DATASET, mirror=None)
+    record = json.loads((tmp_path / "sources.json").read_text())
+    first, *others = specs_of(specs)
+    assert record[first.name] == base_url + first.name  # fetched again, from the URL, without the login
+    assert all(record[spec.name].startswith(served_root.as_uri()) for spec in others)  # kept: not fetched again
+    assert "secret" not in (tmp_path / "sources.json").read_text()

@@ -42,7 +42,7 @@ def artifacts(client, run_id) -> Path:
     return Path(urlparse(client.get_run(run_id).info.artifact_uri).path)
 
 
-def test_run_carries_the_lineage_record(project, client):
+def test_run_carries_the_lineage_record(project, client, tiny_dataset_server):
     path, run_id, specs = project
     mlflow_run = client.get_run(run_id)
     tags = mlflow_run.data.tags
@@ -66,6 +66,11 @@ def test_run_carries_the_lineage_record(project, client):
     inputs = {item.dataset.name: item for item in mlflow_run.inputs.dataset_inputs}
     assert set(inputs) == {f"{TINY_DATASET}-{split}" for split in ("train", "validation", "test")}
     assert all(item.dataset.digest for item in inputs.values())
+    # The true source: the URL that served each file (here the test's server), not just the first public URL.
+    base_url = tiny_dataset_server.base_url
+    sources = json.loads((artifacts(client, run_id) / "lineage/data_sources.json").read_text())
+    assert sources == {spec["name"]: base_url + spec["name"] for spec in specs.values()}
+    assert all(base_url in item.dataset.source for item in inputs.values())
 
 
 def test_run_carries_the_environment_fingerprint(project, client):
