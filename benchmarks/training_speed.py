@@ -100,6 +100,7 @@ def pipeline(epochs: int) -> dict:
     """The train stage's path: pipeline.train.train() on data/processed (54,000 images + validation)."""
     from pipeline.config import load_params
     from pipeline.evaluate import evaluate
+    from pipeline.inference import from_keras
     from pipeline.paths import PARAMS_FILE, PROCESSED_DIRECTORY
     from pipeline.splits import load_split
     from pipeline.train import train_with_params
@@ -111,9 +112,9 @@ def pipeline(epochs: int) -> dict:
     test = load_split(PROCESSED_DIRECTORY, "test")
     timer = epoch_timer()
     model, _ = train_with_params(params, training, validation, callbacks=[timer])
-    accuracy = evaluate(model, test.inputs, test.labels, class_names=[str(digit) for digit in range(10)])["test"][
-        "accuracy"
-    ]
+    accuracy = evaluate(from_keras(model), test.inputs, test.labels, class_names=[str(digit) for digit in range(10)])[
+        "test"
+    ]["accuracy"]
     return {"epoch_seconds": timer.times, "images": len(training.labels), "test_accuracy": accuracy}
 
 
@@ -124,6 +125,7 @@ def keras_fit(epochs: int) -> dict:
 
     from pipeline.config import load_params
     from pipeline.evaluate import evaluate
+    from pipeline.inference import from_keras
     from pipeline.model import build_mlp, make_optimizer
     from pipeline.paths import PARAMS_FILE, PROCESSED_DIRECTORY
     from pipeline.splits import load_split
@@ -160,9 +162,9 @@ def keras_fit(epochs: int) -> dict:
     model.fit(
         batches, epochs=epochs, steps_per_epoch=steps, validation_data=validation_data, callbacks=[timer], verbose=0
     )
-    accuracy = evaluate(model, test.inputs, test.labels, class_names=[str(digit) for digit in range(10)])["test"][
-        "accuracy"
-    ]
+    accuracy = evaluate(from_keras(model), test.inputs, test.labels, class_names=[str(digit) for digit in range(10)])[
+        "test"
+    ]["accuracy"]
     return {"epoch_seconds": timer.times, "images": len(training.labels), "test_accuracy": accuracy}
 
 

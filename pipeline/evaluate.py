@@ -22,7 +22,6 @@ import hashlib
 import logging
 from pathlib import Path
 
-import keras
 import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
@@ -33,8 +32,8 @@ from pipeline.config import load_params
 from pipeline.errors import DataError, run_stage
 from pipeline.figures import save_figure
 from pipeline.files import atomic_path, write_json, write_text
+from pipeline.inference import SavedMLP, load_mlp
 from pipeline.lineage import dataset_source, lock_tags
-from pipeline.model import training_targets, weights_sha256
 from pipeline.paths import (
     CLASSIFICATION_REPORT_FILE,
     CONFUSION_CSV,
@@ -50,14 +49,14 @@ from pipeline.paths import (
     rerun_hint,
 )
 from pipeline.registry import describe_version, promote_if_better
-from pipeline.splits import load_split
+from pipeline.splits import load_split, training_targets
 from pipeline.tracking import client, log_datasets, pipeline_run, read_run_file
 
 logger = logging.getLogger(__name__)
 
 
 def evaluate(
-    model: keras.Model,
+    model: SavedMLP,
     inputs: np.ndarray,
     labels: np.ndarray,
     *,
@@ -69,8 +68,9 @@ def evaluate(
     `targets` are what the model's loss compares its output with, when not the
     labels themselves (one-hot rows for mse over a softmax).
     """
-    loss, accuracy = model.evaluate(inputs, labels if targets is None else targets, batch_size=1024, verbose=0)
-    probabilities = model.predict(inputs, batch_size=1024, verbose=0)
+    probabilities = model.predict(inputs)
+    loss = model.loss_value(inputs, labels if targets is None else targets)
+    accuracy = model.accuracy(probabilities, labels)
     # One sigmoid unit (binary task): the positive class above one half; else the most probable class.
     predictions = (
         (probabilities[:, 0] >= 0.5).astype(int) if probabilities.shape[1] == 1 else probabilities.argmax(axis=1)
@@ -150,12 +150,12 @@ def plot_learning_curves(rows: list[dict[str, str]], path: Path) -> None:
     save_figure(figure, path)
 
 
-def load_model(path: Path) -> keras.Model:
+def load_model(path: Path) -> SavedMLP:
     if not path.exists():
         raise DataError(f"{path} not found: {rerun_hint('train')}")
     try:
-        return keras.models.load_model(path)
-    except Exception as error:  # noqa: BLE001 - any failure to rebuild the model means a damaged file
+        return load_mlp(path)
+    except Exception as error:  # noqa: BLE001 - any failure to read the model means a damaged file
         raise DataError(f"{path} is corrupt ({type(error).__name__}: {error}); {repair_hint('train')}") from None
 
 
@@ -186,11 +186,11 @@ def log_evaluation(results: dict, *, test_split, dataset_name: str, source: str)
         mlflow.log_artifact(str(path), artifact_path="evaluation")
 
 
-def run_summary(model: keras.Model, run_id: str, *, dataset_name: str, accuracy: float) -> str:
+def run_summary(model: SavedMLP, run_id: str, *, dataset_name: str, accuracy: float) -> str:
     """One line: the network, how it was trained and how it scored."""
     # From the run's logged params: this stage does not read (nor re-run for) the training settings.
     logged = client().get_run(run_id).data.params
-    units = [str(model.input_shape[-1])] + [str(layer.units) for layer in model.layers if hasattr(layer, "units")]
+    units = [str(units) for units in model.units]
     return (
         f"MLP {'-'.join(units)} ({logged.get('model.activation')}, dropout {logged.get('model.dropout_rate')}) "
         f"on {dataset_name}, {logged.get('optimizer.name')} lr {logged.get('optimizer.learning_rate')}, "
@@ -235,7 +235,7 @@ def main() -> None:
             "test": results["test"],
             # With dropout, Keras' training accuracy is measured with the dropout on, as published tables report it.
             "final_epoch": final_epoch(history),
-            "weights_sha256": weights_sha256(model),
+            "weights_sha256": model.weights_sha256(),
             "mlflow_run_id": run_id,
         }
         write_reports(results, test_split.labels, history, metrics, class_names=dataset.class_names)

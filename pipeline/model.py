@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import keras
 import matplotlib.pyplot as plt
-import numpy as np
 
 from pipeline.config import ModelConfig, OptimizerConfig
 from pipeline.figures import save_figure
+from pipeline.inference import weights_digest
 
 
 def build_mlp(input_size: int, *, num_classes: int, task: str, config: ModelConfig) -> keras.Model:
@@ -67,13 +66,6 @@ def keras_loss(loss: str) -> str:
     return loss
 
 
-def training_targets(labels: np.ndarray, *, loss: str, task: str, num_classes: int) -> np.ndarray:
-    """What the loss compares the output with: class indices, or one-hot rows for mse over a softmax."""
-    if loss == "mse" and task == "multiclass":
-        return np.eye(num_classes, dtype="float32")[labels]
-    return labels
-
-
 def draw_architecture(model: keras.Model, path: Path) -> None:
     """A diagram of the network: one box per layer, top to bottom, with its output size and parameters."""
     boxes = [f"input: {model.input_shape[-1]} features"]
@@ -110,13 +102,5 @@ def draw_architecture(model: keras.Model, path: Path) -> None:
 
 
 def weights_sha256(model: keras.Model) -> str:
-    """sha256 over the weight arrays in layer order (dtype, shape and bytes of each).
-
-    Independent of how or when the model file was written: two trainings that
-    end with the same weights have the same hash.
-    """
-    digest = hashlib.sha256()
-    for weights in model.get_weights():
-        digest.update(f"{weights.dtype.str}{weights.shape}".encode())
-        digest.update(weights.tobytes(order="C"))
-    return digest.hexdigest()
+    """The digest of the model's weights (pipeline.inference.weights_digest): the run's identity."""
+    return weights_digest(model.get_weights())

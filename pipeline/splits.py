@@ -43,3 +43,10 @@ def load_split(directory: Path, name: str) -> Split:
             f"expected (count, features) and (count,); {repair_hint('preprocess')}"
         )
     return split
+
+
+def training_targets(labels: np.ndarray, *, loss: str, task: str, num_classes: int) -> np.ndarray:
+    """What the loss compares the output with: class indices, or one-hot rows for mse over a softmax."""
+    if loss == "mse" and task == "multiclass":
+        return np.eye(num_classes, dtype="float32")[labels]
+    return labels

@@ -29,14 +29,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import keras
 import mlflow
-import numpy as np
-import tensorflow as tf
 from filelock import FileLock
 from mlflow.entities import LifecycleStage, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
 from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
 from mlflow.tracking import MlflowClient
@@ -265,28 +261,6 @@ def read_run_id() -> str:
 
 def client() -> MlflowClient:
     return MlflowClient(open_store())
-
-
-def log_model(model: keras.Model, example_inputs: np.ndarray, *, registered_model_name: str) -> str:
-    """Log the model with its signature and an input example, register a new version of it; return the version."""
-    signature = infer_signature(example_inputs, model.predict(example_inputs, verbose=0))
-    # The tensorflow flavor: it saves Keras 3 models as .keras files too, and
-    # (unlike mlflow.keras in this release) stores the input example correctly.
-    info = mlflow.tensorflow.log_model(
-        model,
-        name="model",
-        signature=signature,
-        input_example=example_inputs,
-        registered_model_name=registered_model_name,
-        # Listed rather than inferred: inference re-loads the model in a
-        # subprocess, and would pick the GPU build of TensorFlow.
-        pip_requirements=[
-            f"tensorflow-cpu=={tf.__version__}",
-            f"keras=={keras.__version__}",
-            f"mlflow=={mlflow.__version__}",
-        ],
-    )
-    return str(info.registered_model_version)
 
 
 def log_datasets(splits: dict[str, Split], *, dataset_name: str, source: str, context: str) -> None:

@@ -37,7 +37,8 @@ from pipeline.checkpoints import Checkpoint, TrainingState, best_weights, finger
 from pipeline.config import ModelConfig, OptimizerConfig, Params, TrainConfig, flatten, load_params
 from pipeline.errors import run_stage
 from pipeline.files import atomic_path, write_json, write_text
-from pipeline.model import build_mlp, draw_architecture, keras_loss, make_optimizer, training_targets, weights_sha256
+from pipeline.model import build_mlp, draw_architecture, keras_loss, make_optimizer, weights_sha256
+from pipeline.model_logging import log_model
 from pipeline.paths import (
     ARCHITECTURE_FILE,
     HISTORY_FILE,
@@ -47,8 +48,8 @@ from pipeline.paths import (
     PROCESSED_DIRECTORY,
     SUMMARY_FILE,
 )
-from pipeline.splits import Split, load_split
-from pipeline.tracking import client, log_datasets, log_model, pipeline_run, repository_root, write_run_file
+from pipeline.splits import Split, load_split, training_targets
+from pipeline.tracking import client, log_datasets, pipeline_run, repository_root, write_run_file
 from pipeline.training import (
     EpochCheckpointer,
     ResumableEarlyStopping,

@@ -8,8 +8,8 @@ import pytest
 from conftest import synthetic_digits
 
 from pipeline.config import ModelConfig, OptimizerConfig, TrainConfig
-from pipeline.model import build_mlp, draw_architecture, keras_loss, make_optimizer, training_targets
-from pipeline.splits import Split
+from pipeline.model import build_mlp, draw_architecture, keras_loss, make_optimizer
+from pipeline.splits import Split, training_targets
 from pipeline.train import model_summary, seed_everything, train, write_history
 
 DEFAULT_MODEL = ModelConfig(
@@ -200,6 +200,7 @@ def test_architecture_artifacts_describe_the_network(tmp_path):
 
 def test_evaluation_names_the_classes_everywhere(tmp_path):
     from pipeline.evaluate import evaluate, plot_confusion_matrix, write_confusion_csv
+    from pipeline.inference import from_keras
 
     model = build_mlp(
         784, num_classes=3, task="multiclass", config=DEFAULT_MODEL.model_copy(update={"hidden_units": [8]})
@@ -208,7 +209,7 @@ def test_evaluation_names_the_classes_everywhere(tmp_path):
     images, labels = synthetic_digits(30, seed=1)
     inputs, labels = images.reshape(30, -1).astype(np.float32) / 255, labels % 3
     names = ["cat", "dog", "bird"]
-    results = evaluate(model, inputs, labels, class_names=names)
+    results = evaluate(from_keras(model), inputs, labels, class_names=names)
     assert list(results["per_class"]) == names
     assert all(name in results["report_text"] for name in names)
     write_confusion_csv(labels, results["predictions"], tmp_path / "confusion.csv", class_names=names)

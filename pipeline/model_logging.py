@@ -1,0 +1,35 @@
+"""The trained Keras model into MLflow: logged with its signature and an input example, and registered.
+
+Only the train stage imports this module: it is the one that needs TensorFlow
+loaded anyway (evaluate scores the model through pipeline.inference).
+"""
+
+from __future__ import annotations
+
+import keras
+import mlflow
+import numpy as np
+import tensorflow as tf
+from mlflow.models import infer_signature
+
+
+def log_model(model: keras.Model, example_inputs: np.ndarray, *, registered_model_name: str) -> str:
+    """Log the model with its signature and an input example, register a new version of it; return the version."""
+    signature = infer_signature(example_inputs, model.predict(example_inputs, verbose=0))
+    # The tensorflow flavor: it saves Keras 3 models as .keras files too, and
+    # (unlike mlflow.keras in this release) stores the input example correctly.
+    info = mlflow.tensorflow.log_model(
+        model,
+        name="model",
+        signature=signature,
+        input_example=example_inputs,
+        registered_model_name=registered_model_name,
+        # Listed rather than inferred: inference re-loads the model in a
+        # subprocess, and would pick the GPU build of TensorFlow.
+        pip_requirements=[
+            f"tensorflow-cpu=={tf.__version__}",
+            f"keras=={keras.__version__}",
+            f"mlflow=={mlflow.__version__}",
+        ],
+    )
+    return str(info.registered_model_version)
