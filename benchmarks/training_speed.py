@@ -2,7 +2,7 @@
 scikit-learn's MLPClassifier with the same layers and batch, the train stage's previous path
 (`model.fit` on a tf.data stream) and this pipeline's training path.
 
-    python benchmarks/training_speed.py [--epochs N] [--repetitions R] [--repro] [--output FILE]
+    python benchmarks/training_speed.py [--epochs N] [--repetitions R] [--repro [--baseline REV]] [--output FILE]
 
 Each contender runs in its own process (so its peak memory is its own) on the
 same MNIST files: data/raw/ if the download stage ran, else MLP_DATA_MIRROR's
@@ -10,7 +10,9 @@ mnist/ folder. The table gives seconds per epoch (median of epochs 2..N, the
 first one pays for tracing), images per second, test accuracy, the ratio to the
 plain program, the fraction of the arithmetic floor (6 x parameters x images
 FLOP at the GEMM rate measured in the same run) and peak RSS. With --repro it
-also times a whole `dvc repro --force` and its overhead (the run minus fitting).
+also times whole `dvc repro --force` runs of the committed HEAD and their
+overhead (the run minus fitting); with --baseline REV the same runs of an
+earlier revision beside them, for before/after in one invocation.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -226,17 +229,59 @@ def run_worker(name: str, epochs: int) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def timed_repro() -> dict:
+def timed_repros(revisions: dict[str, str], repetitions: int) -> dict[str, list[dict]]:
+    """Whole `dvc repro --force` runs of each revision (label -> git revision), interleaved, each in a
+    git worktree of its own that shares this repository's DVC cache and one temporary MLflow store."""
+    results: dict[str, list[dict]] = {label: [] for label in revisions}
+    with tempfile.TemporaryDirectory(prefix="repro-bench-") as scratch:
+        environment = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{scratch}/mlflow.db"}
+        trees = {label: Path(scratch) / label for label in revisions}
+        try:
+            for label, revision in revisions.items():
+                prepare_worktree(trees[label], revision, environment)
+            for _ in range(repetitions):
+                for label in revisions:
+                    results[label].append(timed_repro(trees[label], environment))
+        finally:
+            for tree in trees.values():
+                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPOSITORY, capture_output=True)
+    return results
+
+
+def prepare_worktree(tree: Path, revision: str, environment: dict) -> None:
+    """A checkout of `revision` with the data stages' outputs from the shared cache, and a created MLflow store
+    (so that no timed run pays for creating one)."""
+    subprocess.run(["git", "worktree", "add", "--detach", str(tree), revision], cwd=REPOSITORY, check=True)
+    run = lambda *command: subprocess.run(command, cwd=tree, env=environment, capture_output=True, text=True)  # noqa: E731
+    run("dvc", "config", "--local", "cache.dir", str(REPOSITORY / ".dvc" / "cache"))
+    run("dvc", "checkout", "data/raw", "data/processed")
+    run(sys.executable, "-c", "from pipeline.tracking import open_store; open_store()")
+
+
+def timed_repro(tree: Path, environment: dict) -> dict:
     """A whole `dvc repro --force` and the train stage's fitting time from its log."""
     start = time.perf_counter()
-    result = subprocess.run(["dvc", "repro", "--force"], capture_output=True, text=True, cwd=REPOSITORY)
+    result = subprocess.run(["dvc", "repro", "--force"], capture_output=True, text=True, cwd=tree, env=environment)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
-        sys.exit(f"dvc repro --force failed:\n{result.stderr[-2000:]}")
+        sys.exit(f"dvc repro --force failed in {tree}:\n{result.stderr[-2000:]}")
     fit = [
         float(line.split("fitted in ")[1].split(" s")[0]) for line in result.stderr.splitlines() if "fitted in " in line
     ]
     return {"seconds": seconds, "fit_seconds": fit[0] if fit else float("nan")}
+
+
+def repro_lines(results: dict[str, list[dict]], revisions: dict[str, str]) -> list[str]:
+    lines = [
+        "| `dvc repro --force` of | whole run (s) | fitting (s) | overhead: run minus fitting (s) |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, runs in results.items():
+        whole = ", ".join(f"{run['seconds']:.1f}" for run in runs)
+        fit = ", ".join(f"{run['fit_seconds']:.1f}" for run in runs)
+        overhead = ", ".join(f"{run['seconds'] - run['fit_seconds']:.1f}" for run in runs)
+        lines.append(f"| {label} (`{revisions[label]}`) | {whole} | {fit} | {overhead} |")
+    return lines
 
 
 def table(results: dict[str, list[dict]], rates: dict, epochs: int) -> list[str]:
@@ -260,6 +305,13 @@ def table(results: dict[str, list[dict]], rates: dict, epochs: int) -> list[str]
     return lines
 
 
+def git_revision(name: str) -> str:
+    result = subprocess.run(["git", "rev-parse", "--short", name], cwd=REPOSITORY, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"--baseline {name}: not a git revision of this repository")
+    return result.stdout.strip()
+
+
 def median_epoch(run: dict) -> float:
     times = run["epoch_seconds"]
     return statistics.median(times[1:] if len(times) > 1 else times)
@@ -270,7 +322,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5, help="epochs per contender (default: %(default)s)")
     parser.add_argument("--repetitions", type=int, default=1, help="runs of each contender (default: %(default)s)")
     parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
-    parser.add_argument("--repro", action="store_true", help="also time a whole `dvc repro --force`")
+    parser.add_argument("--repro", action="store_true", help="also time whole `dvc repro --force` runs of HEAD")
+    parser.add_argument(
+        "--baseline", metavar="REV", help="with --repro: time the same runs of this git revision too, interleaved"
+    )
     parser.add_argument("--output", type=Path, help="also write the table to this Markdown file")
     parser.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
@@ -292,12 +347,10 @@ def main() -> None:
         *table(results, rates, arguments.epochs),
     ]
     if arguments.repro:
-        repro = timed_repro()
-        lines += [
-            "",
-            f"`dvc repro --force`: {repro['seconds']:.1f} s, of which fitting {repro['fit_seconds']:.1f} s; "
-            f"overhead (whole run minus fitting) {repro['seconds'] - repro['fit_seconds']:.1f} s",
-        ]
+        revisions = {"current": git_revision("HEAD")}
+        if arguments.baseline:
+            revisions = {"baseline": git_revision(arguments.baseline), **revisions}
+        lines += ["", *repro_lines(timed_repros(revisions, arguments.repetitions), revisions)]
     print("\n".join(lines))
     if arguments.output:
         arguments.output.write_text("\n".join(lines) + "\n", encoding="utf-8")
