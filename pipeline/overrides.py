@@ -83,7 +83,8 @@ def composer(config_directory: Path) -> Iterator[Composer]:
 def default_choices(config_directory: Path) -> dict[str, str]:
     """{group: option} from the defaults list of config.yaml."""
     config = yaml.safe_load((config_directory / "config.yaml").read_text(encoding="utf-8")) or {}
-    return {key: str(value) for item in config.get("defaults", []) if isinstance(item, dict) for key, value in item.items()}
+    entries = [item for item in config.get("defaults", []) if isinstance(item, dict)]
+    return {key: str(value) for item in entries for key, value in item.items()}
 
 
 def candidates(folder: Path, group: str, target: dict[str, Any], differences: list[str]) -> list[str]:
