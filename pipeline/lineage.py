@@ -46,6 +46,9 @@ DIFF_ARTIFACT = "lineage/git_diff.patch"
 UNTRACKED_ARTIFACTS = "lineage/untracked"
 # The stages whose dvc.lock entries describe how the model was made.
 LOCKED_STAGES = ("download", "preprocess", "train")
+# MLflow refuses tag values over 8,000 characters; far fewer are readable.
+MAX_OVERRIDES_TAG = 1000
+OVERRIDES_CUT = f" ... (all of them in {LINEAGE_ARTIFACT})"
 # Set by `mlp reproduce` for the runs it starts.
 REPRODUCES_VARIABLE = "MLP_REPRODUCES_RUN"
 
@@ -87,7 +90,10 @@ def run_tags(record: dict[str, Any]) -> dict[str, str]:
         tags["dvc.experiment_name"] = code["dvc_experiment"]["name"]
     tags["dataset"] = record["data"]["dataset"]
     tags["data.sha256"] = record["data"]["sha256"]
-    tags["config.overrides"] = " ".join(record["config"]["overrides"]) or "(none)"
+    overrides = " ".join(record["config"]["overrides"]) or "(none)"
+    if len(overrides) > MAX_OVERRIDES_TAG:  # a tag is for reading and filtering; the record keeps the list
+        overrides = overrides[: MAX_OVERRIDES_TAG - len(OVERRIDES_CUT)] + OVERRIDES_CUT
+    tags["config.overrides"] = overrides
     tags["environment.sha256"] = record["environment"]["sha256"]
     tags["cpu.isa"] = record["environment"]["cpu_isa"]
     if record.get("reproduces"):

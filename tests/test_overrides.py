@@ -8,6 +8,7 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from pipeline.config import compose
+from pipeline.lineage import run_tags
 from pipeline.overrides import hydra_overrides, hydra_value
 
 
@@ -36,3 +37,15 @@ def test_each_value_reads_back_as_itself_on_one_line(value):
     text = hydra_value(value)
     assert "\n" not in text
     assert OverridesParser.create().parse_override(f"key={text}").value() == value
+
+
+def test_a_very_long_list_of_overrides_is_cut_in_the_tag_and_kept_whole_in_the_record():
+    record = {
+        "code": {"commit": "0" * 40, "dirty": False},
+        "data": {"dataset": "mnist", "sha256": "1" * 64},
+        "config": {"overrides": [f"dataset.class_names.{index}=x" for index in range(500)]},
+        "environment": {"sha256": "2" * 64, "cpu_isa": "avx2"},
+    }
+    tag = run_tags(record)["config.overrides"]
+    assert len(tag) == 1000 and tag.endswith(" ... (all of them in lineage/lineage.json)")
+    assert len(record["config"]["overrides"]) == 500
