@@ -171,9 +171,9 @@ def log_new_run_lineage(lineage: Lineage) -> None:
     log_json(lineage.environment, ENVIRONMENT_ARTIFACT)
     if lineage.diff:
         mlflow.log_text(lineage.diff, DIFF_ARTIFACT)
-    for path in untracked_config_files():
+    for path, artifact in lineage.record["code"].get("untracked_config_files", {}).items():
         logger.warning("%s is not committed: the run is marked dirty and keeps a copy; `git add %s`", path, path)
-        mlflow.log_artifact(str(path), artifact_path=f"{UNTRACKED_ARTIFACTS}/{path.parent.as_posix()}")
+        mlflow.log_artifact(path, artifact_path=artifact.rsplit("/", 1)[0])
     log_json(lineage.record, LINEAGE_ARTIFACT)
 
 
