@@ -11,8 +11,9 @@ model's weights and the MLflow run id), reports/per_class_metrics.json
 reports/confusion_matrix.png and reports/learning_curves.png.
 
 Reopens the MLflow run the train stage created and adds the test metrics, the
-plots, the classification report, and the md5s dvc.lock records for the
-stages that produced the model.
+plots, the classification report, and to its lineage record
+(lineage/lineage.json) the md5s dvc.lock records for the stages that produced
+the model.
 """
 
 from __future__ import annotations
@@ -33,14 +34,13 @@ from pipeline.errors import DataError, run_stage
 from pipeline.figures import save_figure
 from pipeline.files import atomic_path, write_json, write_text
 from pipeline.inference import SavedMLP, load_mlp
-from pipeline.lineage import dataset_source, lock_tags
+from pipeline.lineage import add_lock_md5s, dataset_source
 from pipeline.paths import (
     CLASSIFICATION_REPORT_FILE,
     CONFUSION_CSV,
     CONFUSION_PNG,
     HISTORY_FILE,
     LEARNING_CURVES_PNG,
-    LOCK_FILE,
     METRICS_FILE,
     MODEL_FILE,
     PER_CLASS_METRICS_FILE,
@@ -174,8 +174,7 @@ def log_evaluation(results: dict, *, test_split, dataset_name: str, source: str)
     """Add the test metrics, lineage of the upstream stages and the reports to the open MLflow run."""
     mlflow.log_metrics({f"test_{name}": value for name, value in results["test"].items()})
     # dvc.lock now holds the upstream stages as they ran for this model.
-    mlflow.set_tags(lock_tags(("download", "preprocess", "train")))
-    mlflow.log_artifact(str(LOCK_FILE), artifact_path="lineage")
+    add_lock_md5s(mlflow.active_run().info.run_id)
     log_datasets({"test": test_split}, dataset_name=dataset_name, source=source, context="test")
     # One table, not 3 metrics per class: the run's metrics tab keeps the curves people look at.
     table = [{"class": name, **scores} for name, scores in results["per_class"].items()]

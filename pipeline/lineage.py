@@ -1,71 +1,142 @@
 """What produced a run: code, configuration, data, software and hardware.
 
-Collected by the train and evaluate stages into the MLflow run as tags, so
-that `mlp reproduce <run id>` can rebuild the run from its record alone. The
-hardware and numerics fingerprint (pipeline.hardware) and the package versions
-are one JSON artifact, `lineage/environment.json`, summarized by two tags:
-`environment.sha256` and `cpu.isa`.
+One JSON artifact per run, `lineage/lineage.json`, is the record `mlp
+reproduce <run id>` rebuilds the run from: the train stage writes it when it
+creates the run (code, data, config, software, environment), the evaluate
+stage adds what dvc.lock records only once train has finished (`dvc`: the md5
+of every dependency and output of download, preprocess and train). The
+hardware and numerics fingerprint (pipeline.hardware) is its own artifact,
+`lineage/environment.json`. A few fields are tags as well, for filtering runs
+(run_tags): commit, dirtiness, DVC experiment, dataset, data digest, config
+overrides, environment digest and instruction sets.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import os
 import platform
+import tempfile
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
-import tensorflow as tf
+import mlflow
 import yaml
 
 from pipeline import hardware
 from pipeline.checksums import file_digest
-from pipeline.config import compose, flatten
 from pipeline.dataset_config import FileSpec
-from pipeline.files import read_json_object
+from pipeline.files import read_json_object, write_json
 from pipeline.git import git_or_empty
+from pipeline.overrides import hydra_overrides
 from pipeline.paths import CONFIG_DIRECTORY, DATA_SOURCES_FILE, LOCK_FILE, PARAMS_FILE, RAW_DIRECTORY, REQUIREMENTS_LOCK
 
+logger = logging.getLogger(__name__)
+
 PACKAGES = ("tensorflow-cpu", "keras", "dvc", "hydra-core", "mlflow", "numpy")
-# Where a run keeps environment_record(): `mlp reproduce` reads it back.
+# Where a run keeps its lineage: `mlp reproduce` reads both back.
+LINEAGE_ARTIFACT = "lineage/lineage.json"
 ENVIRONMENT_ARTIFACT = "lineage/environment.json"
+DIFF_ARTIFACT = "lineage/git_diff.patch"
+UNTRACKED_ARTIFACTS = "lineage/untracked"
+# The stages whose dvc.lock entries describe how the model was made.
+LOCKED_STAGES = ("download", "preprocess", "train")
+# MLflow refuses tag values over 8,000 characters; far fewer are readable.
+MAX_OVERRIDES_TAG = 1000
+OVERRIDES_CUT = f" ... (all of them in {LINEAGE_ARTIFACT})"
 # Set by `mlp reproduce` for the runs it starts.
 REPRODUCES_VARIABLE = "MLP_REPRODUCES_RUN"
 
 
-def run_tags(raw_files: dict[str, FileSpec]) -> tuple[dict[str, str], str]:
-    """A new run's lineage tags, the dataset's `raw_files` hashed, and the uncommitted diff ("" when clean)."""
-    code, diff = code_tags()
-    # Computed, not copied from the pins: a dataset may pin only an md5.
-    data = data_tags([RAW_DIRECTORY / spec.name for spec in raw_files.values()])
-    overrides = " ".join(config_overrides()) or "(none)"
-    return {**code, **environment_tags(), **data, "config.overrides": overrides}, diff
+@dataclass(frozen=True)
+class Lineage:
+    record: dict[str, Any]  # lineage/lineage.json
+    environment: dict[str, Any]  # lineage/environment.json
+    diff: str  # the uncommitted diff, "" when clean
 
 
-def code_tags() -> tuple[dict[str, str], str]:
-    """Git commit and dirtiness as tags, and the uncommitted diff ("" when clean)."""
+def new_run_lineage(dataset_name: str, raw_files: dict[str, FileSpec]) -> Lineage:
+    """The lineage of a run about to train on the dataset's `raw_files` with params.yaml."""
+    code, diff = code_record()
+    environment = environment_record()
+    params = yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8"))
+    record = {
+        "code": code,
+        # Computed, not copied from the pins: a dataset may pin only an md5.
+        "data": {"dataset": dataset_name, **data_record(raw_files)},
+        "config": {"overrides": hydra_overrides(params), "params": params, "artifact": "config/params.yaml"},
+        "software": environment["packages"],
+        "environment": {
+            "artifact": ENVIRONMENT_ARTIFACT,
+            "sha256": hardware.digest(environment),
+            "cpu_isa": hardware.isa_summary(environment),
+        },
+    }
+    if os.environ.get(REPRODUCES_VARIABLE):
+        record["reproduces"] = os.environ[REPRODUCES_VARIABLE]
+    return Lineage(record, environment, diff)
+
+
+def run_tags(record: dict[str, Any]) -> dict[str, str]:
+    """The fields of a lineage record people filter runs by, as one-line tags."""
+    code = record["code"]
+    tags = {"git.commit": code["commit"], "git.dirty": str(code["dirty"]).lower()} if code.get("commit") else {}
+    if code.get("dvc_experiment", {}).get("name"):
+        tags["dvc.experiment_name"] = code["dvc_experiment"]["name"]
+    tags["dataset"] = record["data"]["dataset"]
+    tags["data.sha256"] = record["data"]["sha256"]
+    overrides = " ".join(record["config"]["overrides"]) or "(none)"
+    if len(overrides) > MAX_OVERRIDES_TAG:  # a tag is for reading and filtering; the record keeps the list
+        overrides = overrides[: MAX_OVERRIDES_TAG - len(OVERRIDES_CUT)] + OVERRIDES_CUT
+    tags["config.overrides"] = overrides
+    tags["environment.sha256"] = record["environment"]["sha256"]
+    tags["cpu.isa"] = record["environment"]["cpu_isa"]
+    if record.get("reproduces"):
+        tags["reproduces"] = record["reproduces"]
+    return tags
+
+
+def code_record() -> tuple[dict[str, Any], str]:
+    """Git commit, dirtiness, the conf/ files git does not track and the DVC experiment; and the diff."""
     commit = git_or_empty("rev-parse", "HEAD")
     if not commit:
-        return {}, ""
+        return {"commit": None, "dirty": None}, ""
     # Tracked files only: untracked outputs (data, reports) are not code.
     diff = git_or_empty("diff", "HEAD", "--", ".", ":(exclude)params.yaml", ":(exclude)dvc.lock", ":(exclude)reports")
     # Configuration is code too: a new conf/ file that is not committed makes the
     # run impossible to re-run from its commit (train warns and stores the file).
-    dirty = bool(diff) or bool(untracked_config_files())
-    tags = {"git.commit": commit, "git.dirty": str(dirty).lower()}
-    for variable, tag in (("DVC_EXP_NAME", "dvc.experiment_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev")):
-        if os.environ.get(variable):
-            tags[tag] = os.environ[variable]
-    if os.environ.get(REPRODUCES_VARIABLE):
-        tags["reproduces"] = os.environ[REPRODUCES_VARIABLE]
-    return tags, diff
+    untracked = [path.as_posix() for path in untracked_config_files()]
+    code: dict[str, Any] = {"commit": commit, "dirty": bool(diff or untracked), "diff": DIFF_ARTIFACT if diff else None}
+    code["untracked_config_files"] = {path: f"{UNTRACKED_ARTIFACTS}/{path}" for path in untracked}
+    experiment = {"name": os.environ.get("DVC_EXP_NAME"), "baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV")}
+    if any(experiment.values()):
+        code["dvc_experiment"] = experiment
+    return code, diff
 
 
 def untracked_config_files() -> list[Path]:
     """The files under conf/ that git does not track (and does not ignore)."""
     listed = git_or_empty("ls-files", "--others", "--exclude-standard", "--", str(CONFIG_DIRECTORY))
     return [Path(line) for line in listed.splitlines() if line]
+
+
+def data_record(raw_files: dict[str, FileSpec]) -> dict[str, Any]:
+    """Each raw file's sha256 and source, and one digest over them all."""
+    sources = data_sources(raw_files)
+    names = sorted(spec.name for spec in raw_files.values())
+    files = {name: {"sha256": file_digest(RAW_DIRECTORY / name), "source": sources[name]} for name in names}
+    return {"sha256": data_digest({name: entry["sha256"] for name, entry in files.items()}), "files": files}
+
+
+def data_digest(sha256s: dict[str, str]) -> str:
+    """sha256 of `sha256sum`'s listing of the files in name order: `sha256sum <files> | sha256sum` in data/raw."""
+    listing = "".join(f"{sha256}  {name}\n" for name, sha256 in sorted(sha256s.items()))
+    return hashlib.sha256(listing.encode("utf-8")).hexdigest()
 
 
 def environment_record() -> dict[str, Any]:
@@ -83,49 +154,51 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def environment_tags(record: dict[str, Any] | None = None) -> dict[str, str]:
-    """Software versions, the lock file's hash, the CPU and the thread settings, and the record's summary."""
-    record = record or environment_record()
-    tags = {"python.version": platform.python_version()}
-    tags.update({f"package.{name}": version for name, version in record["packages"].items() if name in PACKAGES})
-    if "requirements_lock.sha256" in record["packages"]:
-        tags["requirements_lock.sha256"] = record["packages"]["requirements_lock.sha256"]
-    tags["cpu.model"] = cpu_model()
-    tags["cpu.count"] = str(os.cpu_count())
-    # 0 means "TensorFlow picks"; the record has the numbers in force.
-    tags["threads.intra_op"] = str(tf.config.threading.get_intra_op_parallelism_threads())
-    tags["threads.inter_op"] = str(tf.config.threading.get_inter_op_parallelism_threads())
-    tags["platform"] = f"{platform.system()} {platform.machine()}"
-    tags["environment.sha256"] = hardware.digest(record)
-    tags["cpu.isa"] = hardware.isa_summary(record)
-    return tags
-
-
-def data_tags(raw_files: list[Path]) -> dict[str, str]:
-    return {f"data.{path.name}.sha256": file_digest(path) for path in raw_files}
-
-
-def config_overrides(params_file: Path = PARAMS_FILE) -> list[str]:
-    """The `key=value` changes that turn conf/'s default composition into params_file."""
-    current = flatten(yaml.safe_load(params_file.read_text(encoding="utf-8")))
-    default = flatten(yaml.safe_load(compose()))
-    changed = [f"{key}={_yaml_value(value)}" for key, value in current.items() if default.get(key, object()) != value]
-    removed = [f"~{key}" for key in default if key not in current]
-    return sorted(changed + removed)
-
-
-def lock_tags(stages: tuple[str, ...]) -> dict[str, str]:
-    """The md5 that dvc.lock records for each dependency and output of `stages`."""
+def lock_md5s(stages: tuple[str, ...] = LOCKED_STAGES) -> dict[str, dict[str, dict[str, str]]]:
+    """{stage: {"deps"|"outs": {path: md5}}} as dvc.lock records them."""
     if not LOCK_FILE.exists():
         return {}
     lock = yaml.safe_load(LOCK_FILE.read_text(encoding="utf-8")) or {}
-    tags = {}
-    for stage in stages:
-        entry = lock.get("stages", {}).get(stage, {})
-        for kind in ("deps", "outs"):
-            for item in entry.get(kind, []):
-                tags[f"dvc.lock.{stage}.{kind}.{item['path']}"] = item.get("md5", "")
-    return tags
+    entries = {stage: lock.get("stages", {}).get(stage, {}) for stage in stages}
+    return {
+        stage: {kind: {item["path"]: item.get("md5", "") for item in entry.get(kind, [])} for kind in ("deps", "outs")}
+        for stage, entry in entries.items()
+    }
+
+
+def log_new_run_lineage(lineage: Lineage) -> None:
+    """Log the record, the environment, the diff and the untracked conf/ files to the active run."""
+    log_json(lineage.environment, ENVIRONMENT_ARTIFACT)
+    if lineage.diff:
+        mlflow.log_text(lineage.diff, DIFF_ARTIFACT)
+    for path, artifact in lineage.record["code"].get("untracked_config_files", {}).items():
+        logger.warning("%s is not committed: the run is marked dirty and keeps a copy; `git add %s`", path, path)
+        mlflow.log_artifact(path, artifact_path=artifact.rsplit("/", 1)[0])
+    log_json(lineage.record, LINEAGE_ARTIFACT)
+
+
+def add_lock_md5s(run_id: str) -> None:
+    """Add dvc.lock's md5s for the stages that made the model to the run's lineage record."""
+    try:
+        with tempfile.TemporaryDirectory() as directory:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=LINEAGE_ARTIFACT, dst_path=directory
+            )
+            record = read_json_object(Path(path))
+    except (mlflow.exceptions.MlflowException, OSError):
+        record = {}  # a run its train stage made before the record existed: it gets this part alone
+    log_json({**record, "dvc": lock_md5s()}, LINEAGE_ARTIFACT)
+
+
+def log_json(value: Any, artifact_path: str) -> None:
+    """Log `value` as a JSON artifact of the active run; in a local artifact store, written atomically in place."""
+    location = urlparse(mlflow.get_artifact_uri(artifact_path))
+    if location.scheme in ("", "file"):
+        # MLflow copies a logged file into place, so a crash could leave half of
+        # it; a rename cannot. Other stores upload each file whole.
+        write_json(Path(unquote(location.path)), value)
+    else:
+        mlflow.log_dict(value, artifact_path)
 
 
 def data_sources(raw_files: dict[str, FileSpec]) -> dict[str, str]:
@@ -138,17 +211,3 @@ def dataset_source(raw_files: dict[str, FileSpec], urls: list[str]) -> str:
     """The source to show for the dataset in MLflow: the folder the first file came from, else the first URL."""
     first = data_sources(raw_files).get(next(iter(raw_files.values())).name, "unknown")
     return first.rsplit("/", 1)[0] + "/" if "/" in first else urls[0]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _yaml_value(value: Any) -> str:
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()

@@ -16,7 +16,7 @@ MLflow migrates a new SQLite store without one, and processes started together
 (parallel `dvc exp run --temp`, `dvc queue start -j N`) would leave it
 half-migrated. It then ends FAILED the runs left RUNNING by a process of this
 host that is gone (SIGKILL, crash, reboot): each run names its owner in the
-tags process.host, process.pid, process.start_time and process.boot_id.
+tag process.owner (pipeline.run_owner).
 """
 
 from __future__ import annotations
@@ -40,16 +40,12 @@ from mlflow.tracking import MlflowClient
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.files import write_json
 from pipeline.paths import ARTIFACTS_DIRECTORY, RUN_FILE, STORE_FILE, repair_hint, rerun_hint
+from pipeline.run_owner import owner_is_alive, owner_of, owner_tags
 from pipeline.splits import Split
 
 logger = logging.getLogger(__name__)
 
-OWNER_HOST = "process.host"
-OWNER_PID = "process.pid"
-OWNER_START_TIME = "process.start_time"
-OWNER_BOOT_ID = "process.boot_id"
 FAILURE_REASON = "failure.reason"
-BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
 
 # Stores prepared and swept by this process: once is enough, the next process finds later orphans.
 _opened_stores: set[str] = set()
@@ -124,66 +120,27 @@ def experiment_id(name: str) -> str:
     return experiment.experiment_id
 
 
-def process_start_time(pid: int) -> str | None:
-    """When process `pid` started, in clock ticks after boot; None if there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22; field 2, the name, may hold spaces and ")"
-
-
-def boot_id() -> str:
-    return BOOT_ID_FILE.read_text().strip() if BOOT_ID_FILE.is_file() else ""
-
-
-def owner_tags() -> dict[str, str]:
-    """The tags that name this process as the owner of a run: a pid alone can be reused by a later
-    process once the owner is gone, its start time within one boot cannot."""
-    pid = os.getpid()
-    start_time = process_start_time(pid) or ""
-    return {
-        OWNER_HOST: socket.gethostname(),
-        OWNER_PID: str(pid),
-        OWNER_START_TIME: start_time,
-        OWNER_BOOT_ID: boot_id(),
-    }
-
-
-def owner_is_alive(tags: dict[str, str]) -> bool:
-    """Whether the process that the owner tags of a run of this host name is still running."""
-    try:
-        pid = int(tags[OWNER_PID])
-    except (KeyError, ValueError):
-        return True  # not ours to judge
-    if BOOT_ID_FILE.is_file():
-        return tags.get(OWNER_BOOT_ID) == boot_id() and process_start_time(pid) == tags.get(OWNER_START_TIME)
-    if os.name != "posix":
-        return True  # no probe: on Windows, os.kill(pid, 0) would send Ctrl+C
-    try:  # No /proc (macOS): the pid alone; a reused one keeps a dead owner's run RUNNING, never the reverse.
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
 def end_abandoned_runs(store: MlflowClient) -> None:
     """End FAILED the RUNNING runs whose owner process on this host has ended without ending them."""
     host = socket.gethostname()
     experiments = [experiment.experiment_id for experiment in store.search_experiments(max_results=50_000)]
-    # Runs of other hosts are left alone: from here we cannot tell whether their
-    # processes still run; nor for runs without owner tags (made elsewhere).
-    query = f"attributes.status = 'RUNNING' and tags.`{OWNER_HOST}` = '{host}'"
+    query = "attributes.status = 'RUNNING'"
     runs, token = [], None
     while experiments:  # every page first: ending runs while paging would shift the pages
         page = store.search_runs(experiments, filter_string=query, max_results=1000, page_token=token)
-        runs.extend(run for run in page if not owner_is_alive(run.data.tags))
+        # Runs of other hosts are left alone: from here we cannot tell whether their
+        # processes still run; nor for runs without an owner (made elsewhere).
+        owners = {run.info.run_id: owner_of(run.data.tags) for run in page}
+        runs.extend(
+            run
+            for run in page
+            if owners[run.info.run_id].get("host") == host and not owner_is_alive(owners[run.info.run_id])
+        )
         if not (token := page.token):
             break
     for run in runs:
-        reason = f"process {run.data.tags[OWNER_PID]} on host {host} ended without finishing the run: killed or crashed"
+        pid = owner_of(run.data.tags)["pid"]
+        reason = f"process {pid} on host {host} ended without finishing the run: killed or crashed"
         logger.warning("MLflow run %s: %s; ending it FAILED", run.info.run_id, reason)
         store.set_tag(run.info.run_id, FAILURE_REASON, reason)
         store.set_terminated(run.info.run_id, "FAILED")

@@ -10,9 +10,9 @@ reports/architecture.png (a diagram).
 
 The MLflow run gets every composed parameter (flattened), per-epoch training and
 validation metrics with their epoch as step, and the model with a signature and
-an input example, registered in the Model Registry; and the run's lineage
-(pipeline.lineage): commit, configuration overrides, data hashes, package
-versions, CPU and thread settings, and the sha256 of the trained weights.
+an input example, registered in the Model Registry; the run's lineage
+(pipeline.lineage: lineage/lineage.json and lineage/environment.json, and a
+few tags from them), and the sha256 of the trained weights.
 
 `python -m pipeline.train --hash-only` trains without writing anything and
 prints the weights' sha256: the repeatability check runs it twice.
@@ -196,19 +196,15 @@ def run_name(params: Params) -> str:
     return f"{experiment} ({what})" if experiment else what
 
 
-def record_inputs(run: mlflow.ActiveRun, params: Params, splits: dict[str, Split], diff: str) -> None:
-    """What a new run records before training: the params, the config file, the diff and the datasets."""
+def record_inputs(
+    run: mlflow.ActiveRun, params: Params, splits: dict[str, Split], run_lineage: lineage.Lineage
+) -> None:
+    """What a new run records before training: the params, the config file, the lineage and the datasets."""
     # MLflow 3 opens an experiment without this tag in its GenAI view, which hides the model registry.
     client().set_experiment_tag(run.info.experiment_id, "mlflow.experimentKind", "custom_model_development")
     mlflow.log_params(flatten(params.model_dump()))
     mlflow.log_artifact(str(PARAMS_FILE), artifact_path="config")
-    mlflow.log_dict(lineage.environment_record(), lineage.ENVIRONMENT_ARTIFACT)
-    if diff:
-        mlflow.log_text(diff, "lineage/git_diff.patch")
-    for path in lineage.untracked_config_files():
-        logger.warning("%s is not committed: the run is marked dirty and keeps a copy; `git add %s`", path, path)
-        mlflow.log_artifact(str(path), artifact_path=f"lineage/untracked/{path.parent}")
-    mlflow.log_dict(lineage.data_sources(params.dataset.files), "lineage/data_sources.json")
+    lineage.log_new_run_lineage(run_lineage)
     source = lineage.dataset_source(params.dataset.files, params.dataset.urls)
     log_datasets(splits, dataset_name=params.dataset.name, source=source, context="training")
 
@@ -226,8 +222,8 @@ def train_and_log(params: Params, training: Split, validation: Split) -> keras.M
         if resumed_run:
             context = pipeline_run(run_id=resumed_run)
         else:
-            tags, diff = lineage.run_tags(params.dataset.files)
-            tags["mlflow.runName"] = run_name(params)
+            run_lineage = lineage.new_run_lineage(params.dataset.name, params.dataset.files)
+            tags = {**lineage.run_tags(run_lineage.record), "mlflow.runName": run_name(params)}
             context = pipeline_run(experiment_name=params.mlflow.experiment_name, tags=tags)
         with context as run:
             run_id = run.info.run_id
@@ -235,7 +231,7 @@ def train_and_log(params: Params, training: Split, validation: Split) -> keras.M
             if resumed_run:
                 backfill_epochs(run_id, saved[0].history)
             else:
-                record_inputs(run, params, splits, diff)
+                record_inputs(run, params, splits, run_lineage)
             model, history = train_with_params(
                 params, training, validation, callbacks=[epoch_logger(run_id)], checkpoint=checkpoint, run_id=run_id
             )

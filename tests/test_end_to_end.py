@@ -8,8 +8,10 @@ and partial re-run checks depend on the state the first `dvc repro` left.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,6 +126,45 @@ def test_mlflow_run_holds_params_epoch_metrics_artifacts_and_lineage(project, cl
     assert mlflow_run.info.artifact_uri.startswith((path / "mlartifacts").as_uri())
 
 
+# What MLflow itself sets (run name, description, source, user, logged models) is not counted.
+SYSTEM_TAG_PREFIX = "mlflow."
+
+
+def user_tags(mlflow_run) -> dict[str, str]:
+    return {key: value for key, value in mlflow_run.data.tags.items() if not key.startswith(SYSTEM_TAG_PREFIX)}
+
+
+def test_a_run_has_a_few_one_line_tags_and_its_lineage_in_one_json_artifact(project, client, tiny_dataset_server):
+    """The run overview shows what people filter by; everything else is lineage/lineage.json."""
+    path, _ = project
+    run_id = metrics_of(path)["mlflow_run_id"]
+    tags = user_tags(client.get_run(run_id))
+    assert len(tags) <= 12, sorted(tags)
+    assert not [key for key, value in tags.items() if "\n" in value or len(key) > 40], tags
+    lock = yaml.safe_load((path / "dvc.lock").read_text())["stages"]
+    assert tags["dataset"] == TINY_DATASET
+    # Hydra's form: the config group choice, then only the keys that differ from that composition.
+    assert tags["config.overrides"] == f"dataset={TINY_DATASET} train.epochs=1"
+    assert tags["git.commit"] == run(["git", "rev-parse", "HEAD"], cwd=path).stdout.strip()
+    assert tags["git.dirty"] == "false"
+    assert tags["model.weights_sha256"] == metrics_of(path)["weights_sha256"]
+    lineage = json.loads(Path(client.download_artifacts(run_id, "lineage/lineage.json")).read_text())
+    assert lineage["code"]["commit"] == tags["git.commit"] and lineage["code"]["dirty"] is False
+    # One digest over the raw files, as `sha256sum <files> | sha256sum` computes it in data/raw.
+    listing = "".join(f"{entry['sha256']}  {name}\n" for name, entry in sorted(lineage["data"]["files"].items()))
+    assert tags["data.sha256"] == lineage["data"]["sha256"] == hashlib.sha256(listing.encode()).hexdigest()
+    served = tiny_dataset_server
+    sources = {spec["name"]: (spec["sha256"], served.base_url + spec["name"]) for spec in served.specs.values()}
+    assert {name: (entry["sha256"], entry["source"]) for name, entry in lineage["data"]["files"].items()} == sources
+    assert lineage["config"]["overrides"] == tags["config.overrides"].split()
+    assert lineage["config"]["params"] == yaml.safe_load((path / "params.yaml").read_text())
+    train_dependency = next(item for item in lock["train"]["deps"] if item["path"] == "pipeline/train.py")
+    assert lineage["dvc"]["train"]["deps"]["pipeline/train.py"] == train_dependency["md5"]
+    assert set(lineage["dvc"]) == {"download", "preprocess", "train"}
+    assert len(lineage["software"]["requirements_lock.sha256"]) == 64
+    assert lineage["environment"]["sha256"] == tags["environment.sha256"]
+
+
 def test_model_is_registered_and_loads_from_the_registry(project, client):
     path, _ = project
     import mlflow
@@ -222,6 +263,9 @@ def test_exp_run_composes_overrides_and_links_mlflow(project, client):
     assert revision["params"]["params.yaml"]["data"]["optimizer"]["name"] == "sgd"
     mlflow_run = client.get_run(run_id)
     assert mlflow_run.data.tags["dvc.experiment_name"] == "sgd-dropout-02"
+    expected = f"dataset={TINY_DATASET} optimizer=sgd model.dropout_rate=0.2 train.epochs=1"
+    assert mlflow_run.data.tags["config.overrides"] == expected
+    assert len(user_tags(mlflow_run)) <= 12, sorted(user_tags(mlflow_run))
     assert mlflow_run.info.run_name == "sgd-dropout-02 (tiny_digits 256-256, sgd, 1 epoch)"
     assert mlflow_run.data.params["optimizer.name"] == "sgd"
     assert mlflow_run.info.status == "FINISHED"

@@ -4,6 +4,7 @@ HTTP, and the real MNIST files through a local mirror."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -13,6 +14,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+import yaml
 from conftest import BIN_DIRECTORY, TINY_DATASET, copy_repository, make_tiny_project, run
 from mlflow.tracking import MlflowClient
 
@@ -129,7 +131,14 @@ def test_real_mnist_through_the_mirror(tmp_path):
     assert sum(counts["train"].values()) + sum(counts["validation"].values()) == 1000
     assert sum(counts["test"].values()) == 500
     # One epoch on 900 real digits already gets well above chance (10%).
-    assert json.loads((path / "reports/metrics.json").read_text())["test"]["accuracy"] > 0.5
+    metrics = json.loads((path / "reports/metrics.json").read_text())
+    assert metrics["test"]["accuracy"] > 0.5
+    tags = MlflowClient(f"sqlite:///{path / 'mlflow.db'}").get_run(metrics["mlflow_run_id"]).data.tags
+    assert (tags["dataset"], tags["config.overrides"]) == ("mnist", "experiment=smoke")
+    # The one data digest, from the sha256s conf/dataset/mnist.yaml pins.
+    pins = yaml.safe_load((path / "conf/dataset/mnist.yaml").read_text())["files"].values()
+    listing = "".join(f"{pin['sha256']}  {pin['name']}\n" for pin in sorted(pins, key=lambda pin: pin["name"]))
+    assert tags["data.sha256"] == hashlib.sha256(listing.encode()).hexdigest()
 
 
 @pytest.mark.skipif(not os.environ.get("MLP_DATA_MIRROR"), reason="set MLP_DATA_MIRROR to a folder holding pima/")
@@ -151,5 +160,6 @@ def test_real_pima_table_through_the_mirror(tmp_path):
     metrics = json.loads((path / "reports/metrics.json").read_text())
     # Well above the 65% of always answering "no diabetes".
     assert metrics["test"]["accuracy"] > 0.7
-    params = MlflowClient(f"sqlite:///{path / 'mlflow.db'}").get_run(metrics["mlflow_run_id"]).data.params
-    assert params["model.parameter_count"] == str(8 * 256 + 256 + 256 * 256 + 256 + 256 + 1)
+    recorded = MlflowClient(f"sqlite:///{path / 'mlflow.db'}").get_run(metrics["mlflow_run_id"]).data
+    assert recorded.params["model.parameter_count"] == str(8 * 256 + 256 + 256 * 256 + 256 + 256 + 1)
+    assert recorded.tags["config.overrides"] == "dataset=pima"

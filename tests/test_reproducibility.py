@@ -42,34 +42,33 @@ def artifacts(client, run_id) -> Path:
     return Path(urlparse(client.get_run(run_id).info.artifact_uri).path)
 
 
+def lineage_of(client, run_id) -> dict:
+    return json.loads((artifacts(client, run_id) / "lineage/lineage.json").read_text())
+
+
 def test_run_carries_the_lineage_record(project, client, tiny_dataset_server):
     path, run_id, specs = project
     mlflow_run = client.get_run(run_id)
-    tags = mlflow_run.data.tags
-    assert tags["git.commit"] == run(["git", "rev-parse", "HEAD"], cwd=path).stdout.strip()
-    assert tags["git.dirty"] == "false"
+    lineage = lineage_of(client, run_id)
+    assert lineage["code"]["commit"] == run(["git", "rev-parse", "HEAD"], cwd=path).stdout.strip()
+    assert lineage["code"]["dirty"] is False and lineage["code"]["diff"] is None
     for package in ("tensorflow-cpu", "keras", "dvc", "hydra-core", "mlflow"):
-        assert tags[f"package.{package}"]
-    assert len(tags["requirements_lock.sha256"]) == 64
-    assert tags["cpu.model"] and int(tags["cpu.count"]) >= 1
-    assert "threads.intra_op" in tags and "threads.inter_op" in tags
-    for spec in specs.values():
-        assert tags[f"data.{spec['name']}.sha256"] == spec["sha256"]
-    overrides = tags["config.overrides"].split()
-    assert "train.epochs=1" in overrides and f"dataset.name={TINY_DATASET}" in overrides
+        assert lineage["software"][package]
+    assert len(lineage["software"]["requirements_lock.sha256"]) == 64
+    # The true source: the URL that served each file (here the test's server), not just the first public URL.
+    base_url = tiny_dataset_server.base_url
+    files = {spec["name"]: {"sha256": spec["sha256"], "source": base_url + spec["name"]} for spec in specs.values()}
+    assert lineage["data"]["files"] == files
+    assert lineage["config"]["overrides"] == [f"dataset={TINY_DATASET}", "train.epochs=1"]
     lock = yaml.safe_load((path / "dvc.lock").read_text())["stages"]
     train_dependency = next(item for item in lock["train"]["deps"] if item["path"] == "pipeline/train.py")
-    assert tags["dvc.lock.train.deps.pipeline/train.py"] == train_dependency["md5"]
-    assert tags["dvc.lock.preprocess.outs.data/processed"] == lock["preprocess"]["outs"][0]["md5"]
+    assert lineage["dvc"]["train"]["deps"]["pipeline/train.py"] == train_dependency["md5"]
+    assert lineage["dvc"]["preprocess"]["outs"]["data/processed"] == lock["preprocess"]["outs"][0]["md5"]
     metrics = json.loads((path / "reports/metrics.json").read_text())
-    assert tags["model.weights_sha256"] == metrics["weights_sha256"]
+    assert mlflow_run.data.tags["model.weights_sha256"] == metrics["weights_sha256"]
     inputs = {item.dataset.name: item for item in mlflow_run.inputs.dataset_inputs}
     assert set(inputs) == {f"{TINY_DATASET}-{split}" for split in ("train", "validation", "test")}
     assert all(item.dataset.digest for item in inputs.values())
-    # The true source: the URL that served each file (here the test's server), not just the first public URL.
-    base_url = tiny_dataset_server.base_url
-    sources = json.loads((artifacts(client, run_id) / "lineage/data_sources.json").read_text())
-    assert sources == {spec["name"]: base_url + spec["name"] for spec in specs.values()}
     assert all(base_url in item.dataset.source for item in inputs.values())
 
 
@@ -77,9 +76,9 @@ def test_run_carries_the_environment_fingerprint(project, client):
     _, run_id, _ = project
     tags = client.get_run(run_id).data.tags
     record = json.loads((artifacts(client, run_id) / "lineage/environment.json").read_text())
-    assert tags["environment.sha256"] == hardware.digest(record)
+    assert tags["environment.sha256"] == hardware.digest(record) == lineage_of(client, run_id)["environment"]["sha256"]
     assert tags["cpu.isa"] == hardware.isa_summary(record)
-    assert record["packages"]["tensorflow-cpu"] == tags["package.tensorflow-cpu"]
+    assert record["packages"] == lineage_of(client, run_id)["software"]
     assert record["cpu"]["isa_cpuid"] and record["cpu"]["caches"] is not None
     assert record["threads"]["intra_op"] >= 1 and isinstance(record["onednn"]["enabled"], bool)
 
@@ -128,12 +127,16 @@ def test_reproduce_reports_a_match_and_records_the_reproduction(project, client)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "the environment is the recorded run's (compared by lineage/environment.json)" in result.stdout
     assert "verdict: identical" in result.stdout
+    assert "dvc.lock: every stage input (code, data, requirements.lock) as recorded" in result.stdout
     assert "MISMATCH" not in result.stdout
     reproductions = client.search_runs(
         [client.get_run(run_id).info.experiment_id], filter_string=f"tags.reproduces = '{run_id}'"
     )
     assert len(reproductions) == 1
     assert reproductions[0].data.tags["reproduction.verdict"] == "identical"
+    # Its own lineage says what it reproduces; its tags stay few, with `reproduces` and the verdict.
+    assert lineage_of(client, reproductions[0].info.run_id)["reproduces"] == run_id
+    assert len([key for key in reproductions[0].data.tags if not key.startswith("mlflow.")]) <= 12
     assert reproductions[0].data.tags["git.commit"] == client.get_run(run_id).data.tags["git.commit"]
     assert "worktree" not in run(["git", "worktree", "list"], cwd=path).stdout.split("\n", 1)[-1]
 
@@ -186,13 +189,17 @@ def test_reproduce_refuses_data_that_no_longer_verifies(project):
 
 
 def test_reproduce_refuses_a_missing_commit(project, client):
+    """The commit comes from the lineage record, not from the tag (which is there to filter by)."""
     path, run_id, _ = project
-    commit = client.get_run(run_id).data.tags["git.commit"]
-    client.set_tag(run_id, "git.commit", "0" * 40)
+    recorded = artifacts(client, run_id) / "lineage/lineage.json"
+    original = recorded.read_text()
+    lineage = json.loads(original)
+    lineage["code"]["commit"] = "0" * 40
+    recorded.write_text(json.dumps(lineage))
     try:
         result = reproduce(path, run_id)
     finally:
-        client.set_tag(run_id, "git.commit", commit)
+        recorded.write_text(original)
     assert result.returncode == 1
     assert f"was made at commit {'0' * 40}, which this repository does not have" in result.stderr
 
@@ -200,9 +207,11 @@ def test_reproduce_refuses_a_missing_commit(project, client):
 @pytest.mark.slow
 def test_reproduce_reports_a_mismatch_when_the_recorded_config_was_tampered_with(project, client):
     path, run_id, _ = project
-    recorded = artifacts(client, run_id) / "config/params.yaml"
+    recorded = artifacts(client, run_id) / "lineage/lineage.json"
     original = recorded.read_text()
-    recorded.write_text(original.replace("dropout_rate: 0.45", "dropout_rate: 0.2"))
+    lineage = json.loads(original)
+    lineage["config"]["params"]["model"]["dropout_rate"] = 0.2
+    recorded.write_text(json.dumps(lineage))
     try:
         result = reproduce(path, run_id)
     finally:
@@ -225,5 +234,9 @@ def test_an_uncommitted_config_file_marks_the_run_dirty_and_is_stored_with_it(pr
     assert "conf/dataset/not_committed.yaml is not committed" in result.stderr
     assert "`git add conf/dataset/not_committed.yaml`" in result.stderr
     assert client.get_run(run_id).data.tags["git.dirty"] == "true"
+    code = lineage_of(client, run_id)["code"]
+    assert code["dirty"] is True and code["diff"] is None
+    expected = {"conf/dataset/not_committed.yaml": "lineage/untracked/conf/dataset/not_committed.yaml"}
+    assert code["untracked_config_files"] == expected
     stored = artifacts(client, run_id) / "lineage/untracked/conf/dataset/not_committed.yaml"
     assert stored.read_text() == (path / "conf/dataset/mnist.yaml").read_text()

@@ -14,7 +14,7 @@ import pytest
 from conftest import REPOSITORY
 from mlflow.tracking import MlflowClient
 
-from pipeline import tracking
+from pipeline import run_owner, tracking
 from pipeline.errors import ConfigError
 
 # A bare environment for stage-like subprocesses: no MLFLOW_TRACKING_URI, no DVC_ROOT.
@@ -152,12 +152,15 @@ def test_concurrent_first_users_create_one_sound_store(tmp_path):
     assert {run.info.status for run in runs} == {"FINISHED"}
 
 
-def test_each_run_records_its_owner_process(store):
+def test_each_run_records_its_owner_process_in_one_tag(store):
     with tracking.pipeline_run(experiment_name="test") as run:
         tags = store.get_run(run.info.run_id).data.tags
-    assert tags["process.host"] == socket.gethostname()
-    assert tags["process.pid"] == str(os.getpid())
-    assert tags["process.start_time"] == tracking.process_start_time(os.getpid())
+    assert not [key for key in tags if key.startswith("process.") and key != "process.owner"]
+    owner = run_owner.owner_of(tags)
+    assert owner["host"] == socket.gethostname()
+    assert owner["pid"] == str(os.getpid())
+    assert owner["start_time"] == run_owner.process_start_time(os.getpid())
+    assert owner["boot_id"] == run_owner.boot_id()
 
 
 def test_a_killed_stage_run_is_ended_failed_by_the_next_process(store, tmp_path):
@@ -187,8 +190,16 @@ def test_a_killed_stage_run_is_ended_failed_by_the_next_process(store, tmp_path)
 
 
 def owned_run(client: MlflowClient, experiment_id: str, host: str, pid: int, start_time: str) -> str:
-    tags = {"process.host": host, "process.pid": str(pid), "process.start_time": start_time}
-    return client.create_run(experiment_id, tags=tags).info.run_id
+    owner = f"host={host} pid={pid} start_time={start_time} boot_id={run_owner.boot_id()}"
+    return client.create_run(experiment_id, tags={"process.owner": owner}).info.run_id
+
+
+def test_a_run_that_names_its_owner_in_the_four_tags_of_before_is_ended_too(store):
+    experiment = tracking.experiment_id("test")
+    legacy = {"process.host": socket.gethostname(), "process.pid": str(os.getpid()), "process.start_time": "1"}
+    run_id = store.create_run(experiment, tags=legacy).info.run_id
+    tracking.end_abandoned_runs(store)
+    assert store.get_run(run_id).info.status == "FAILED"
 
 
 def test_a_reused_pid_is_not_the_owner_and_another_host_is_left_alone(store):
@@ -211,8 +222,9 @@ def test_a_run_ended_by_the_reaper_can_be_resumed(store):
     with tracking.pipeline_run(run_id=run_id):
         resumed = store.get_run(run_id)
         assert resumed.info.status == "RUNNING"
-        assert resumed.data.tags["process.pid"] == str(os.getpid())
-        assert resumed.data.tags["process.start_time"] == tracking.process_start_time(os.getpid())
+        owner = run_owner.owner_of(resumed.data.tags)
+        assert owner["pid"] == str(os.getpid())
+        assert owner["start_time"] == run_owner.process_start_time(os.getpid())
         assert "failure.reason" not in resumed.data.tags
     assert store.get_run(run_id).info.status == "FINISHED"
 

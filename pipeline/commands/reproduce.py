@@ -1,13 +1,15 @@
 """`mlp reproduce`: re-run a recorded MLflow run from its lineage alone and judge the result.
 
     mlp reproduce RUN_ID [--tolerance ACCURACY]
-        Checks out the run's recorded commit in a temporary git worktree (applying
-        its recorded diff if the tree was dirty), writes its recorded params.yaml,
+        Reads the run's lineage record (lineage/lineage.json), checks out its
+        commit in a temporary git worktree (applying its recorded diff if the
+        tree was dirty), writes its recorded params.yaml,
         verifies the raw data against the recorded sha256s, shares this
         repository's DVC cache, runs `dvc repro --force` (which re-executes every
         stage rather than restoring DVC's run cache) into the same MLflow store,
         and compares every test metric, the weights' sha256 and the environment
-        (lineage/environment.json: CPU, thread counts, oneDNN, packages). The
+        (lineage/environment.json: CPU, thread counts, oneDNN, packages), and
+        names the stage inputs whose dvc.lock md5 is not the recorded one. The
         verdict (pipeline.commands.verdict) is identical (exit status 0),
         equivalent within tolerance in another environment (3) or mismatch (1);
         the tolerance is the one `mlp tolerance` measured for the configuration
@@ -31,16 +33,22 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 
 from pipeline import hardware, tracking
 from pipeline.checksums import file_digest
+from pipeline.commands.record import (
+    WEIGHTS_TAG,
+    RecordedRun,
+    lock_differences,
+    read_lineage,
+    read_record,
+    recorded_environment,
+)
 from pipeline.commands.tolerance import read_tolerances, tolerance_file
 from pipeline.commands.verdict import EXIT_STATUS, Comparison, Reproduction
-from pipeline.config import Params, parse_params
 from pipeline.errors import PipelineError
 from pipeline.git import git, is_commit, repository_top
 from pipeline.lineage import ENVIRONMENT_ARTIFACT, REPRODUCES_VARIABLE
@@ -53,22 +61,6 @@ BIN_DIRECTORY = Path(sys.executable).parent
 
 # What runs recorded before lineage/environment.json say about their environment.
 LEGACY_ENVIRONMENT_TAGS = ("cpu.model", "cpu.count", "threads.", "python.version", "package.", "requirements_lock.")
-
-
-@dataclass(frozen=True)
-class RecordedRun:
-    """What a run's lineage record says produced it."""
-
-    run_id: str
-    commit: str
-    dirty: bool
-    weights_sha256: str
-    test_metrics: dict[str, float]
-    params_text: str
-    params: Params
-    data: dict[str, str]  # raw file name -> sha256
-    tags: dict[str, str]
-    environment: dict | None  # lineage/environment.json; None for runs recorded before it existed
 
 
 def reproduce(run_id: str, repository: Path, tolerance: float | None = None) -> Reproduction:
@@ -99,69 +91,10 @@ def reproduce(run_id: str, repository: Path, tolerance: float | None = None) -> 
     return _compare(recorded, metrics["mlflow_run_id"], reproduced_data, tolerances or {}, source)
 
 
-def read_record(run_id: str) -> RecordedRun:
-    """The run's lineage: its tags, test metrics and recorded params.yaml, checked for completeness."""
-    try:
-        original = tracking.client().get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        raise PipelineError(f"run {run_id} not found in the MLflow store {tracking.tracking_uri()}") from None
-    tags = original.data.tags
-    test_metrics = {name: value for name, value in original.data.metrics.items() if name.startswith("test_")}
-    if not tags.get("git.commit") or not tags.get("model.weights_sha256") or not test_metrics:
-        raise PipelineError(
-            f"run {run_id} has no complete lineage record (git.commit, model.weights_sha256 and test metrics "
-            "are needed): it was not made by this pipeline, or its evaluate stage did not finish"
-        )
-    params_text = Path(
-        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config/params.yaml")
-    ).read_text(encoding="utf-8")
-    data = {
-        name.removeprefix("data.").removesuffix(".sha256"): value
-        for name, value in tags.items()
-        if name.startswith("data.")
-    }
-    params = parse_params(params_text, Path(f"the recorded config of run {run_id}"))
-    _check_pins(params, data, run_id)
-    return RecordedRun(
-        run_id=run_id,
-        commit=tags["git.commit"],
-        dirty=tags.get("git.dirty") == "true",
-        weights_sha256=tags["model.weights_sha256"],
-        test_metrics=test_metrics,
-        params_text=params_text,
-        params=params,
-        data=data,
-        tags=dict(tags),
-        environment=recorded_environment(run_id),
-    )
-
-
-def recorded_environment(run_id: str) -> dict | None:
-    """The run's lineage/environment.json, or None when it has none."""
-    try:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ENVIRONMENT_ARTIFACT)
-    except (mlflow.exceptions.MlflowException, OSError):
-        return None
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except ValueError:
-        raise PipelineError(f"{ENVIRONMENT_ARTIFACT} of run {run_id} is not JSON: it was damaged") from None
-
-
-def _check_pins(params: Params, recorded_data: dict[str, str], run_id: str) -> None:
-    pinned = {spec.name: spec.sha256 for spec in params.dataset.files.values() if spec.sha256}
-    if any(recorded_data.get(name) != sha256 for name, sha256 in pinned.items()):
-        raise PipelineError(
-            f"the recorded config of run {run_id} pins other data than the run recorded: {pinned} != {recorded_data}"
-        )
-
-
 def _rerun(recorded: RecordedRun, worktree: Path, repository: Path, local_files: list[Path]) -> dict:
     """Prepare the worktree as the run had it and run `dvc repro --force` there; return its metrics.json."""
-    if recorded.dirty:
-        patch = Path(
-            mlflow.artifacts.download_artifacts(run_id=recorded.run_id, artifact_path="lineage/git_diff.patch")
-        )
+    if recorded.dirty and recorded.diff_artifact:
+        patch = Path(mlflow.artifacts.download_artifacts(run_id=recorded.run_id, artifact_path=recorded.diff_artifact))
         if subprocess.run(["git", "apply", str(patch)], cwd=worktree).returncode != 0:
             raise PipelineError(
                 f"the recorded diff of run {recorded.run_id} does not apply to commit {recorded.commit}"
@@ -202,14 +135,16 @@ def _compare(
         Comparison(name, value, new_run.data.metrics.get(name), tolerance=tolerances.get(name))
         for name, value in sorted(recorded.test_metrics.items())
     ]
-    weights = new_run.data.tags.get("model.weights_sha256")
-    comparisons.append(Comparison("model.weights_sha256", recorded.weights_sha256, weights, kind="weights"))
+    weights = new_run.data.tags.get(WEIGHTS_TAG)
+    comparisons.append(Comparison(WEIGHTS_TAG, recorded.weights_sha256, weights, kind="weights"))
     comparisons += [
         Comparison(f"data {name}", recorded.data[name], reproduced_data[name], kind="data")
         for name in sorted(recorded.data)
     ]
     environment, compared_by = environment_differences(recorded, new_run)
     reproduction = Reproduction(new_run.info.run_id, comparisons, environment, compared_by, tolerance_source)
+    if recorded.lock:
+        reproduction.stage_inputs = lock_differences(recorded.lock, (read_lineage(new_run_id) or {}).get("dvc", {}))
     client.set_tag(new_run.info.run_id, "reproduction.verdict", reproduction.verdict)
     return reproduction
 

@@ -57,6 +57,9 @@ class Reproduction:
     environment: list[str] = field(default_factory=list)
     environment_compared_by: str = "fingerprint"
     tolerance_source: str | None = None  # a tolerance file, or --tolerance
+    # The stage inputs (`train.deps.<path>`) whose dvc.lock md5 is not the recorded run's; None: not compared.
+    # They explain a difference rather than decide the verdict: the results above do that.
+    stage_inputs: list[str] | None = None
 
     def judge(self) -> tuple[str, str]:
         """The verdict and, in a few words, why."""
@@ -103,5 +106,9 @@ class Reproduction:
             original, reproduced = str(comparison.original), str(comparison.reproduced)
             verdict = comparison.verdict(bool(self.environment))
             lines.append(f"  {comparison.name:<34} {original:<66} {reproduced:<66} {verdict}")
+        if self.stage_inputs:
+            lines.append(f"  dvc.lock: stage inputs not as recorded: {', '.join(self.stage_inputs)}")
+        elif self.stage_inputs is not None:
+            lines.append("  dvc.lock: every stage input (code, data, requirements.lock) as recorded")
         lines.append(f"verdict: {self.judge()[1]}")
         return "\n".join(lines)

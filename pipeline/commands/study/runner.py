@@ -123,13 +123,20 @@ def committed_file(commit: str, path: Path) -> str:
 
 def measure(row: StudyRow, commit: str) -> Measured:
     """Measured figures of a row from its experiment commit's metrics and its MLflow run."""
+    from pipeline.commands.record import recorded_environment
     from pipeline.tracking import client
 
     metrics = json.loads(committed_file(commit, METRICS_FILE))
     history = list(csv.DictReader(committed_file(commit, HISTORY_FILE).splitlines()))
     accuracy = [100 * float(epoch["accuracy"]) for epoch in history]
     run = client().get_run(metrics["mlflow_run_id"])
+    # lineage/environment.json; runs recorded before it kept the same facts as tags.
+    environment = recorded_environment(metrics["mlflow_run_id"]) or {}
     tags = run.data.tags
+    cpu = environment.get("cpu", {})
+    packages = environment.get("packages") or {
+        name.removeprefix("package."): value for name, value in tags.items() if name.startswith("package.")
+    }
     return Measured(
         measured_train=100 * metrics["final_epoch"]["accuracy"],
         late_gain=accuracy[-1] - accuracy[-1 - LATE_EPOCHS] if len(accuracy) > LATE_EPOCHS else None,
@@ -140,12 +147,9 @@ def measure(row: StudyRow, commit: str) -> Measured:
         end=run.info.end_time / 1000,
         mlflow_run_id=metrics["mlflow_run_id"],
         weights_sha256=metrics["weights_sha256"],
-        machine=f"{tags.get('cpu.model', 'unknown CPU')}, {tags.get('cpu.count', '?')} cores",
-        versions=", ".join(
-            f"{package} {tags[f'package.{package}']}"
-            for package in ("tensorflow-cpu", "keras")
-            if f"package.{package}" in tags
-        ),
+        machine=f"{cpu.get('model_name', tags.get('cpu.model', 'unknown CPU'))}, "
+        f"{cpu.get('logical_cores', tags.get('cpu.count', '?'))} cores",
+        versions=", ".join(f"{name} {packages[name]}" for name in ("tensorflow-cpu", "keras") if name in packages),
     )
 
 
