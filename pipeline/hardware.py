@@ -5,6 +5,11 @@ two with different ones may round differently, so their weights can differ in
 the last bits (README, Reproducibility). pipeline.lineage stores the
 fingerprint with every run as one JSON artifact, and `mlp reproduce` compares
 the recorded one with the reproduction's, field by field.
+
+TensorFlow is imported by the three functions that ask it (threads, oneDNN,
+build), not at the top: the evaluate stage and `mlp reproduce` load this
+module through pipeline.lineage and would otherwise start TensorFlow (about
+2 s) only to compare or digest a recorded fingerprint.
 """
 
 from __future__ import annotations
@@ -17,10 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
-
-# Private, but the only place TensorFlow says whether its oneDNN operations are on.
-from tensorflow.python.util import _pywrap_util_port
 
 # scikit-learn's dependency: which BLAS kernels NumPy's library chose at run time.
 from threadpoolctl import threadpool_info
@@ -145,6 +146,8 @@ def schedulable_cores() -> int:
 
 def threads() -> dict[str, int]:
     """TensorFlow's thread pool sizes in force: set in code, else by environment, else one per schedulable core."""
+    import tensorflow as tf
+
     cores = schedulable_cores()
     intra = tf.config.threading.get_intra_op_parallelism_threads()
     inter = tf.config.threading.get_inter_op_parallelism_threads()
@@ -156,6 +159,9 @@ def threads() -> dict[str, int]:
 
 def onednn() -> dict[str, Any]:
     """Whether TensorFlow's oneDNN operations are on, and why: the variable, or TensorFlow's default for this CPU."""
+    # Private, but the only place TensorFlow says whether its oneDNN operations are on.
+    from tensorflow.python.util import _pywrap_util_port
+
     setting = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
     enabled = bool(_pywrap_util_port.IsMklEnabled())
     return {
@@ -166,6 +172,8 @@ def onednn() -> dict[str, Any]:
 
 
 def tensorflow_build() -> dict[str, Any]:
+    import tensorflow as tf
+
     return {
         "version": tf.version.VERSION,
         "git_version": tf.version.GIT_VERSION,
