@@ -32,7 +32,7 @@ import keras
 import mlflow
 import tensorflow as tf
 
-from pipeline import determinism, lineage
+from pipeline import determinism, lineage, search_trial
 from pipeline.checkpoints import Checkpoint, TrainingState, best_weights, fingerprint, restore_variables
 from pipeline.config import ModelConfig, OptimizerConfig, Params, TrainConfig, flatten, load_params
 from pipeline.errors import run_stage
@@ -227,6 +227,7 @@ def train_and_log(params: Params, training: Split, validation: Split) -> keras.M
         else:
             tags, diff = lineage.run_tags(params.dataset.files)
             tags["mlflow.runName"] = run_name(params)
+            tags |= search_trial.run_tags()  # empty unless `mlp search` runs this as a trial
             context = pipeline_run(experiment_name=params.mlflow.experiment_name, tags=tags)
         with context as run:
             run_id = run.info.run_id
@@ -236,7 +237,12 @@ def train_and_log(params: Params, training: Split, validation: Split) -> keras.M
             else:
                 record_inputs(run, params, splits, diff)
             model, history = train_with_params(
-                params, training, validation, callbacks=[epoch_logger(run_id)], checkpoint=checkpoint, run_id=run_id
+                params,
+                training,
+                validation,
+                callbacks=[epoch_logger(run_id), *search_trial.callbacks()],
+                checkpoint=checkpoint,
+                run_id=run_id,
             )
             save_model(model, MODEL_FILE)
             write_history(history, HISTORY_FILE)
