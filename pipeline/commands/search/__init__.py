@@ -71,20 +71,24 @@ def run(arguments: argparse.Namespace) -> None:
     study = create_study(study_name, location, search, max_epochs=max_epochs(search, base.train.epochs))
     fail_abandoned_trials(study)
     parent = parent_run(study, base.mlflow.experiment_name)
-    interrupted = None
+    failure = None
     if not arguments.report_only:
         deadline = time.time() + 60 * (search.budget.timeout_minutes or 10**9)
         try:
             run_workers(
                 path, study, location, workers=arguments.workers, deadline=deadline, total=search.budget.n_trials
             )
-        except KeyboardInterrupt as error:
-            interrupted = error
+        except KeyboardInterrupt:
+            # No report: it would retrain the best trial, and the user asked to stop.
+            end_parent_run(parent, "KILLED")
+            raise
+        except PipelineError as error:
+            failure = error  # a worker failed: the trials run so far are reported all the same
     directory = write_report(study, search, path, parent_run_id=parent)
-    end_parent_run(parent, "KILLED" if interrupted else "FINISHED")
+    end_parent_run(parent, "FAILED" if failure else "FINISHED")
     logger.info("report: %s", directory / "README.md")
-    if interrupted:
-        raise interrupted
+    if failure:
+        raise failure
 
 
 def parent_run(study, experiment_name: str) -> str:
