@@ -78,7 +78,17 @@ def changed(**sections) -> dict:
             "model.num_layers and model.units_per_layer go together",
         ),
     ],
-    ids=["unknown-parameter", "empty-range", "no-choices", "test-metric", "direction", "sampler", "pruner", "budget", "layers"],
+    ids=[
+        "unknown-parameter",
+        "empty-range",
+        "no-choices",
+        "test-metric",
+        "direction",
+        "sampler",
+        "pruner",
+        "budget",
+        "layers",
+    ],
 )
 def test_bad_search_files_are_refused_naming_the_key_and_what_is_allowed(tmp_path, content, message):
     path = write(tmp_path, content)

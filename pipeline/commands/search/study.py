@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 from pipeline import search_trial
 from pipeline.commands.search.schema import Sampler, Search
 from pipeline.errors import ConfigError
-from pipeline.tracking import OWNER_HOST, owner_is_alive, owner_tags, repository_root
+from pipeline.tracking import OWNER_HOST, client, owner_is_alive, owner_tags, repository_root
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ def open_study(study_name: str, location: str, search: Search) -> optuna.Study:
 def create_study(study_name: str, location: str, search: Search, *, max_epochs: int) -> optuna.Study:
     """Create the study or join it; refuse to join one started from another search file."""
     pruner_spec = search.pruner.spec(max_epochs)
-    fingerprint = json.dumps(search.model_dump(mode="json"), sort_keys=True)
+    # The budget may change between runs (a longer search); what is searched, and for what, may not.
+    fingerprint = json.dumps(search.model_dump(mode="json", exclude={"budget"}), sort_keys=True)
     study = optuna.create_study(
         study_name=study_name,
         storage=search_trial.open_storage(location),
@@ -119,9 +120,17 @@ def fail_abandoned_trials(study: optuna.Study) -> list[int]:
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # another process failed it first
             failed.append(trial.number)
+            tag_failed(trial)
     for number in failed:
         logger.warning("trial %d: its worker is gone (killed or crashed); marked FAIL", number)
     return failed
+
+
+def tag_failed(trial: optuna.trial.FrozenTrial) -> None:
+    """Mark the trial's MLflow run failed: its train process may have finished it after the worker died."""
+    run_id = trial.user_attrs.get(search_trial.RUN_ATTRIBUTE)
+    if run_id:
+        client().set_tag(run_id, search_trial.STATE_TAG, "failed")
 
 
 @contextmanager
