@@ -112,7 +112,7 @@ def test_search_prunes_reports_and_its_best_experiment_retrains_the_same_weights
     assert metrics["weights_sha256"] == best["best_trial"]["weights_sha256"]
 
     # Deterministic: a fresh study of the same search file draws the same parameters, trial by trial.
-    mlp_search(path, "--study", "tiny_again")
+    mlp_search(path, "--study", "tiny_again", "--no-report")
     again = journal(path, "tiny_again")
     assert [trial.params for trial in again.trials] == [trial.params for trial in study.trials]
     assert [trial.state for trial in again.trials] == states
@@ -175,3 +175,69 @@ def test_an_interrupted_search_marks_its_trial_failed_and_continues_to_its_budge
         (failed,) = by_trial[number]
         assert failed.info.status in ("KILLED", "FAILED") and failed.data.tags["search.state"] == "failed"
     assert all(item.info.status != "RUNNING" for item in runs(path))
+
+
+@pytest.fixture
+def team_server(tmp_path):
+    """`mlp server start` on free ports: PostgreSQL (with the search database) and MLflow with basic auth."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    state = tmp_path / "server"
+    run(["mlp", "server", "start", "--state-dir", str(state), "--port", str(port), "--workers", "1"], cwd=tmp_path)
+    yield state, f"http://127.0.0.1:{port}"
+    run(["mlp", "server", "stop", "--state-dir", str(state)], cwd=tmp_path)
+
+
+@pytest.mark.slow
+def test_two_groups_of_workers_share_one_study_through_postgresql(tmp_path, tiny_dataset_server, team_server):
+    state, url = team_server
+    postgres_port = json.loads((state / "runtime.json").read_text())["postgres_port"]
+    # No password in the URL: libpq reads it from the server's pgpass file.
+    storage = f"postgresql+psycopg://mlflow@127.0.0.1:{postgres_port}/optuna"
+    environment = {
+        "MLFLOW_TRACKING_URI": url,
+        "MLFLOW_TRACKING_USERNAME": "admin",
+        "MLFLOW_TRACKING_PASSWORD": (state / "admin_password").read_text().strip(),
+        "PGPASSFILE": str(state / "pgpass"),
+        "MLP_SEARCH_STORAGE": storage,
+    }
+    search = TINY_SEARCH | {"pruner": {"name": "none"}, "budget": {"n_trials": 5}}
+    clones = [search_project(tmp_path / name, tiny_dataset_server, search) for name in ("first", "second")]
+    command = [sys.executable, "-m", "pipeline.cli", "search", "tiny", "--no-report"]
+    full_environment = {**os.environ, "PATH": f"{BIN_DIRECTORY}{os.pathsep}{os.environ['PATH']}", **environment}
+    first = subprocess.Popen([*command, "--workers", "2"], cwd=clones[0], env=full_environment, stderr=subprocess.PIPE)
+    study_storage = optuna.storages.RDBStorage(storage)
+    # The first group creates the study (and its tables); the second joins it.
+    wait_for(lambda: "mlflow_parent_run_id" in load_attributes(study_storage), 120, "the study")
+    second = subprocess.Popen([*command, "--workers", "1"], cwd=clones[1], env=full_environment, stderr=subprocess.PIPE)
+    assert first.wait(timeout=600) == 0, first.stderr.read().decode()[-3000:]
+    assert second.wait(timeout=600) == 0, second.stderr.read().decode()[-3000:]
+
+    study = optuna.load_study(study_name="tiny", storage=study_storage)
+    numbers = [trial.number for trial in study.trials]
+    assert len(numbers) >= 5 and all(trial.state == TrialState.COMPLETE for trial in study.trials)
+    # Each trial is a DVC experiment of the clone that ran it: the groups' counts add up, none twice.
+    names = [run(["dvc", "exp", "list", "--name-only"], cwd=clone).stdout.split() for clone in clones]
+    assert all(names), names
+    assert sorted(names[0] + names[1]) == [f"tiny-trial-{number:03d}" for number in sorted(numbers)]
+    client = mlflow.MlflowClient(url)
+    os.environ.update({key: environment[key] for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")})
+    try:
+        experiment = client.get_experiment_by_name("keras-mlp").experiment_id
+        trial_runs = client.search_runs([experiment], "tags.`search.study` = 'tiny'", max_results=1000)
+    finally:
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            os.environ.pop(key)
+    numbers_run = sorted(int(item.data.tags["search.trial"]) for item in trial_runs if "search.trial" in item.data.tags)
+    assert numbers_run == sorted(numbers)
+    print(f"\ntrials: {len(numbers)}, first group {len(names[0])}, second group {len(names[1])}")
+
+
+def load_attributes(storage) -> dict:
+    try:
+        return storage.get_study_user_attrs(storage.get_study_id_from_name("tiny"))
+    except KeyError:
+        return {}

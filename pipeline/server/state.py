@@ -19,6 +19,8 @@ DATABASE_ROLE = "mlflow"
 AUTH_CACHE_SECONDS = 60
 TRACKING_DATABASE = "mlflow"
 AUTH_DATABASE = "mlflow_auth"
+# Optuna's studies for `mlp search --storage postgresql+psycopg://mlflow@127.0.0.1:<port>/optuna`.
+SEARCH_DATABASE = "optuna"
 
 
 class ServerError(PipelineError):

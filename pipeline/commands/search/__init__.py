@@ -49,7 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: $MLP_SEARCH_STORAGE, else a journal file in .search/<study>/)",
     )
     parser.add_argument("--study", help="the study's name (default: the search's)")
-    parser.add_argument("--report-only", action="store_true", help="write the report from the trials run; run none")
+    reporting = parser.add_mutually_exclusive_group()
+    reporting.add_argument("--report-only", action="store_true", help="write the report from the trials run; run none")
+    reporting.add_argument(
+        "--no-report",
+        action="store_true",
+        help="run trials only (e.g. on a machine joining a study another one reports): no test evaluation",
+    )
 
 
 def run(arguments: argparse.Namespace) -> None:
@@ -80,13 +86,14 @@ def run(arguments: argparse.Namespace) -> None:
             )
         except KeyboardInterrupt:
             # No report: it would retrain the best trial, and the user asked to stop.
-            end_parent_run(parent, "KILLED")
+            end_parent_run(study, parent, "KILLED")
             raise
         except PipelineError as error:
             failure = error  # a worker failed: the trials run so far are reported all the same
-    directory = write_report(study, search, path, parent_run_id=parent)
-    end_parent_run(parent, "FAILED" if failure else "FINISHED")
-    logger.info("report: %s", directory / "README.md")
+    if not arguments.no_report:
+        directory = write_report(study, search, path, parent_run_id=parent)
+        logger.info("report: %s", directory / "README.md")
+    end_parent_run(study, parent, "FAILED" if failure else "FINISHED")
     if failure:
         raise failure
 
@@ -106,10 +113,14 @@ def parent_run(study, experiment_name: str) -> str:
     return run.info.run_id
 
 
-def end_parent_run(run_id: str, status: str) -> None:
+def end_parent_run(study, run_id: str, status: str) -> None:
+    """End the study's run, unless trials still run (workers of another machine): then the last to stop ends it."""
+    from optuna.trial import TrialState
+
     from pipeline.tracking import client
 
-    client().set_terminated(run_id, status)
+    if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        client().set_terminated(run_id, status)
 
 
 def start_worker(path: Path, study_name: str, location: str, index: int, deadline: float) -> subprocess.Popen:
