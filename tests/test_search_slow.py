@@ -192,7 +192,9 @@ def team_server(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_groups_of_workers_share_one_study_through_postgresql(tmp_path, tiny_dataset_server, team_server):
+def test_two_groups_of_workers_share_one_study_through_postgresql(
+    tmp_path, tiny_dataset_server, team_server, monkeypatch
+):
     state, url = team_server
     postgres_port = json.loads((state / "runtime.json").read_text())["postgres_port"]
     # No password in the URL: libpq reads it from the server's pgpass file.
@@ -204,6 +206,8 @@ def test_two_groups_of_workers_share_one_study_through_postgresql(tmp_path, tiny
         "PGPASSFILE": str(state / "pgpass"),
         "MLP_SEARCH_STORAGE": storage,
     }
+    for key in ("PGPASSFILE", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(key, environment[key])  # for this test's own look at the study and the runs
     search = TINY_SEARCH | {"pruner": {"name": "none"}, "budget": {"n_trials": 5}}
     clones = [search_project(tmp_path / name, tiny_dataset_server, search) for name in ("first", "second")]
     command = [sys.executable, "-m", "pipeline.cli", "search", "tiny", "--no-report"]
@@ -224,13 +228,8 @@ def test_two_groups_of_workers_share_one_study_through_postgresql(tmp_path, tiny
     assert all(names), names
     assert sorted(names[0] + names[1]) == [f"tiny-trial-{number:03d}" for number in sorted(numbers)]
     client = mlflow.MlflowClient(url)
-    os.environ.update({key: environment[key] for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")})
-    try:
-        experiment = client.get_experiment_by_name("keras-mlp").experiment_id
-        trial_runs = client.search_runs([experiment], "tags.`search.study` = 'tiny'", max_results=1000)
-    finally:
-        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-            os.environ.pop(key)
+    experiment = client.get_experiment_by_name("keras-mlp").experiment_id
+    trial_runs = client.search_runs([experiment], "tags.`search.study` = 'tiny'", max_results=1000)
     numbers_run = sorted(int(item.data.tags["search.trial"]) for item in trial_runs if "search.trial" in item.data.tags)
     assert numbers_run == sorted(numbers)
     print(f"\ntrials: {len(numbers)}, first group {len(names[0])}, second group {len(names[1])}")

@@ -107,12 +107,8 @@ def read_record(run_id: str) -> RecordedRun:
         raise PipelineError(f"run {run_id} not found in the MLflow store {tracking.tracking_uri()}") from None
     tags = original.data.tags
     test_metrics = {name: value for name, value in original.data.metrics.items() if name.startswith("test_")}
-    # A search trial trains only (it never reads the test split): its weights alone are compared.
-    if (
-        not tags.get("git.commit")
-        or not tags.get("model.weights_sha256")
-        or not (test_metrics or "search.trial" in tags)
-    ):
+    scored = test_metrics or "search.trial" in tags  # a search trial never reads the test split: weights only
+    if not tags.get("git.commit") or not tags.get("model.weights_sha256") or not scored:
         raise PipelineError(
             f"run {run_id} has no complete lineage record (git.commit, model.weights_sha256 and test metrics "
             "are needed): it was not made by this pipeline, or its evaluate stage did not finish"

@@ -147,6 +147,8 @@ def one_trial(study: optuna.Study, search: Search) -> TrialState:
     tag_run(study, trial, state.name.lower())
     if state == TrialState.FAIL:
         logger.warning("trial %d failed: see %s", trial.number, log)
+    else:
+        logger.info("trial %d %s (%s), %.1f s", trial.number, state.name.lower(), value, time.monotonic() - start)
     return state
 
 
