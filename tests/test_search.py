@@ -141,3 +141,43 @@ def test_mlp_search_refuses_a_bad_file_in_one_line_and_exits_1(tmp_path):
         f"{errors[0].split(' pipeline ERROR')[0]} pipeline ERROR: {path}: objective.metric: test_accuracy: "
         "a search never looks at the test split; allowed: val_accuracy, val_loss"
     ]
+
+
+@pytest.mark.parametrize("pruner", ["median", "successive_halving", "hyperband", "none"])
+def test_the_train_stage_finds_its_trial_and_the_study_pruner(tmp_path, monkeypatch, pruner):
+    import optuna
+
+    from pipeline import search_trial
+    from pipeline.commands.search.schema import Pruner
+    from pipeline.commands.search.study import create_study
+
+    search = load_search(write(tmp_path, changed(pruner={"name": pruner})))
+    location = str(tmp_path / "study.journal")
+    study = create_study("tiny", location, search, max_epochs=4)
+    study.set_user_attr("mlflow_parent_run_id", "parent-run")
+    asked = study.ask()
+    asked.suggest_float("model.dropout_rate", 0.0, 0.5)
+    for variable, value in {
+        search_trial.TRIAL_VARIABLE: str(asked.number),
+        search_trial.STORAGE_VARIABLE: location,
+        search_trial.STUDY_VARIABLE: "tiny",
+        search_trial.PARENT_RUN_VARIABLE: "parent-run",
+    }.items():
+        monkeypatch.setenv(variable, value)
+    trial, metric = search_trial.current_trial()
+    assert (trial.number, metric) == (asked.number, "val_accuracy")
+    assert type(trial.study.pruner).__name__ == type(search_trial.make_pruner(Pruner(name=pruner).spec(4))).__name__
+    trial.report(0.5, step=1)
+    assert trial.should_prune() is False  # the first trial: nothing to compare with
+    tags = search_trial.run_tags()
+    assert tags["mlflow.parentRunId"] == "parent-run" and tags["search.trial"] == str(asked.number)
+    assert float(tags["search.param.model.dropout_rate"]) == asked.params["model.dropout_rate"]
+    assert study.trials[0].intermediate_values == {1: 0.5}
+    assert isinstance(study, optuna.Study)
+
+
+def test_without_a_trial_the_train_stage_gets_no_tags_and_no_callbacks(monkeypatch):
+    from pipeline import search_trial
+
+    monkeypatch.delenv(search_trial.TRIAL_VARIABLE, raising=False)
+    assert search_trial.run_tags() == {} and search_trial.callbacks() == []
