@@ -87,6 +87,12 @@ def run_tags() -> dict[str, str]:
     return tags | {f"search.param.{name}": json.dumps(value) for name, value in trial.params.items()}
 
 
+def checkpoint_owner() -> dict[str, str]:
+    """Part of the checkpoint's fingerprint: a trial never resumes the checkpoint another trial left
+    (pruned or killed with the same params), which would continue that trial's MLflow run."""
+    return {"search_trial": f"{os.environ[STUDY_VARIABLE]}/{os.environ[TRIAL_VARIABLE]}"} if is_trial() else {}
+
+
 def callbacks() -> list[keras.callbacks.Callback]:
     return [TrialReporter(*current_trial())] if is_trial() else []
 

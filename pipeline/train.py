@@ -217,7 +217,7 @@ def train_and_log(params: Params, training: Split, validation: Split) -> keras.M
 
     After a crash, training resumes from its checkpoint and continues the same run."""
     splits = {"train": training, "validation": validation}
-    settings = params.model_dump(include={"seed", "model", "optimizer", "train"})
+    settings = params.model_dump(include={"seed", "model", "optimizer", "train"}) | search_trial.checkpoint_owner()
     key = fingerprint(settings, [array for split in splits.values() for array in split], Path(__file__).parent)
     with Checkpoint(repository_root(), key) as checkpoint:
         saved = checkpoint.load()

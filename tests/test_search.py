@@ -173,6 +173,8 @@ def test_the_train_stage_finds_its_trial_and_the_study_pruner(tmp_path, monkeypa
     assert tags["mlflow.parentRunId"] == "parent-run" and tags["search.trial"] == str(asked.number)
     assert float(tags["search.param.model.dropout_rate"]) == asked.params["model.dropout_rate"]
     assert study.trials[0].intermediate_values == {1: 0.5}
+    # Its checkpoint is its own: another trial with the same params never resumes it.
+    assert search_trial.checkpoint_owner() == {"search_trial": f"tiny/{asked.number}"}
     assert isinstance(study, optuna.Study)
 
 
@@ -180,4 +182,4 @@ def test_without_a_trial_the_train_stage_gets_no_tags_and_no_callbacks(monkeypat
     from pipeline import search_trial
 
     monkeypatch.delenv(search_trial.TRIAL_VARIABLE, raising=False)
-    assert search_trial.run_tags() == {} and search_trial.callbacks() == []
+    assert search_trial.run_tags() == {} and search_trial.callbacks() == [] and search_trial.checkpoint_owner() == {}
