@@ -60,6 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(arguments: argparse.Namespace) -> None:
     """Check the search, run its trials to the budget on `--workers` processes, write the report."""
+    import optuna
+
     from pipeline import search_trial
     from pipeline.commands.search.report import write_report
     from pipeline.commands.search.study import create_study, default_storage, fail_abandoned_trials
@@ -73,6 +75,7 @@ def run(arguments: argparse.Namespace) -> None:
     base = parse_params(compose(search.base_overrides()), path)
     study_name = arguments.study or path.stem
     current_commit()  # trials are DVC experiments: they need a commit to start from
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says it all
     location = arguments.storage or os.environ.get(search_trial.STORAGE_VARIABLE) or default_storage(study_name)
     study = create_study(study_name, location, search, max_epochs=max_epochs(search, base.train.epochs))
     fail_abandoned_trials(study)

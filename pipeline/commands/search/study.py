@@ -19,6 +19,7 @@ import json
 import logging
 import socket
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -109,7 +110,9 @@ def record_owner(study: optuna.Study, trial: optuna.Trial) -> None:
 def fail_abandoned_trials(study: optuna.Study) -> list[int]:
     """Mark FAIL the RUNNING trials whose worker is gone; return their numbers."""
     failed = []
-    optuna.storages.fail_stale_trials(study)  # heartbeats, where the storage keeps them
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.9; what optimize() itself calls
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # heartbeats, where the storage keeps them
     host = socket.gethostname()
     for trial in trials_in(study, TrialState.RUNNING):
         owner = trial.system_attrs.get(OWNER_ATTRIBUTE)
