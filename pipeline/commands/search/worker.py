@@ -143,7 +143,10 @@ def one_trial(study: optuna.Study, search: Search) -> TrialState:
     if fitted:
         trial.set_user_attr("fit_seconds", float(fitted[-1]))
     state, value = outcome(study, trial, returncode)
-    study.tell(trial, value, state=state) if state == TrialState.COMPLETE else study.tell(trial, state=state)
+    if state == TrialState.COMPLETE:
+        study.tell(trial, value)
+    else:
+        study.tell(trial, state=state)
     tag_run(study, trial, state.name.lower())
     if state == TrialState.FAIL:
         logger.warning("trial %d failed: see %s", trial.number, log)
