@@ -183,3 +183,12 @@ def test_without_a_trial_the_train_stage_gets_no_tags_and_no_callbacks(monkeypat
 
     monkeypatch.delenv(search_trial.TRIAL_VARIABLE, raising=False)
     assert search_trial.run_tags() == {} and search_trial.callbacks() == [] and search_trial.checkpoint_owner() == {}
+
+
+def test_a_study_name_that_cannot_name_a_folder_or_an_experiment_is_refused(tmp_path):
+    path = write(tmp_path, VALID)
+    result = run(
+        [sys.executable, "-m", "pipeline.cli", "search", str(path), "--study", "a/b"], cwd=REPOSITORY, check=False
+    )
+    assert result.returncode == 1
+    assert "study name 'a/b': use letters, digits, '_' and '-' only" in result.stderr

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -60,6 +61,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(arguments: argparse.Namespace) -> None:
     """Check the search, run its trials to the budget on `--workers` processes, write the report."""
+    path = search_path(arguments.search)
+    search = load_search(path)
+    if arguments.workers < 0 or (arguments.workers == 0 and not arguments.report_only):
+        raise ConfigError(f"--workers {arguments.workers}: give 1 or more")
+    study_name = arguments.study or path.stem
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", study_name):
+        # It names a folder, DVC experiments and an experiment file.
+        raise ConfigError(f"study name {study_name!r}: use letters, digits, '_' and '-' only")
+    check_values(search, path)
+    # Only now: a refused file or name is told in a second, without loading Optuna, MLflow and TensorFlow.
     import optuna
 
     from pipeline import search_trial
@@ -67,13 +78,7 @@ def run(arguments: argparse.Namespace) -> None:
     from pipeline.commands.search.study import create_study, default_storage, fail_abandoned_trials
     from pipeline.commands.study.runner import current_commit
 
-    path = search_path(arguments.search)
-    search = load_search(path)
-    if arguments.workers < 0 or (arguments.workers == 0 and not arguments.report_only):
-        raise ConfigError(f"--workers {arguments.workers}: give 1 or more")
-    check_values(search, path)
     base = parse_params(compose(search.base_overrides()), path)
-    study_name = arguments.study or path.stem
     current_commit()  # trials are DVC experiments: they need a commit to start from
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says it all
     location = arguments.storage or os.environ.get(search_trial.STORAGE_VARIABLE) or default_storage(study_name)
