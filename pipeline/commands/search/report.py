@@ -40,6 +40,7 @@ def write_report(study: optuna.Study, search: Search, path: Path, *, parent_run_
     if completed:
         best = study.best_trial
         facts |= best_facts(study, search, best, parent_run_id=parent_run_id)
+        facts["param_importances"] = importances(study)
         client().log_metric(parent_run_id, f"best_{search.objective.metric}", best.value)
         draw_plots(study, directory, metric=search.objective.metric)
     write_json(directory / "best.json", facts)
@@ -108,11 +109,27 @@ def draw_plots(study: optuna.Study, directory: Path, *, metric: str) -> None:
         save_figure(axes.figure, directory / "optimization_history.png")
         if len(trials_in(study, TrialState.COMPLETE)) >= 2:
             try:
-                axes = optuna_plots.plot_param_importances(study, target_name=metric)
+                axes = optuna_plots.plot_param_importances(study, evaluator=evaluator(), target_name=metric)
                 save_figure(axes.figure, directory / "param_importances.png")
             except (RuntimeError, ValueError) as error:  # e.g. every completed trial had the same params
                 logger.warning("no parameter importance plot: %s", error)
                 plt.close("all")
+
+
+def evaluator():
+    # fANOVA's random forest, seeded: the same trials give the same importances.
+    return optuna.importance.FanovaImportanceEvaluator(seed=0)
+
+
+def importances(study: optuna.Study) -> dict[str, float]:
+    """Each parameter's share of the objective's variance over the completed trials (fANOVA)."""
+    if len(trials_in(study, TrialState.COMPLETE)) < 2:
+        return {}
+    try:
+        found = optuna.importance.get_param_importances(study, evaluator=evaluator())
+    except (RuntimeError, ValueError):
+        return {}
+    return {name: round(value, 3) for name, value in found.items()}
 
 
 def readme(study_name: str, path: Path, facts: dict, *, plots: list[Path]) -> str:
@@ -150,6 +167,9 @@ def readme(study_name: str, path: Path, facts: dict, *, plots: list[Path]) -> st
         lines += [
             f"- retrain it: `dvc exp run -S experiment={best_experiment_name(study_name)}`",
         ]
+    if facts.get("param_importances"):
+        lines += ["", "## What mattered (fANOVA importance)", "", "| parameter | importance |", "|---|---|"]
+        lines += [f"| `{name}` | {value:.3f} |" for name, value in facts["param_importances"].items()]
     for plot in plots:
         lines += ["", f"![{plot.stem.replace('_', ' ')}]({plot.name})"]
     return "\n".join(lines) + "\n"
