@@ -111,6 +111,10 @@ def test_search_prunes_reports_and_its_best_experiment_retrains_the_same_weights
     metrics = json.loads((path / "reports/metrics.json").read_text())
     assert metrics["weights_sha256"] == best["best_trial"]["weights_sha256"]
 
+    # And `mlp reproduce` rebuilds the trial's run from its lineage, to the same weights.
+    reproduced = run([sys.executable, "-m", "pipeline.cli", "reproduce", best["best_trial"]["mlflow_run_id"]], cwd=path)
+    assert "verdict: identical" in reproduced.stdout
+
     # Deterministic: a fresh study of the same search file draws the same parameters, trial by trial.
     mlp_search(path, "--study", "tiny_again", "--no-report")
     again = journal(path, "tiny_again")
