@@ -13,7 +13,7 @@ from pipeline.errors import PipelineError
 STATE_DIRECTORY = Path(".server")
 ADMIN_USERNAME = "admin"
 # PostgreSQL: the superuser only `mlp server` itself uses (create, back up, restore), and the role
-# the MLflow server connects as, owner of its two databases and nothing else.
+# the MLflow server connects as, owner of its databases (tracking, users, search studies) and nothing else.
 SUPERUSER = "postgres"
 DATABASE_ROLE = "mlflow"
 AUTH_CACHE_SECONDS = 60
