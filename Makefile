@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 # Stage commands in dvc.yaml call `python`: it must be the environment's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro study bench test test-slow lint params lock server server-stop
+.PHONY: setup repro study search bench test test-slow lint params lock server server-stop
 
 setup: $(INSTALLED)
 
@@ -29,6 +29,14 @@ repro: $(INSTALLED)
 STUDY ?= atienza_table_1_3_2
 study: $(INSTALLED)
 	mlp study $(STUDY)
+
+# Search hyperparameters with Optuna (conf/search/$(SEARCH).yaml) on $(WORKERS)
+# worker processes and write reports/search/$(SEARCH)/. Run it again to continue
+# after an interruption. Other searches: make search SEARCH=<name in conf/search/>.
+SEARCH ?= mnist
+WORKERS ?= 2
+search: $(INSTALLED)
+	mlp search $(SEARCH) --workers $(WORKERS)
 
 # Training speed side by side: the seed tutorial's plain Keras program,
 # scikit-learn and this pipeline, on MNIST (needs data/ from `make repro`).

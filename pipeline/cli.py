@@ -17,6 +17,7 @@ COMMANDS = {
     "params": "compose conf/ into params.yaml, as `dvc exp run` does",
     "reproduce": "re-run a recorded MLflow run from its lineage and compare, or check repeatability",
     "tolerance": "measure how far the test metrics move across seeds, for reproduce to judge other machines by",
+    "search": "search hyperparameters with Optuna: every trial a DVC experiment and an MLflow run, pruned, resumable",
     "study": "re-run a published table of configurations as DVC experiments and report",
     "server": "run the team's tracking server (PostgreSQL + MLflow with basic auth): start, stop, status, backup",
     "predict": "classify images or feature rows with the trained model or a registered one",

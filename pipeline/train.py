@@ -32,7 +32,7 @@ import keras
 import mlflow
 import tensorflow as tf
 
-from pipeline import determinism, lineage
+from pipeline import determinism, lineage, search_trial
 from pipeline.checkpoints import Checkpoint, TrainingState, best_weights, fingerprint, restore_variables
 from pipeline.config import ModelConfig, OptimizerConfig, Params, TrainConfig, flatten, load_params
 from pipeline.errors import run_stage
@@ -214,7 +214,7 @@ def train_and_log(params: Params, training: Split, validation: Split) -> keras.M
 
     After a crash, training resumes from its checkpoint and continues the same run."""
     splits = {"train": training, "validation": validation}
-    settings = params.model_dump(include={"seed", "model", "optimizer", "train"})
+    settings = params.model_dump(include={"seed", "model", "optimizer", "train"}) | search_trial.checkpoint_owner()
     key = fingerprint(settings, [array for split in splits.values() for array in split], Path(__file__).parent)
     with Checkpoint(repository_root(), key) as checkpoint:
         saved = checkpoint.load()
@@ -224,6 +224,7 @@ def train_and_log(params: Params, training: Split, validation: Split) -> keras.M
         else:
             run_lineage = lineage.new_run_lineage(params.dataset.name, params.dataset.files)
             tags = {**lineage.run_tags(run_lineage.record), "mlflow.runName": run_name(params)}
+            tags |= search_trial.run_tags()  # empty unless `mlp search` runs this as a trial
             context = pipeline_run(experiment_name=params.mlflow.experiment_name, tags=tags)
         with context as run:
             run_id = run.info.run_id
@@ -233,7 +234,12 @@ def train_and_log(params: Params, training: Split, validation: Split) -> keras.M
             else:
                 record_inputs(run, params, splits, run_lineage)
             model, history = train_with_params(
-                params, training, validation, callbacks=[epoch_logger(run_id)], checkpoint=checkpoint, run_id=run_id
+                params,
+                training,
+                validation,
+                callbacks=[epoch_logger(run_id), *search_trial.callbacks()],
+                checkpoint=checkpoint,
+                run_id=run_id,
             )
             save_model(model, MODEL_FILE)
             write_history(history, HISTORY_FILE)

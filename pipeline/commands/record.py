@@ -55,7 +55,8 @@ def read_record(run_id: str) -> RecordedRun:
     test_metrics = {name: value for name, value in original.data.metrics.items() if name.startswith("test_")}
     lineage = read_lineage(run_id) or lineage_from_tags(run_id, tags)
     code = lineage.get("code") or {}
-    if not code.get("commit") or not tags.get(WEIGHTS_TAG) or not test_metrics:
+    scored = test_metrics or "search.trial" in tags  # a search trial never reads the test split: weights only
+    if not code.get("commit") or not tags.get(WEIGHTS_TAG) or not scored:
         raise PipelineError(
             f"run {run_id} has no complete lineage record (a commit in {LINEAGE_ARTIFACT}, the tag {WEIGHTS_TAG} "
             "and test metrics are needed): it was not made by this pipeline, or its evaluate stage did not finish"

@@ -28,6 +28,7 @@ import psycopg
 from pipeline.server.state import (
     AUTH_DATABASE,
     DATABASE_ROLE,
+    SEARCH_DATABASE,
     SUPERUSER,
     TRACKING_DATABASE,
     ServerError,
@@ -132,12 +133,12 @@ def psql(state: StateFolder, port: int, sql: str, database: str = "postgres", us
 
 
 def create_databases(state: StateFolder, port: int) -> None:
-    """The MLflow role and its two databases, if missing."""
+    """The MLflow role and its databases (tracking, users, search studies), if missing."""
     password = state.secrets()["database_role"]
     exists = psql(state, port, f"SELECT 1 FROM pg_roles WHERE rolname = '{DATABASE_ROLE}'").strip()
     if not exists:
         psql(state, port, f"CREATE ROLE {DATABASE_ROLE} LOGIN PASSWORD '{password}'")
-    for database in (TRACKING_DATABASE, AUTH_DATABASE):
+    for database in (TRACKING_DATABASE, AUTH_DATABASE, SEARCH_DATABASE):
         if not psql(state, port, f"SELECT 1 FROM pg_database WHERE datname = '{database}'").strip():
             psql(state, port, f"CREATE DATABASE {database} OWNER {DATABASE_ROLE}")
 

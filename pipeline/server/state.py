@@ -13,12 +13,14 @@ from pipeline.errors import PipelineError
 STATE_DIRECTORY = Path(".server")
 ADMIN_USERNAME = "admin"
 # PostgreSQL: the superuser only `mlp server` itself uses (create, back up, restore), and the role
-# the MLflow server connects as, owner of its two databases and nothing else.
+# the MLflow server connects as, owner of its databases (tracking, users, search studies) and nothing else.
 SUPERUSER = "postgres"
 DATABASE_ROLE = "mlflow"
 AUTH_CACHE_SECONDS = 60
 TRACKING_DATABASE = "mlflow"
 AUTH_DATABASE = "mlflow_auth"
+# Optuna's studies for `mlp search --storage postgresql+psycopg://mlflow@127.0.0.1:<port>/optuna`.
+SEARCH_DATABASE = "optuna"
 
 
 class ServerError(PipelineError):

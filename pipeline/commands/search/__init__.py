@@ -1,0 +1,189 @@
+"""Search hyperparameters with Optuna; every trial is a DVC experiment and an MLflow run.
+
+    mlp search mnist --workers 2 [--storage postgresql+psycopg://...] [--study NAME]
+
+A search (conf/search/<name>.yaml, pipeline.commands.search.schema) is checked
+whole before any trial. K worker processes then share the study through its
+storage (pipeline.commands.search.study), each running one trial at a time as
+`dvc exp run --temp ... train` (pipeline.commands.search.worker); the same
+command on another machine with the same PostgreSQL storage joins the study.
+The budget counts completed and pruned trials over all workers. Trial runs are
+children of one MLflow run for the study.
+
+Interrupted (Ctrl+C, SIGTERM), the workers stop their trials, marked FAIL; run
+the command again and the study continues to its budget. At the end the report
+(pipeline.commands.search.report) goes to reports/search/<study>/ and the best
+configuration to conf/experiment/<study>_best.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipeline.commands.search.schema import check_values, load_search, max_epochs, search_path
+from pipeline.config import compose, parse_params
+from pipeline.errors import ConfigError, PipelineError
+
+# Optuna, MLflow and TensorFlow (pipeline.search_trial, .study, .report: about 6 s) are imported
+# in the functions that use them: `mlp search --help` and a refused search file need none of them.
+
+logger = logging.getLogger(__name__)
+
+POLL_SECONDS = 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("search", help="a search in conf/search/ (e.g. mnist) or a path to a search file")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    parser.add_argument(
+        "--storage",
+        metavar="URL",
+        help="the study's storage: postgresql+psycopg://... to share it between machines "
+        "(default: $MLP_SEARCH_STORAGE, else a journal file in .search/<study>/)",
+    )
+    parser.add_argument("--study", help="the study's name (default: the search's)")
+    reporting = parser.add_mutually_exclusive_group()
+    reporting.add_argument("--report-only", action="store_true", help="write the report from the trials run; run none")
+    reporting.add_argument(
+        "--no-report",
+        action="store_true",
+        help="run trials only (e.g. on a machine joining a study another one reports): no test evaluation",
+    )
+
+
+def run(arguments: argparse.Namespace) -> None:
+    """Check the search, run its trials to the budget on `--workers` processes, write the report."""
+    path = search_path(arguments.search)
+    search = load_search(path)
+    if arguments.workers < 0 or (arguments.workers == 0 and not arguments.report_only):
+        raise ConfigError(f"--workers {arguments.workers}: give 1 or more")
+    study_name = arguments.study or path.stem
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", study_name):
+        # It names a folder, DVC experiments and an experiment file.
+        raise ConfigError(f"study name {study_name!r}: use letters, digits, '_' and '-' only")
+    check_values(search, path)
+    # Only now: a refused file or name is told in a second, without loading Optuna, MLflow and TensorFlow.
+    import optuna
+
+    from pipeline import search_trial
+    from pipeline.commands.search.report import write_report
+    from pipeline.commands.search.study import create_study, default_storage, fail_abandoned_trials
+    from pipeline.commands.study.runner import current_commit
+
+    base = parse_params(compose(search.base_overrides()), path)
+    current_commit()  # trials are DVC experiments: they need a commit to start from
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says it all
+    location = arguments.storage or os.environ.get(search_trial.STORAGE_VARIABLE) or default_storage(study_name)
+    study = create_study(study_name, location, search, max_epochs=max_epochs(search, base.train.epochs))
+    fail_abandoned_trials(study)
+    parent = parent_run(study, base.mlflow.experiment_name)
+    failure = None
+    if not arguments.report_only:
+        deadline = time.time() + 60 * (search.budget.timeout_minutes or 10**9)
+        try:
+            run_workers(
+                path, study, location, workers=arguments.workers, deadline=deadline, total=search.budget.n_trials
+            )
+        except KeyboardInterrupt:
+            # No report: it would retrain the best trial, and the user asked to stop.
+            end_parent_run(study, parent, "KILLED")
+            raise
+        except PipelineError as error:
+            failure = error  # a worker failed: the trials run so far are reported all the same
+    if not arguments.no_report:
+        directory = write_report(study, search, path, parent_run_id=parent)
+        logger.info("report: %s", directory / "README.md")
+    end_parent_run(study, parent, "FAILED" if failure else "FINISHED")
+    if failure:
+        raise failure
+
+
+def parent_run(study, experiment_name: str) -> str:
+    """The study's MLflow run, parent of every trial's: created by the first `mlp search`, reopened by the next."""
+    from pipeline.commands.search.study import PARENT_RUN_ATTRIBUTE
+    from pipeline.tracking import client, experiment_id
+
+    run_id = study.user_attrs.get(PARENT_RUN_ATTRIBUTE)
+    if run_id:
+        client().update_run(run_id, status="RUNNING")
+        return run_id
+    tags = {"search.study": study.study_name, "search.role": "study", "mlflow.runName": f"search {study.study_name}"}
+    run = client().create_run(experiment_id(experiment_name), run_name=f"search {study.study_name}", tags=tags)
+    study.set_user_attr(PARENT_RUN_ATTRIBUTE, run.info.run_id)
+    return run.info.run_id
+
+
+def end_parent_run(study, run_id: str, status: str) -> None:
+    """End the study's run, unless trials still run (workers of another machine): then the last to stop ends it."""
+    from optuna.trial import TrialState
+
+    from pipeline.tracking import client
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        client().set_terminated(run_id, status)
+
+
+def start_worker(path: Path, study_name: str, location: str, index: int, deadline: float) -> subprocess.Popen:
+    from pipeline import search_trial
+    from pipeline.commands.search.study import log_directory
+
+    log = log_directory(study_name) / f"worker-{index}.log"
+    command = [sys.executable, "-m", "pipeline.commands.search.worker", str(path), study_name, str(deadline)]
+    environment = os.environ | {search_trial.STORAGE_VARIABLE: location}
+    with log.open("a", encoding="utf-8") as stream:
+        # A process group of its own: Ctrl+C reaches this process only, which stops each worker once, by SIGTERM.
+        return subprocess.Popen(command, env=environment, stdout=stream, stderr=subprocess.STDOUT, process_group=0)
+
+
+def run_workers(path: Path, study, location: str, *, workers: int, deadline: float, total: int | None) -> None:
+    """Run the workers until each has found the budget spent; show the study's progress meanwhile."""
+    from tqdm import tqdm
+
+    from pipeline.commands.search.study import log_directory
+
+    processes = [start_worker(path, study.study_name, location, index, deadline) for index in range(workers)]
+    try:
+        with tqdm(total=total, desc=study.study_name, unit="trial", dynamic_ncols=True) as bar:
+            while any(process.poll() is None for process in processes):
+                show_progress(bar, study)
+                time.sleep(POLL_SECONDS)
+            show_progress(bar, study)
+    except KeyboardInterrupt:
+        logger.warning("interrupted: stopping the workers and their trials")
+        for process in processes:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGTERM)
+        for process in processes:
+            process.wait()
+        raise
+    failed = [index for index, process in enumerate(processes) if process.returncode != 0]
+    if failed:
+        logs = ", ".join(str(log_directory(study.study_name) / f"worker-{index}.log") for index in failed)
+        raise PipelineError(f"{len(failed)} of {workers} workers failed: see {logs}")
+
+
+def show_progress(bar, study) -> None:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    counts = {state: sum(trial.state == state for trial in trials) for state in TrialState}
+    bar.n = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+    completed = [trial.value for trial in trials if trial.state == TrialState.COMPLETE]
+    best = (max if study.direction.name == "MAXIMIZE" else min)(completed) if completed else None
+    bar.set_postfix(
+        done=counts[TrialState.COMPLETE],
+        pruned=counts[TrialState.PRUNED],
+        failed=counts[TrialState.FAIL],
+        running=counts[TrialState.RUNNING],
+        best="-" if best is None else f"{best:.4f}",
+        refresh=False,
+    )
+    bar.refresh()

@@ -1,0 +1,106 @@
+"""The best trial, made a configuration of its own and scored once on the test split.
+
+The best configuration is written as conf/experiment/<study>_best.yaml, in the
+form of the other experiment files (`# @package _global_`, the group choices as
+defaults, then only the values that differ), and checked to compose to exactly
+the trial's params. The test split is read once, by the best trial only: a DVC
+experiment <study>-best-<NNN> runs the whole pipeline (train, evaluate) with
+the trial's overrides, which retrains it to the trial's weights (the train stage
+is deterministic: the report shows both sha256) and evaluates it. A best trial
+already evaluated that way is not run again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import yaml
+
+from pipeline.commands.search.schema import Search, trial_overrides
+from pipeline.commands.study.runner import committed_file, current_commit, finished_experiments, run_dvc
+from pipeline.config import compose, flatten
+from pipeline.errors import PipelineError
+from pipeline.files import write_text
+from pipeline.paths import CONFIG_DIRECTORY, METRICS_FILE
+from pipeline.tracking import client
+
+logger = logging.getLogger(__name__)
+
+GROUPS = ("dataset", "model", "optimizer", "train")
+
+
+def best_experiment_name(study_name: str) -> str:
+    return f"{study_name}_best"
+
+
+def experiment_file(study_name: str) -> Path:
+    return CONFIG_DIRECTORY / "experiment" / f"{best_experiment_name(study_name)}.yaml"
+
+
+def nested(flat: dict[str, object]) -> dict:
+    """{"a.b": 1} -> {"a": {"b": 1}}."""
+    tree: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return tree
+
+
+class FlowListDumper(yaml.SafeDumper):
+    """Lists on one line, as in the other experiment files: hidden_units: [512, 512]."""
+
+
+FlowListDumper.add_representer(
+    list, lambda dumper, value: dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=True)
+)
+
+
+def write_best_experiment(search: Search, study_name: str, trial, metric: str) -> Path:
+    """Write conf/experiment/<study>_best.yaml for `trial`; fail if it would not compose to the trial's params."""
+    overrides = trial_overrides(search, trial.params)
+    groups = [item for item in overrides if "=" in item and item.split("=", 1)[0] in GROUPS]
+    trial_params = flatten(yaml.safe_load(compose(overrides)))
+    group_params = flatten(yaml.safe_load(compose(groups)))
+    changed = {key: value for key, value in trial_params.items() if group_params.get(key) != value}
+    body = {}
+    body |= nested(changed)
+    name = best_experiment_name(study_name)
+    header = (
+        "# @package _global_\n"
+        f"# The best trial of the search {study_name}: trial {trial.number}, {metric} {trial.value:.4f},\n"
+        f"# written by `mlp search`. Run with: dvc exp run -S experiment={name}\n"
+    )
+    # The group choices as defaults (the list of single-key mappings Hydra expects, one per line).
+    defaults = "".join(f"  - override /{item.split('=', 1)[0]}: {item.split('=', 1)[1]}\n" for item in groups)
+    text = yaml.dump(body, Dumper=FlowListDumper, sort_keys=False, default_flow_style=False)
+    path = experiment_file(study_name)
+    write_text(path, header + (f"defaults:\n{defaults}\n" if groups else "") + text)
+    if flatten(yaml.safe_load(compose([f"experiment={name}"]))) != trial_params:
+        raise PipelineError(f"{path} does not compose to trial {trial.number}'s params: {' '.join(overrides)}")
+    return path
+
+
+def evaluate_best(search: Search, study_name: str, trial, *, parent_run_id: str) -> dict | None:
+    """The test metrics of the best trial, from one DVC experiment that retrains and evaluates it."""
+    name = f"{study_name.replace('_', '-')}-best-{trial.number:03d}"
+    commit = current_commit()
+    done = finished_experiments(commit).get(name)
+    if done is None:
+        logger.info("best trial %d: retraining and evaluating it on the test split once (%s)", trial.number, name)
+        settings = [argument for override in trial_overrides(search, trial.params) for argument in ("-S", override)]
+        if run_dvc("exp", "run", "--temp", "--name", name, *settings).returncode != 0:
+            logger.warning("the best trial's evaluation %s failed: the report has no test metrics", name)
+            return None
+        done = finished_experiments(commit).get(name)
+    if done is None:
+        return None
+    metrics = json.loads(committed_file(done, METRICS_FILE))
+    # Beside the trials in the MLflow UI: a child of the study's run too, marked as the test evaluation.
+    client().set_tag(metrics["mlflow_run_id"], "mlflow.parentRunId", parent_run_id)
+    client().set_tag(metrics["mlflow_run_id"], "search.role", "best-trial-test")
+    return {"experiment": name, "commit": done, **metrics}

@@ -1,0 +1,175 @@
+"""A search's report, in reports/search/<study>/: what was tried, what won, and what mattered.
+
+README.md (the best trial's params, validation and test metrics, the counts,
+the time per trial beside its fitting time), best.json (the same, for tools),
+trials.csv (every trial: number, state, value, params, times),
+optimization_history.png and param_importances.png (Optuna's matplotlib
+plots), and conf/experiment/<study>_best.yaml (pipeline.commands.search.best).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import warnings
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import optuna
+from optuna.trial import TrialState
+
+from pipeline.commands.search.best import best_experiment_name, evaluate_best, write_best_experiment
+from pipeline.commands.search.schema import Search
+from pipeline.commands.search.study import trial_name, trials_in
+from pipeline.figures import save_figure
+from pipeline.files import atomic_path, write_json, write_text
+from pipeline.paths import REPORTS_DIRECTORY
+from pipeline.tracking import client
+
+logger = logging.getLogger(__name__)
+
+SEARCH_REPORTS_DIRECTORY = REPORTS_DIRECTORY / "search"
+
+
+def write_report(study: optuna.Study, search: Search, path: Path, *, parent_run_id: str) -> Path:
+    directory = SEARCH_REPORTS_DIRECTORY / study.study_name
+    directory.mkdir(parents=True, exist_ok=True)
+    write_trials_csv(study, directory / "trials.csv")
+    completed = trials_in(study, TrialState.COMPLETE)
+    facts = counts(study)
+    if completed:
+        best = study.best_trial
+        facts |= best_facts(study, search, best, parent_run_id=parent_run_id)
+        facts["param_importances"] = importances(study)
+        client().log_metric(parent_run_id, f"best_{search.objective.metric}", best.value)
+        draw_plots(study, directory, metric=search.objective.metric)
+    write_json(directory / "best.json", facts)
+    write_text(directory / "README.md", readme(study.study_name, path, facts, plots=sorted(directory.glob("*.png"))))
+    return directory
+
+
+def counts(study: optuna.Study) -> dict:
+    trials = study.get_trials(deepcopy=False)
+    seconds = [
+        (trial.user_attrs["wall_seconds"], trial.user_attrs["fit_seconds"])
+        for trial in trials
+        if trial.state == TrialState.COMPLETE and "fit_seconds" in trial.user_attrs
+    ]
+    return {
+        "study": study.study_name,
+        "trials": {state.name.lower(): sum(trial.state == state for trial in trials) for state in TrialState},
+        # Everything a trial costs beyond fitting: DVC, Python and TensorFlow start, MLflow logging.
+        "overhead_seconds_per_trial": round(statistics.median(wall - fit for wall, fit in seconds), 1)
+        if seconds
+        else None,
+        "median_trial_seconds": round(statistics.median(wall for wall, _ in seconds), 1) if seconds else None,
+    }
+
+
+def best_facts(study: optuna.Study, search: Search, best, *, parent_run_id: str) -> dict:
+    metric = search.objective.metric
+    experiment = write_best_experiment(search, study.study_name, best, metric)
+    test = evaluate_best(search, study.study_name, best, parent_run_id=parent_run_id)
+    run_id = best.user_attrs.get("mlflow_run_id")
+    trial_sha = client().get_run(run_id).data.tags.get("model.weights_sha256") if run_id else None
+    return {
+        "best_trial": {
+            "number": best.number,
+            "experiment": trial_name(study.study_name, best.number),
+            "mlflow_run_id": run_id,
+            "params": best.params,
+            metric: best.value,
+            "weights_sha256": trial_sha,
+        },
+        "best_experiment_file": str(experiment),
+        "test": None
+        if test is None
+        else {
+            "experiment": test["experiment"],
+            "accuracy": test["test"]["accuracy"],
+            "loss": test["test"]["loss"],
+            "weights_sha256": test["weights_sha256"],
+            "same_weights_as_the_trial": test["weights_sha256"] == trial_sha,
+        },
+    }
+
+
+def write_trials_csv(study: optuna.Study, path: Path) -> None:
+    frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "user_attrs", "duration"))
+    with atomic_path(path) as temporary:
+        frame.to_csv(temporary, index=False)
+
+
+def draw_plots(study: optuna.Study, directory: Path, *, metric: str) -> None:
+    from optuna.visualization import matplotlib as optuna_plots
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        axes = optuna_plots.plot_optimization_history(study, target_name=metric)
+        save_figure(axes.figure, directory / "optimization_history.png")
+        if len(trials_in(study, TrialState.COMPLETE)) >= 2:
+            try:
+                axes = optuna_plots.plot_param_importances(study, evaluator=evaluator(), target_name=metric)
+                save_figure(axes.figure, directory / "param_importances.png")
+            except (RuntimeError, ValueError) as error:  # e.g. every completed trial had the same params
+                logger.warning("no parameter importance plot: %s", error)
+                plt.close("all")
+
+
+def evaluator():
+    # fANOVA's random forest, seeded: the same trials give the same importances.
+    return optuna.importance.FanovaImportanceEvaluator(seed=0)
+
+
+def importances(study: optuna.Study) -> dict[str, float]:
+    """Each parameter's share of the objective's variance over the completed trials (fANOVA)."""
+    if len(trials_in(study, TrialState.COMPLETE)) < 2:
+        return {}
+    try:
+        found = optuna.importance.get_param_importances(study, evaluator=evaluator())
+    except (RuntimeError, ValueError):
+        return {}
+    return {name: round(value, 3) for name, value in found.items()}
+
+
+def readme(study_name: str, path: Path, facts: dict, *, plots: list[Path]) -> str:
+    trials = facts["trials"]
+    lines = [
+        f"# Search {study_name}",
+        "",
+        f"Written by `mlp search` from `{path.as_posix()}`.",
+        "",
+        f"Trials: {trials['complete']} complete, {trials['pruned']} pruned, {trials['fail']} failed, "
+        f"{trials['running']} running.",
+        f"Median trial: {facts['median_trial_seconds']} s, of which "
+        f"{facts['overhead_seconds_per_trial']} s beyond fitting (DVC, process start, MLflow).",
+    ]
+    best = facts.get("best_trial")
+    if best:
+        metric = next(key for key in best if key.startswith("val_"))
+        lines += [
+            "",
+            f"## Best trial: {best['number']} (`{best['experiment']}`)",
+            "",
+            "| parameter | value |",
+            "|---|---|",
+        ]
+        lines += [f"| `{name}` | {value} |" for name, value in best["params"].items()]
+        lines += ["", f"- {metric}: {best[metric]:.4f}", f"- MLflow run: `{best['mlflow_run_id']}`"]
+        test = facts.get("test")
+        if test:
+            same = "the same as" if test["same_weights_as_the_trial"] else "NOT the same as"
+            lines += [
+                f"- test accuracy (evaluated once, on this trial only, by `{test['experiment']}`): "
+                f"{100 * test['accuracy']:.2f}%",
+                f"- retrained weights sha256 `{test['weights_sha256'][:12]}`: {same} the trial's",
+            ]
+        lines += [
+            f"- retrain it: `dvc exp run -S experiment={best_experiment_name(study_name)}`",
+        ]
+    if facts.get("param_importances"):
+        lines += ["", "## What mattered (fANOVA importance)", "", "| parameter | importance |", "|---|---|"]
+        lines += [f"| `{name}` | {value:.3f} |" for name, value in facts["param_importances"].items()]
+    for plot in plots:
+        lines += ["", f"![{plot.stem.replace('_', ' ')}]({plot.name})"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,251 @@
+"""A search file (conf/search/<name>.yaml): what is searched, for what, how, and for how long.
+
+    experiment: null              # a conf/experiment/ file every trial starts from (optional)
+    overrides: [dataset=mnist]    # Hydra overrides every trial gets, before its own
+    parameters:                   # config key -> its distribution
+      optimizer.learning_rate: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}
+      model.num_layers: {type: int, low: 2, high: 3}      # with model.units_per_layer:
+      model.units_per_layer: {type: int, low: 512, high: 1024, step: 128}  # hidden_units = [units] * layers
+      optimizer: {type: categorical, choices: [adam, rmsprop]}
+    objective: {metric: val_accuracy}   # never a test metric; direction follows the metric
+    sampler: {name: tpe, seed: 42}
+    pruner: {name: median}
+    budget: {n_trials: 40, timeout_minutes: 60}
+
+Everything is checked before any trial: the schema here, then every range end
+and every choice composed and validated as the train stage would.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from pipeline.config import StrictModel, compose, parse_params
+from pipeline.errors import ConfigError
+from pipeline.paths import CONFIG_DIRECTORY
+
+SEARCH_DIRECTORY = CONFIG_DIRECTORY / "search"
+LAYERS, UNITS = "model.num_layers", "model.units_per_layer"
+# What can be searched: a config key, a config group (optimizer), or the two
+# keys that together make model.hidden_units.
+SEARCHABLE = (
+    "optimizer",
+    "optimizer.learning_rate",
+    "optimizer.momentum",
+    "model.dropout_rate",
+    "model.l2_weight_decay",
+    "model.activation",
+    "model.kernel_initializer",
+    LAYERS,
+    UNITS,
+    "train.batch_size",
+    "train.epochs",
+)
+METRIC_DIRECTIONS = {"val_accuracy": "maximize", "val_loss": "minimize"}
+
+
+class FloatParameter(StrictModel):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def not_empty(self) -> FloatParameter:
+        return check_range(self)
+
+
+class IntParameter(StrictModel):
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = Field(default=1, ge=1)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def not_empty(self) -> IntParameter:
+        return check_range(self)
+
+
+class CategoricalParameter(StrictModel):
+    type: Literal["categorical"]
+    choices: list[str | int | float] = Field(min_length=1)
+
+
+Parameter = Annotated[FloatParameter | IntParameter | CategoricalParameter, Field(discriminator="type")]
+
+
+def check_range(parameter: FloatParameter | IntParameter):
+    if parameter.low > parameter.high:
+        raise ValueError(f"empty range: low {parameter.low} > high {parameter.high}")
+    if parameter.log and parameter.low <= 0:
+        raise ValueError(f"a log range needs low > 0, not {parameter.low}")
+    return parameter
+
+
+class Objective(StrictModel):
+    metric: str
+    direction: Literal["maximize", "minimize"] | None = None  # None: the metric's own
+
+    @field_validator("metric")
+    @classmethod
+    def validation_metric(cls, metric: str) -> str:
+        allowed = ", ".join(METRIC_DIRECTIONS)
+        if "test" in metric:
+            raise ValueError(f"{metric}: a search never looks at the test split; allowed: {allowed}")
+        if metric not in METRIC_DIRECTIONS:
+            raise ValueError(f"unknown metric {metric}; allowed: {allowed}")
+        return metric
+
+    @model_validator(mode="after")
+    def direction_of_the_metric(self) -> Objective:
+        if self.direction not in (None, self.goal):
+            raise ValueError(f"{self.metric} is to {self.goal}, not to {self.direction}")
+        return self
+
+    @property
+    def goal(self) -> str:
+        return METRIC_DIRECTIONS[self.metric]
+
+
+class Sampler(StrictModel):
+    name: Literal["tpe", "random"] = "tpe"
+    seed: int = Field(default=42, ge=0)
+    # TPE: trials drawn at random before TPE models the results.
+    n_startup_trials: int = Field(default=10, ge=0)
+
+
+class Pruner(StrictModel):
+    name: Literal["median", "successive_halving", "hyperband", "none"] = "median"
+    # median: trials that are never pruned, and epochs never judged in any trial.
+    n_startup_trials: int = Field(default=5, ge=0)
+    n_warmup_steps: int = Field(default=5, ge=0)
+    # successive_halving, hyperband: epochs a trial always gets; the factor between rungs.
+    min_resource: int = Field(default=1, ge=1)
+    reduction_factor: int = Field(default=3, ge=2)
+
+    def spec(self, max_epochs: int) -> dict:
+        """The settings pipeline.search_trial.make_pruner builds it from."""
+        if self.name == "median":
+            return {"name": "median", "n_startup_trials": self.n_startup_trials, "n_warmup_steps": self.n_warmup_steps}
+        rungs = {"min_resource": self.min_resource, "reduction_factor": self.reduction_factor}
+        if self.name == "hyperband":
+            # Explicit: "auto" is inferred per process, and the trials' processes must agree.
+            return {"name": "hyperband", "max_resource": max_epochs, **rungs}
+        return {"name": self.name, **rungs} if self.name == "successive_halving" else {"name": "none"}
+
+
+class Budget(StrictModel):
+    # Trials that count: completed and pruned, over all workers and machines.
+    n_trials: int | None = Field(default=None, ge=1)
+    # Wall time of one `mlp search` command: no trial starts after it.
+    timeout_minutes: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def bounded(self) -> Budget:
+        if self.n_trials is None and self.timeout_minutes is None:
+            raise ValueError("set n_trials, timeout_minutes or both")
+        return self
+
+
+class Search(StrictModel):
+    description: str | None = None
+    experiment: str | None = None
+    overrides: list[str] = []
+    parameters: dict[str, Parameter] = Field(min_length=1)
+    objective: Objective
+    sampler: Sampler = Sampler()
+    pruner: Pruner = Pruner()
+    budget: Budget
+
+    @field_validator("parameters")
+    @classmethod
+    def searchable(cls, parameters: dict[str, Parameter]) -> dict[str, Parameter]:
+        for name in parameters:
+            if name not in SEARCHABLE:
+                raise ValueError(f"unknown parameter {name}; allowed: {', '.join(SEARCHABLE)}")
+        if (LAYERS in parameters) != (UNITS in parameters):
+            raise ValueError(f"{LAYERS} and {UNITS} go together: hidden_units = [units] * layers")
+        return parameters
+
+    def base_overrides(self) -> list[str]:
+        return ([f"experiment={self.experiment}"] if self.experiment else []) + self.overrides
+
+
+def search_path(name_or_path: str) -> Path:
+    """The file of a search named in conf/search/, or the path given if it ends in .yaml or .yml."""
+    path = Path(name_or_path)
+    return path if path.suffix in (".yaml", ".yml") else SEARCH_DIRECTORY / f"{name_or_path}.yaml"
+
+
+def load_search(path: Path) -> Search:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        known = ", ".join(sorted(item.stem for item in SEARCH_DIRECTORY.glob("*.yaml"))) or "none"
+        raise ConfigError(f"search {path} not found; searches in {SEARCH_DIRECTORY}/: {known}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    try:
+        return Search.model_validate(raw)
+    except ValidationError as error:
+        problems = [f"{path}: {describe(problem)}" for problem in error.errors()]
+        raise ConfigError("\n".join(problems)) from None
+
+
+def describe(problem: dict) -> str:
+    """`parameters.model.dropout_rate: empty range ...`: the key, then pydantic's reason without its prefix."""
+    # A discriminated union adds the variant (e.g. "float") to the location: it names no key.
+    location = [str(part) for part in problem["loc"] if part not in ("float", "int", "categorical")]
+    message = problem["msg"].removeprefix("Value error, ")
+    return f"{'.'.join(location)}: {message}" if location else message
+
+
+def trial_overrides(search: Search, values: dict[str, object]) -> list[str]:
+    """The Hydra overrides (`dvc exp run -S`) of a trial with these parameter values."""
+    overrides = search.base_overrides()
+    # The group choice first: an optimizer=... after optimizer.learning_rate=... would reset it.
+    for name in sorted(values, key=lambda name: name != "optimizer"):
+        if name not in (LAYERS, UNITS):
+            overrides.append(f"{name}={values[name]}")
+    if LAYERS in values:
+        overrides.append(f"model.hidden_units=[{','.join([str(values[UNITS])] * int(values[LAYERS]))}]")
+    return overrides
+
+
+def corners(search: Search) -> list[dict[str, object]]:
+    """Parameter values that reach every range end and every choice: if these validate, all values do."""
+    low = {name: first_value(parameter, "low") for name, parameter in search.parameters.items()}
+    high = {name: first_value(parameter, "high") for name, parameter in search.parameters.items()}
+    points = [low, high]
+    for name, parameter in search.parameters.items():
+        if isinstance(parameter, CategoricalParameter):
+            points += [low | {name: choice} for choice in parameter.choices[1:]]
+    return points
+
+
+def first_value(parameter, end: str) -> object:
+    return parameter.choices[0] if isinstance(parameter, CategoricalParameter) else getattr(parameter, end)
+
+
+def check_values(search: Search, path: Path) -> None:
+    """Compose and validate the corners before any trial: a value no stage accepts fails the search at once."""
+    for values in corners(search):
+        overrides = trial_overrides(search, values)
+        try:
+            parse_params(compose(overrides), path)
+        except ConfigError as error:
+            raise ConfigError(f"{error}\n(a trial's overrides: {' '.join(overrides)})") from None
+        except Exception as error:  # Hydra's own errors: an unknown group or key
+            raise ConfigError(f"{path}: {' '.join(overrides)} does not compose: {error}") from None
+
+
+def max_epochs(search: Search, base_epochs: int) -> int:
+    epochs = search.parameters.get("train.epochs")
+    if epochs is None:
+        return base_epochs
+    return max(epochs.choices) if isinstance(epochs, CategoricalParameter) else int(epochs.high)

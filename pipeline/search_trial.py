@@ -1,0 +1,140 @@
+"""The train stage's side of a search trial: report each epoch's validation metric to Optuna, stop when pruned.
+
+`mlp search` runs every trial as `dvc exp run --temp ... train` with the
+environment variables below set. The train stage asks this module for extra
+run tags and callbacks; both are empty when no trial is running, so a plain
+run never imports Optuna.
+
+A pruned trial stops after the epoch its pruner judged, ends its MLflow run
+KILLED with the tag `search.state=pruned` and exits 1, so DVC records no
+experiment for it (its model did not train the epochs its params say); the
+worker reads the trial's `pruned_at_epoch` attribute and marks it PRUNED. The
+trial also stops, KILLED, when the worker that started it is gone (kill -9):
+its result could not be recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import mlflow
+
+from pipeline.errors import PipelineError
+from pipeline.run_owner import owner_is_alive
+
+TRIAL_VARIABLE = "MLP_SEARCH_TRIAL"  # the trial's number in its study; set: this run is a trial
+STORAGE_VARIABLE = "MLP_SEARCH_STORAGE"  # an SQLAlchemy URL, or the path of a journal file
+STUDY_VARIABLE = "MLP_SEARCH_STUDY"
+PARENT_RUN_VARIABLE = "MLP_SEARCH_PARENT_RUN"  # the study's MLflow run, parent of every trial's
+WORKER_VARIABLE = "MLP_SEARCH_WORKER"  # the worker process: "<pid> <start time> <boot id>"
+
+# Study attributes the worker writes and the trial reads.
+METRIC_ATTRIBUTE = "objective_metric"
+PRUNER_ATTRIBUTE = "pruner"
+# Trial attributes the trial writes and the worker reads.
+PRUNED_ATTRIBUTE = "pruned_at_epoch"
+RUN_ATTRIBUTE = "mlflow_run_id"
+STATE_TAG = "search.state"
+
+
+class TrialPruned(PipelineError):
+    """The pruner stopped this trial: its validation metric trailed the other trials' at the same epoch."""
+
+
+def is_trial() -> bool:
+    return bool(os.environ.get(TRIAL_VARIABLE))
+
+
+def open_storage(location: str):
+    """The Optuna storage at `location`: an SQLAlchemy URL (e.g. postgresql+psycopg://...) or a journal file."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    if "://" in location:
+        # Heartbeats let any worker fail the trials of a worker that died on another machine.
+        return optuna.storages.RDBStorage(location, heartbeat_interval=30, grace_period=120)
+    # The open(O_EXCL) lock, not the symlink one: it also works on file systems without symlinks.
+    return optuna.storages.JournalStorage(JournalFileBackend(location, lock_obj=JournalFileOpenLock(location)))
+
+
+def make_pruner(spec: dict):
+    """An Optuna pruner from its spec: {"name": median|successive_halving|hyperband|none, ...its settings}."""
+    import optuna
+
+    settings = {key: value for key, value in spec.items() if key != "name"}
+    pruners = {
+        "median": optuna.pruners.MedianPruner,
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "none": optuna.pruners.NopPruner,
+    }
+    return pruners[spec["name"]](**settings)
+
+
+def run_tags() -> dict[str, str]:
+    """The tags that make a trial's MLflow run a child of the study's run, with its number and params."""
+    if not is_trial():
+        return {}
+    trial, _ = current_trial()
+    tags = {
+        "mlflow.parentRunId": os.environ[PARENT_RUN_VARIABLE],
+        "search.study": os.environ[STUDY_VARIABLE],
+        "search.trial": os.environ[TRIAL_VARIABLE],
+        STATE_TAG: "running",
+    }
+    return tags | {f"search.param.{name}": json.dumps(value) for name, value in trial.params.items()}
+
+
+def checkpoint_owner() -> dict[str, str]:
+    """Part of the checkpoint's fingerprint: a trial never resumes the checkpoint another trial left
+    (pruned or killed with the same params), which would continue that trial's MLflow run."""
+    return {"search_trial": f"{os.environ[STUDY_VARIABLE]}/{os.environ[TRIAL_VARIABLE]}"} if is_trial() else {}
+
+
+def callbacks() -> list[keras.callbacks.Callback]:
+    return [TrialReporter(*current_trial())] if is_trial() else []
+
+
+def current_trial():
+    """The running trial (an optuna.Trial, with its study's pruner) this process trains, and its objective metric."""
+    import optuna
+
+    storage = open_storage(os.environ[STORAGE_VARIABLE])
+    name = os.environ[STUDY_VARIABLE]
+    attributes = storage.get_study_user_attrs(storage.get_study_id_from_name(name))
+    study = optuna.load_study(study_name=name, storage=storage, pruner=make_pruner(attributes[PRUNER_ATTRIBUTE]))
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, int(os.environ[TRIAL_VARIABLE]))
+    return optuna.trial.Trial(study, trial_id), attributes[METRIC_ATTRIBUTE]
+
+
+def worker_is_alive() -> bool:
+    pid, start_time, boot = (os.environ[WORKER_VARIABLE].split(" ") + ["", "", ""])[:3]
+    return owner_is_alive({"pid": pid, "start_time": start_time, "boot_id": boot})
+
+
+class TrialReporter(keras.callbacks.Callback):
+    """Reports the objective metric at every epoch end (step = epoch) and stops the training when pruned."""
+
+    def __init__(self, trial, metric: str):
+        super().__init__()
+        self.trial, self.metric = trial, metric
+
+    def on_train_begin(self, logs=None) -> None:
+        self.trial.set_user_attr(RUN_ATTRIBUTE, mlflow.active_run().info.run_id)
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if not worker_is_alive():
+            mlflow.set_tag(STATE_TAG, "failed")
+            raise KeyboardInterrupt("the search worker that started this trial is gone")
+        metric = self.metric
+        if metric not in (logs or {}):
+            raise PipelineError(f"the search objective {metric} is not logged: it needs a validation split")
+        value = float(logs[metric])
+        self.trial.report(value, step=epoch + 1)
+        if self.trial.should_prune():
+            self.trial.set_user_attr(PRUNED_ATTRIBUTE, epoch + 1)
+            mlflow.set_tag(STATE_TAG, "pruned")
+            mlflow.end_run("KILLED")
+            raise TrialPruned(f"trial {self.trial.number} pruned after epoch {epoch + 1}: {metric} {value:.4f}")

@@ -1,0 +1,246 @@
+"""`mlp search` end to end on the tiny dataset: real DVC experiments, MLflow runs and Optuna studies.
+
+Each trial is a `dvc exp run --temp ... train` of about ten seconds here, most
+of it process start; the tests keep to a handful of trials each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from conftest import BIN_DIRECTORY, make_tiny_project, run
+from optuna.trial import TrialState
+
+TINY_SEARCH = {
+    "overrides": ["dataset=tiny_digits", "model.hidden_units=[16]"],
+    "parameters": {
+        "optimizer.learning_rate": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
+        "model.dropout_rate": {"type": "float", "low": 0.0, "high": 0.5},
+        "model.num_layers": {"type": "int", "low": 1, "high": 2},
+        "model.units_per_layer": {"type": "int", "low": 8, "high": 32, "step": 8},
+        "train.epochs": {"type": "int", "low": 2, "high": 4},
+    },
+    "objective": {"metric": "val_accuracy"},
+    "sampler": {"name": "tpe", "seed": 7, "n_startup_trials": 2},
+    "pruner": {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 1},
+    "budget": {"n_trials": 3},
+}
+GIT = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com"]
+
+
+def search_project(directory: Path, served, search: dict) -> Path:
+    """A tiny project with conf/search/tiny.yaml and its data stages run and committed, as a user would have it."""
+    path = make_tiny_project(directory, served)
+    (path / "conf/search").mkdir(exist_ok=True)
+    (path / "conf/search/tiny.yaml").write_text(yaml.safe_dump(search, sort_keys=False))
+    run(["dvc", "repro", "preprocess"], cwd=path)
+    run(["git", "add", "-A"], cwd=path)
+    run([*GIT, "commit", "-qm", "a search, and the data its trials train on"], cwd=path)
+    return path
+
+
+def mlp_search(path: Path, *arguments: str, check: bool = True, **environment: str) -> subprocess.CompletedProcess:
+    return run(
+        [sys.executable, "-m", "pipeline.cli", "search", "tiny", *arguments], cwd=path, check=check, **environment
+    )
+
+
+def journal(path: Path, study: str = "tiny") -> optuna.Study:
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(path / f".search/{study}/study.journal"))
+    )
+    return optuna.load_study(study_name=study, storage=storage)
+
+
+def runs(path: Path) -> list[mlflow.entities.Run]:
+    client = mlflow.MlflowClient(f"sqlite:///{path / 'mlflow.db'}")
+    return client.search_runs([client.get_experiment_by_name("keras-mlp").experiment_id], max_results=1000)
+
+
+def trial_runs(path: Path, study: str) -> dict[int, list[mlflow.entities.Run]]:
+    found: dict[int, list] = {}
+    for item in runs(path):
+        if item.data.tags.get("search.study") == study and "search.trial" in item.data.tags:
+            found.setdefault(int(item.data.tags["search.trial"]), []).append(item)
+    return found
+
+
+@pytest.mark.slow
+def test_search_prunes_reports_and_its_best_experiment_retrains_the_same_weights(tmp_path, tiny_dataset_server):
+    path = search_project(tmp_path / "project", tiny_dataset_server, TINY_SEARCH)
+    mlp_search(path)
+    study = journal(path)
+    states = [trial.state for trial in study.trials]
+    assert len(states) == 3 and TrialState.PRUNED in states and TrialState.COMPLETE in states
+    # Every trial is one MLflow run, a child of the study's run, with its number, state and params.
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    by_trial = trial_runs(path, "tiny")
+    assert sorted(by_trial) == [0, 1, 2] and all(len(found) == 1 for found in by_trial.values())
+    for trial in study.trials:
+        (trial_run,) = by_trial[trial.number]
+        assert trial_run.data.tags["mlflow.parentRunId"] == parent
+        assert json.loads(trial_run.data.tags["search.param.model.dropout_rate"]) == trial.params["model.dropout_rate"]
+        expected = {TrialState.COMPLETE: ("FINISHED", "complete"), TrialState.PRUNED: ("KILLED", "pruned")}
+        assert (trial_run.info.status, trial_run.data.tags["search.state"]) == expected[trial.state]
+    # Completed trials are DVC experiments; pruned ones did not train the epochs their params say.
+    experiments = run(["dvc", "exp", "list", "--name-only"], cwd=path).stdout.split()
+    for trial in study.trials:
+        assert (f"tiny-trial-{trial.number:03d}" in experiments) == (trial.state == TrialState.COMPLETE)
+
+    report = path / "reports/search/tiny"
+    best = json.loads((report / "best.json").read_text())
+    assert best["best_trial"]["number"] == study.best_trial.number
+    assert best["test"]["same_weights_as_the_trial"] is True and 0 <= best["test"]["accuracy"] <= 1
+    assert (report / "optimization_history.png").stat().st_size > 0
+    assert len((report / "trials.csv").read_text().splitlines()) == 1 + 3
+
+    # The best configuration, committed, retrains to the trial's weights.
+    run(["git", "add", "conf/experiment/tiny_best.yaml"], cwd=path)
+    run([*GIT, "commit", "-qm", "the best trial's configuration"], cwd=path)
+    run(["dvc", "exp", "run", "-S", "experiment=tiny_best"], cwd=path)
+    metrics = json.loads((path / "reports/metrics.json").read_text())
+    assert metrics["weights_sha256"] == best["best_trial"]["weights_sha256"]
+
+    # And `mlp reproduce` rebuilds the trial's run from its lineage, to the same weights.
+    reproduced = run([sys.executable, "-m", "pipeline.cli", "reproduce", best["best_trial"]["mlflow_run_id"]], cwd=path)
+    assert "verdict: identical" in reproduced.stdout
+
+    # Deterministic: a fresh study of the same search file draws the same parameters, trial by trial.
+    mlp_search(path, "--study", "tiny_again", "--no-report")
+    again = journal(path, "tiny_again")
+    assert [trial.params for trial in again.trials] == [trial.params for trial in study.trials]
+    assert [trial.state for trial in again.trials] == states
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_search(path: Path) -> subprocess.Popen:
+    environment = {**os.environ, "PATH": f"{BIN_DIRECTORY}{os.pathsep}{os.environ['PATH']}"}
+    for variable in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        environment.pop(variable, None)
+    command = [sys.executable, "-m", "pipeline.cli", "search", "tiny"]
+    return subprocess.Popen(command, cwd=path, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def training(path: Path, number: int) -> bool:
+    log = path / f".search/tiny/tiny-trial-{number:03d}.log"
+    return log.is_file() and "Epoch 5/" in log.read_text(errors="replace")
+
+
+@pytest.mark.slow
+def test_an_interrupted_search_marks_its_trial_failed_and_continues_to_its_budget(tmp_path, tiny_dataset_server):
+    # Long enough trials (200 short epochs) to be interrupted in the middle, and no pruning.
+    search = TINY_SEARCH | {"overrides": [*TINY_SEARCH["overrides"], "train.epochs=200"], "pruner": {"name": "none"}}
+    search["parameters"] = {name: spec for name, spec in search["parameters"].items() if name != "train.epochs"}
+    path = search_project(tmp_path / "project", tiny_dataset_server, search)
+
+    # kill -9 of the worker in trial 1, then SIGTERM of `mlp search` itself.
+    process = start_search(path)
+    wait_for(lambda: training(path, 1), 180, "trial 1 to train")
+    worker = journal(path).trials[1].system_attrs["worker"]["process.pid"]
+    os.kill(int(worker), signal.SIGKILL)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) != 0
+    first_value = journal(path).trials[0].value
+
+    # SIGTERM (as Ctrl+C) while trial 2 trains: the worker stops it and marks it FAIL.
+    process = start_search(path)
+    wait_for(lambda: training(path, 2), 180, "trial 2 to train")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 130
+    assert journal(path).trials[2].state == TrialState.FAIL
+
+    mlp_search(path)
+    study = journal(path)
+    assert [trial.state for trial in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL] + [
+        TrialState.COMPLETE
+    ] * 2
+    assert study.trials[0].value == first_value
+    by_trial = trial_runs(path, "tiny")
+    assert all(len(found) == 1 for found in by_trial.values())
+    for number in (1, 2):
+        (failed,) = by_trial[number]
+        assert failed.info.status in ("KILLED", "FAILED") and failed.data.tags["search.state"] == "failed"
+    assert all(item.info.status != "RUNNING" for item in runs(path))
+
+
+@pytest.fixture
+def team_server(tmp_path):
+    """`mlp server start` on free ports: PostgreSQL (with the search database) and MLflow with basic auth."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    state = tmp_path / "server"
+    run(["mlp", "server", "start", "--state-dir", str(state), "--port", str(port), "--workers", "1"], cwd=tmp_path)
+    yield state, f"http://127.0.0.1:{port}"
+    run(["mlp", "server", "stop", "--state-dir", str(state)], cwd=tmp_path)
+
+
+@pytest.mark.slow
+def test_two_groups_of_workers_share_one_study_through_postgresql(
+    tmp_path, tiny_dataset_server, team_server, monkeypatch
+):
+    state, url = team_server
+    postgres_port = json.loads((state / "runtime.json").read_text())["postgres_port"]
+    # No password in the URL: libpq reads it from the server's pgpass file.
+    storage = f"postgresql+psycopg://mlflow@127.0.0.1:{postgres_port}/optuna"
+    environment = {
+        "MLFLOW_TRACKING_URI": url,
+        "MLFLOW_TRACKING_USERNAME": "admin",
+        "MLFLOW_TRACKING_PASSWORD": (state / "admin_password").read_text().strip(),
+        "PGPASSFILE": str(state / "pgpass"),
+        "MLP_SEARCH_STORAGE": storage,
+    }
+    for key in ("PGPASSFILE", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(key, environment[key])  # for this test's own look at the study and the runs
+    search = TINY_SEARCH | {"pruner": {"name": "none"}, "budget": {"n_trials": 5}}
+    clones = [search_project(tmp_path / name, tiny_dataset_server, search) for name in ("first", "second")]
+    command = [sys.executable, "-m", "pipeline.cli", "search", "tiny", "--no-report"]
+    full_environment = {**os.environ, "PATH": f"{BIN_DIRECTORY}{os.pathsep}{os.environ['PATH']}", **environment}
+    first = subprocess.Popen([*command, "--workers", "2"], cwd=clones[0], env=full_environment, stderr=subprocess.PIPE)
+    study_storage = optuna.storages.RDBStorage(storage)
+    # The first group creates the study (and its tables); the second joins it.
+    wait_for(lambda: "mlflow_parent_run_id" in load_attributes(study_storage), 120, "the study")
+    second = subprocess.Popen([*command, "--workers", "1"], cwd=clones[1], env=full_environment, stderr=subprocess.PIPE)
+    assert first.wait(timeout=600) == 0, first.stderr.read().decode()[-3000:]
+    assert second.wait(timeout=600) == 0, second.stderr.read().decode()[-3000:]
+
+    study = optuna.load_study(study_name="tiny", storage=study_storage)
+    numbers = [trial.number for trial in study.trials]
+    assert len(numbers) >= 5 and all(trial.state == TrialState.COMPLETE for trial in study.trials)
+    # Each trial is a DVC experiment of the clone that ran it: the groups' counts add up, none twice.
+    names = [run(["dvc", "exp", "list", "--name-only"], cwd=clone).stdout.split() for clone in clones]
+    assert all(names), names
+    assert sorted(names[0] + names[1]) == [f"tiny-trial-{number:03d}" for number in sorted(numbers)]
+    client = mlflow.MlflowClient(url)
+    experiment = client.get_experiment_by_name("keras-mlp").experiment_id
+    trial_runs = client.search_runs([experiment], "tags.`search.study` = 'tiny'", max_results=1000)
+    numbers_run = sorted(int(item.data.tags["search.trial"]) for item in trial_runs if "search.trial" in item.data.tags)
+    assert numbers_run == sorted(numbers)
+    print(f"\ntrials: {len(numbers)}, first group {len(names[0])}, second group {len(names[1])}")
+
+
+def load_attributes(storage) -> dict:
+    try:
+        return storage.get_study_user_attrs(storage.get_study_id_from_name("tiny"))
+    except KeyError:
+        return {}
