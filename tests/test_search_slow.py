@@ -154,7 +154,7 @@ def test_an_interrupted_search_marks_its_trial_failed_and_continues_to_its_budge
     # kill -9 of the worker in trial 1, then SIGTERM of `mlp search` itself.
     process = start_search(path)
     wait_for(lambda: training(path, 1), 180, "trial 1 to train")
-    worker = journal(path).trials[1].system_attrs["worker"]["process.pid"]
+    worker = journal(path).trials[1].system_attrs["worker"]["pid"]
     os.kill(int(worker), signal.SIGKILL)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) != 0
