@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 DATA_STAGES = ("download", "preprocess")
 # What a fresh worktree lacks and a pull brings back; any other change means the data would differ.
-PULLED_PATHS = {RAW_DIRECTORY.as_posix(), PROCESSED_DIRECTORY.as_posix()}
+PULLED_PATHS = (RAW_DIRECTORY.as_posix(), PROCESSED_DIRECTORY.as_posix())
 MISSING_STATES = {"deleted", "not in cache"}
 # --force: the stages run rather than being restored from DVC's run cache.
 RECOMPUTE_EVERYTHING = ("repro", "--force")
@@ -66,7 +66,7 @@ def repro_arguments(worktree: Path, dvc: str, environment: dict[str, str]) -> tu
             shutil.rmtree(worktree / path, ignore_errors=True)
         errors = [line for line in pulled.stderr.splitlines() if line.startswith("ERROR")] or ["`dvc pull` failed"]
         reason = f"neither the DVC cache nor the remote has them ({errors[-1].removeprefix('ERROR: ')})"
-    logger.info("recomputing %s: %s", " and ".join(sorted(PULLED_PATHS)), reason)
+    logger.info("recomputing %s: %s", " and ".join(PULLED_PATHS), reason)
     return RECOMPUTE_EVERYTHING
 
 
