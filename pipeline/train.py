@@ -195,10 +195,22 @@ def run_name(params: Params) -> str:
     return f"{experiment} ({what})" if experiment else what
 
 
+def mark_model_development(experiment_id: str) -> None:
+    """MLflow 3 opens an experiment without this tag in its GenAI view, which hides the model registry."""
+    tag, value = "mlflow.experimentKind", "custom_model_development"
+    if client().get_experiment(experiment_id).tags.get(tag) == value:
+        return  # set once: runs starting together would each insert the same row
+    try:
+        client().set_experiment_tag(experiment_id, tag, value)
+    except mlflow.exceptions.MlflowException:
+        # Another process's insert of the same row (a duplicate key) is no error; anything else is.
+        if client().get_experiment(experiment_id).tags.get(tag) != value:
+            raise
+
+
 def record_inputs(run: mlflow.ActiveRun, params: Params, splits: dict[str, Split], diff: str) -> None:
     """What a new run records before training: the params, the config file, the diff and the datasets."""
-    # MLflow 3 opens an experiment without this tag in its GenAI view, which hides the model registry.
-    client().set_experiment_tag(run.info.experiment_id, "mlflow.experimentKind", "custom_model_development")
+    mark_model_development(run.info.experiment_id)
     mlflow.log_params(flatten(params.model_dump()))
     mlflow.log_artifact(str(PARAMS_FILE), artifact_path="config")
     mlflow.log_dict(lineage.environment_record(), lineage.ENVIRONMENT_ARTIFACT)
