@@ -228,3 +228,16 @@ def log_datasets(splits: dict[str, Split], *, dataset_name: str, source: str, co
                 split.inputs, targets=split.labels, name=f"{dataset_name}-{name}", source=source
             )
             mlflow.log_input(dataset, context="validation" if name == "validation" else context)
+
+
+def mark_model_development(experiment_id: str) -> None:
+    """MLflow 3 opens an experiment without this tag in its GenAI view, which hides the model registry."""
+    tag, value = "mlflow.experimentKind", "custom_model_development"
+    if client().get_experiment(experiment_id).tags.get(tag) == value:
+        return  # set once: runs starting together would each insert the same row
+    try:
+        client().set_experiment_tag(experiment_id, tag, value)
+    except MlflowException:
+        # Another process's insert of the same row (a duplicate key) is no error; anything else is.
+        if client().get_experiment(experiment_id).tags.get(tag) != value:
+            raise

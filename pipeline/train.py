@@ -49,7 +49,14 @@ from pipeline.paths import (
     SUMMARY_FILE,
 )
 from pipeline.splits import Split, load_split, training_targets
-from pipeline.tracking import client, log_datasets, pipeline_run, repository_root, write_run_file
+from pipeline.tracking import (
+    client,
+    log_datasets,
+    mark_model_development,
+    pipeline_run,
+    repository_root,
+    write_run_file,
+)
 from pipeline.training import (
     EpochCheckpointer,
     ResumableEarlyStopping,
@@ -200,8 +207,7 @@ def record_inputs(
     run: mlflow.ActiveRun, params: Params, splits: dict[str, Split], run_lineage: lineage.Lineage
 ) -> None:
     """What a new run records before training: the params, the config file, the lineage and the datasets."""
-    # MLflow 3 opens an experiment without this tag in its GenAI view, which hides the model registry.
-    client().set_experiment_tag(run.info.experiment_id, "mlflow.experimentKind", "custom_model_development")
+    mark_model_development(run.info.experiment_id)
     mlflow.log_params(flatten(params.model_dump()))
     mlflow.log_artifact(str(PARAMS_FILE), artifact_path="config")
     lineage.log_new_run_lineage(run_lineage)

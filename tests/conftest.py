@@ -12,6 +12,7 @@ import hashlib
 import http.server
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -121,6 +122,13 @@ def tiny_dataset_server(tmp_path_factory):
     yield ServedDataset(f"http://127.0.0.1:{server.server_port}/{TINY_DATASET}/", specs, root, cifar_specs)
     server.shutdown()
     server.server_close()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a server a test starts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def run(command: list[str], cwd: Path, check: bool = True, **environment: str) -> subprocess.CompletedProcess:

@@ -129,6 +129,8 @@ def test_reproduce_reports_a_match_and_records_the_reproduction(project, client)
     assert "verdict: identical" in result.stdout
     assert "dvc.lock: every stage input (code, data, requirements.lock) as recorded" in result.stdout
     assert "MISMATCH" not in result.stdout
+    # This project's dvc.lock was never committed: nothing says what DVC could pull for the commit.
+    assert "recomputing data/raw and data/processed: the commit has no dvc.lock" in result.stderr
     reproductions = client.search_runs(
         [client.get_run(run_id).info.experiment_id], filter_string=f"tags.reproduces = '{run_id}'"
     )

@@ -21,7 +21,7 @@ import numpy as np
 import psutil
 import pytest
 import requests
-from conftest import REPOSITORY, TINY_DATASET, make_tiny_project, run
+from conftest import REPOSITORY, TINY_DATASET, free_port, make_tiny_project, run
 from mlflow.exceptions import MlflowException
 from mlflow.server import get_app_client
 from mlflow.tracking import MlflowClient
@@ -37,12 +37,6 @@ class Server(NamedTuple):
     url: str
     port: int
     start_seconds: float
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def mlp_server(state: Path, *arguments: str, check: bool = True):

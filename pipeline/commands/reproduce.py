@@ -3,10 +3,10 @@
     mlp reproduce RUN_ID [--tolerance ACCURACY]
         Reads the run's lineage record (lineage/lineage.json), checks out its
         commit in a temporary git worktree (applying its recorded diff if the
-        tree was dirty), writes its recorded params.yaml,
-        verifies the raw data against the recorded sha256s, shares this
-        repository's DVC cache, runs `dvc repro --force` (which re-executes every
-        stage rather than restoring DVC's run cache) into the same MLflow store,
+        tree was dirty), writes its recorded params.yaml, verifies the raw data
+        against the recorded sha256s, shares this repository's DVC cache, pulls
+        the data from DVC when it can (commands.reproduce_data), runs `dvc repro
+        --force` on the rest into the same MLflow store,
         and compares every test metric, the weights' sha256 and the environment
         (lineage/environment.json: CPU, thread counts, oneDNN, packages), and
         names the stage inputs whose dvc.lock md5 is not the recorded one. The
@@ -47,6 +47,7 @@ from pipeline.commands.record import (
     read_record,
     recorded_environment,
 )
+from pipeline.commands.reproduce_data import RECOMPUTE_EVERYTHING, repro_arguments, share_remotes
 from pipeline.commands.tolerance import read_tolerances, tolerance_file
 from pipeline.commands.verdict import EXIT_STATUS, Comparison, Reproduction
 from pipeline.errors import PipelineError
@@ -100,9 +101,7 @@ def _rerun(recorded: RecordedRun, worktree: Path, repository: Path, local_files:
                 f"the recorded diff of run {recorded.run_id} does not apply to commit {recorded.commit}"
             )
     (worktree / PARAMS_FILE).write_text(recorded.params_text, encoding="utf-8")
-    (worktree / RAW_DIRECTORY).mkdir(parents=True, exist_ok=True)
-    for path in local_files:
-        shutil.copy2(path, worktree / RAW_DIRECTORY / path.name)
+    share_remotes(repository, worktree, _tool("dvc"))
     # One cache for both: nothing is stored or fetched twice.
     _run([_tool("dvc"), "config", "--local", "cache.dir", str(repository / ".dvc" / "cache")], worktree)
     environment = {
@@ -113,11 +112,16 @@ def _rerun(recorded: RecordedRun, worktree: Path, repository: Path, local_files:
     }
     for variable in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
         environment.pop(variable, None)
+    arguments = repro_arguments(worktree, _tool("dvc"), environment)
+    if arguments == RECOMPUTE_EVERYTHING:
+        (worktree / RAW_DIRECTORY).mkdir(parents=True, exist_ok=True)
+        for path in local_files:
+            shutil.copy2(path, worktree / RAW_DIRECTORY / path.name)
     logger.info("re-running commit %s with the recorded config in %s", recorded.commit[:12], worktree)
-    result = subprocess.run([_tool("dvc"), "repro", "--force"], cwd=worktree, env=environment)
+    result = subprocess.run([_tool("dvc"), *arguments], cwd=worktree, env=environment)
     if result.returncode != 0:
         raise PipelineError(
-            f"the reproduction of run {recorded.run_id} failed: `dvc repro --force` exited {result.returncode}"
+            f"the reproduction of run {recorded.run_id} failed: `dvc {' '.join(arguments)}` exited {result.returncode}"
         )
     return json.loads((worktree / METRICS_FILE).read_text(encoding="utf-8"))
 
@@ -183,7 +187,7 @@ def _verified_local_data(repository: Path, recorded: dict[str, str]) -> list[Pat
     for name, sha256 in recorded.items():
         path = repository / RAW_DIRECTORY / name
         if not path.exists():
-            logger.info("%s is not here: the download stage will fetch and verify it", path)
+            logger.info("%s is not here: DVC or the download stage will bring it, verified", path)
             continue
         actual = file_digest(path)
         if actual != sha256:

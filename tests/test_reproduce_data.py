@@ -1,0 +1,34 @@
+"""How `mlp reproduce` reads `dvc status` to decide whether the data stages' outputs can be pulled
+rather than recomputed. The pull itself runs for real in tests/test_team.py."""
+
+from __future__ import annotations
+
+from pipeline.commands.reproduce_data import blocking_changes
+
+MISSING = {
+    "download": [{"changed outs": {"data/raw": "deleted"}}],
+    "preprocess": [{"changed deps": {"data/raw": "deleted"}}, {"changed outs": {"data/processed": "not in cache"}}],
+}
+
+
+def test_outputs_that_are_only_missing_can_be_pulled():
+    assert blocking_changes(MISSING) == []
+    assert blocking_changes({}) == []
+
+
+def test_a_changed_param_code_file_or_command_means_recomputing():
+    status = {
+        "download": [{"changed deps": {"pipeline/download.py": "modified"}}, {"changed outs": {"data/raw": "deleted"}}],
+        "preprocess": [{"changed deps": {"params.yaml": {"seed": "modified"}}}, "changed command"],
+    }
+    assert blocking_changes(status) == [
+        "download: deps pipeline/download.py modified",
+        "preprocess: deps params.yaml seed modified",
+        "preprocess: changed command",
+    ]
+
+
+def test_a_data_output_that_exists_but_differs_is_not_pulled_over():
+    assert blocking_changes({"preprocess": [{"changed outs": {"data/processed": "modified"}}]}) == [
+        "preprocess: outs data/processed modified"
+    ]
