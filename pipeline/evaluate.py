@@ -27,7 +27,6 @@ import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 from matplotlib.ticker import MaxNLocator
-from sklearn.metrics import ConfusionMatrixDisplay, classification_report, confusion_matrix
 
 from pipeline.config import load_params
 from pipeline.errors import DataError, run_stage
@@ -49,6 +48,7 @@ from pipeline.paths import (
     rerun_hint,
 )
 from pipeline.registry import describe_version, promote_if_better
+from pipeline.scores import confusion_matrix, per_class_scores, report_text
 from pipeline.splits import load_split, training_targets
 from pipeline.tracking import client, log_datasets, pipeline_run, read_run_file
 
@@ -75,29 +75,21 @@ def evaluate(
     predictions = (
         (probabilities[:, 0] >= 0.5).astype(int) if probabilities.shape[1] == 1 else probabilities.argmax(axis=1)
     )
-    class_labels = list(range(len(class_names)))
-    options = {"labels": class_labels, "target_names": class_names, "zero_division": 0}
-    report = classification_report(labels, predictions, output_dict=True, **options)
+    matrix = confusion_matrix(labels, predictions, len(class_names))
+    scores = per_class_scores(matrix)
     return {
         "test": {
             "loss": float(loss),
             "accuracy": float(accuracy),
-            "precision_macro": report["macro avg"]["precision"],
-            "recall_macro": report["macro avg"]["recall"],
-            "f1_macro": report["macro avg"]["f1-score"],
+            **{f"{name}_macro": float(scores[name].mean()) for name in ("precision", "recall", "f1")},
         },
         "per_class": {
-            name: {
-                "precision": report[name]["precision"],
-                "recall": report[name]["recall"],
-                "f1": report[name]["f1-score"],
-                "support": report[name]["support"],
-            }
-            for name in class_names
+            name: {score: float(values[index]) for score, values in scores.items()} | {"support": int(support)}
+            for index, (name, support) in enumerate(zip(class_names, scores["support"], strict=True))
         },
         "predictions": predictions,
-        "report_text": classification_report(labels, predictions, digits=4, **options),
-        "confusion_matrix": confusion_matrix(labels, predictions, labels=class_labels),
+        "report_text": report_text(matrix, class_names),
+        "confusion_matrix": matrix,
     }
 
 
@@ -112,10 +104,17 @@ def write_confusion_csv(labels: np.ndarray, predictions: np.ndarray, path: Path,
 
 
 def plot_confusion_matrix(matrix: np.ndarray, path: Path, *, class_names: list[str]) -> None:
+    """Counts per (true, predicted) class, drawn as scikit-learn's ConfusionMatrixDisplay draws them."""
     figure, axis = plt.subplots(figsize=(7, 6))
-    display = ConfusionMatrixDisplay(matrix, display_labels=class_names)
-    display.plot(ax=axis, cmap="Blues", colorbar=False, values_format="d", xticks_rotation="vertical")
-    axis.set_title("Confusion matrix, test split")
+    axis.imshow(matrix, cmap="Blues", interpolation="nearest")
+    threshold = (int(matrix.max()) + int(matrix.min())) / 2  # light text on dark cells
+    for (actual, predicted), count in np.ndenumerate(matrix):
+        color = "white" if count > threshold else "black"
+        axis.text(predicted, actual, f"{count:d}", ha="center", va="center", color=color)
+    ticks = range(len(class_names))
+    axis.set(xticks=ticks, yticks=ticks, xticklabels=class_names, yticklabels=class_names)
+    axis.set(xlabel="Predicted label", ylabel="True label", title="Confusion matrix, test split")
+    axis.tick_params(axis="x", labelrotation=90)
     save_figure(figure, path)
 
 

@@ -93,14 +93,22 @@ def save_samples_figure(
 
 
 def _image_grid(images: np.ndarray, labels: np.ndarray, class_names: list[str], seed: int) -> Figure:
+    """The chosen images tiled into one mosaic, each with its class name above it: one image to draw, not 25
+    axes to lay out (a third of the stage's time went to that)."""
     chosen = np.random.default_rng(seed).choice(len(images), size=min(GRID_SIZE**2, len(images)), replace=False)
-    figure, axes = plt.subplots(GRID_SIZE, GRID_SIZE, figsize=(6, 6.6))
-    for axis in axes.flat:
-        axis.axis("off")
-    for axis, index in zip(axes.flat, chosen, strict=False):
-        axis.imshow(images[index], cmap="gray_r" if images.ndim == 3 else None)
-        axis.set_title(class_names[labels[index]], fontsize=9)
-    figure.suptitle("Random training examples")
+    height, width = images.shape[1:3]
+    title, gap = max(height // 3, 8), max(width // 14, 2)  # rows above each image for its name; columns between
+    gray = images.ndim == 3
+    # Blank is white: 0 under the inverted gray map, 255 in RGB.
+    mosaic = np.full((GRID_SIZE * (title + height), GRID_SIZE * (width + gap), *images.shape[3:]), 0 if gray else 255)
+    figure, axis = plt.subplots(figsize=(6, 6.6))
+    for position, index in enumerate(chosen):
+        top, left = (position // GRID_SIZE) * (title + height) + title, (position % GRID_SIZE) * (width + gap)
+        mosaic[top : top + height, left : left + width] = images[index]
+        axis.text(left + width / 2, top - 1, class_names[labels[index]], ha="center", va="bottom", fontsize=9)
+    axis.imshow(mosaic.astype(np.uint8), cmap="gray_r" if gray else None, interpolation="nearest")
+    axis.axis("off")
+    axis.set_title("Random training examples")
     return figure
 
 
