@@ -259,28 +259,37 @@ def prepare_worktree(tree: Path, revision: str, environment: dict) -> None:
 
 
 def timed_repro(tree: Path, environment: dict) -> dict:
-    """A whole `dvc repro --force` and the train stage's fitting time from its log."""
-    start = time.perf_counter()
-    result = subprocess.run(["dvc", "repro", "--force"], capture_output=True, text=True, cwd=tree, env=environment)
-    seconds = time.perf_counter() - start
-    if result.returncode != 0:
+    """A whole `dvc repro --force`, the train stage's fitting time from its log, and the peak RSS of its
+    largest process (the train stage), measured in a process of its own so that no other run counts."""
+    measure = (
+        "import json, resource, subprocess, sys, time; start = time.perf_counter(); "
+        "result = subprocess.run(['dvc', 'repro', '--force'], capture_output=True, text=True); "
+        "sys.stderr.write(result.stderr); "
+        "print(json.dumps({'seconds': time.perf_counter() - start, 'returncode': result.returncode, "
+        "'peak_rss_kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))"
+    )
+    result = subprocess.run([sys.executable, "-c", measure], capture_output=True, text=True, cwd=tree, env=environment)
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    if figures["returncode"] != 0:
         sys.exit(f"dvc repro --force failed in {tree}:\n{result.stderr[-2000:]}")
     fit = [
         float(line.split("fitted in ")[1].split(" s")[0]) for line in result.stderr.splitlines() if "fitted in " in line
     ]
-    return {"seconds": seconds, "fit_seconds": fit[0] if fit else float("nan")}
+    return {**figures, "fit_seconds": fit[0] if fit else float("nan")}
 
 
 def repro_lines(results: dict[str, list[dict]], revisions: dict[str, str]) -> list[str]:
     lines = [
-        "| `dvc repro --force` of | whole run (s) | fitting (s) | overhead: run minus fitting (s) |",
-        "|---|---:|---:|---:|",
+        "| `dvc repro --force` of | whole run (s) | fitting (s) | overhead: run minus fitting (s) | "
+        "peak RSS of the train stage (MiB) |",
+        "|---|---:|---:|---:|---:|",
     ]
     for label, runs in results.items():
         whole = ", ".join(f"{run['seconds']:.1f}" for run in runs)
         fit = ", ".join(f"{run['fit_seconds']:.1f}" for run in runs)
         overhead = ", ".join(f"{run['seconds'] - run['fit_seconds']:.1f}" for run in runs)
-        lines.append(f"| {label} (`{revisions[label]}`) | {whole} | {fit} | {overhead} |")
+        rss = ", ".join(f"{run['peak_rss_kib'] / 1024:,.0f}" for run in runs)
+        lines.append(f"| {label} (`{revisions[label]}`) | {whole} | {fit} | {overhead} | {rss} |")
     return lines
 
 
