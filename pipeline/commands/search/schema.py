@@ -21,9 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from pipeline.commands.study.schema import read_yaml_file
 from pipeline.config import StrictModel, compose, parse_params
 from pipeline.errors import ConfigError
 from pipeline.paths import CONFIG_DIRECTORY
@@ -183,13 +183,7 @@ def search_path(name_or_path: str) -> Path:
 
 
 def load_search(path: Path) -> Search:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        known = ", ".join(sorted(item.stem for item in SEARCH_DIRECTORY.glob("*.yaml"))) or "none"
-        raise ConfigError(f"search {path} not found; searches in {SEARCH_DIRECTORY}/: {known}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    raw = read_yaml_file(path, SEARCH_DIRECTORY, "search")
     try:
         return Search.model_validate(raw)
     except ValidationError as error:

@@ -114,14 +114,20 @@ def study_path(name_or_path: str) -> Path:
     return STUDY_DIRECTORY / f"{name_or_path}.yaml"
 
 
-def load_study(path: Path) -> Study:
+def read_yaml_file(path: Path, directory: Path, kind: str) -> object:
+    """The YAML in `path`, a `kind` ("study", "search") whose files live in `directory`; a ConfigError naming
+    the ones there if it is missing, or the parser's words if it is not YAML."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        known = ", ".join(sorted(item.stem for item in STUDY_DIRECTORY.glob("*.yaml"))) or "none"
-        raise ConfigError(f"study {path} not found; studies in {STUDY_DIRECTORY}/: {known}") from None
+        known = ", ".join(sorted(item.stem for item in directory.glob("*.yaml"))) or "none"
+        raise ConfigError(f"{kind} {path} not found; {kind} files in {directory}/: {known}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from None
+
+
+def load_study(path: Path) -> Study:
+    raw = read_yaml_file(path, STUDY_DIRECTORY, "study")
     try:
         return Study.model_validate(raw)
     except ValidationError as error:
