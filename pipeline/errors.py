@@ -47,7 +47,10 @@ def run_stage(main: Callable[[], None]) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         main()
-        exit_without_teardown()
+        # Only a program's own main (`python -m pipeline.<stage>`): a caller in the same
+        # process, such as `mlp` or a test calling pipeline.cli.main, goes on running.
+        if main.__module__ == "__main__":
+            exit_without_teardown()
     except PipelineError as error:
         if os.environ.get("MLP_TRACEBACK"):
             raise
