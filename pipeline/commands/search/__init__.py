@@ -32,7 +32,7 @@ from pipeline.commands.search.schema import check_values, load_search, max_epoch
 from pipeline.config import compose, parse_params
 from pipeline.errors import ConfigError, PipelineError
 
-# Optuna, MLflow and TensorFlow (pipeline.search_trial, .study, .report: about 6 s) are imported
+# Optuna and MLflow (pipeline.search_storage, .study, .report) are imported
 # in the functions that use them: `mlp search --help` and a refused search file need none of them.
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def run(arguments: argparse.Namespace) -> None:
     # Only now: a refused file or name is told in a second, without loading Optuna, MLflow and TensorFlow.
     import optuna
 
-    from pipeline import search_trial
+    from pipeline import search_storage
     from pipeline.commands.search.report import write_report
     from pipeline.commands.search.study import create_study, default_storage, fail_abandoned_trials
     from pipeline.commands.study.runner import current_commit
@@ -81,7 +81,7 @@ def run(arguments: argparse.Namespace) -> None:
     base = parse_params(compose(search.base_overrides()), path)
     current_commit()  # trials are DVC experiments: they need a commit to start from
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says it all
-    location = arguments.storage or os.environ.get(search_trial.STORAGE_VARIABLE) or default_storage(study_name)
+    location = arguments.storage or os.environ.get(search_storage.STORAGE_VARIABLE) or default_storage(study_name)
     study = create_study(study_name, location, search, max_epochs=max_epochs(search, base.train.epochs))
     fail_abandoned_trials(study)
     parent = parent_run(study, base.mlflow.experiment_name)
@@ -132,12 +132,12 @@ def end_parent_run(study, run_id: str, status: str) -> None:
 
 
 def start_worker(path: Path, study_name: str, location: str, index: int, deadline: float) -> subprocess.Popen:
-    from pipeline import search_trial
+    from pipeline import search_storage
     from pipeline.commands.search.study import log_directory
 
     log = log_directory(study_name) / f"worker-{index}.log"
     command = [sys.executable, "-m", "pipeline.commands.search.worker", str(path), study_name, str(deadline)]
-    environment = os.environ | {search_trial.STORAGE_VARIABLE: location}
+    environment = os.environ | {search_storage.STORAGE_VARIABLE: location}
     with log.open("a", encoding="utf-8") as stream:
         # A process group of its own: Ctrl+C reaches this process only, which stops each worker once, by SIGTERM.
         return subprocess.Popen(command, env=environment, stdout=stream, stderr=subprocess.STDOUT, process_group=0)

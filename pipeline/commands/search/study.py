@@ -27,7 +27,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from pipeline import search_trial
+from pipeline import search_storage
 from pipeline.commands.search.schema import Sampler, Search
 from pipeline.errors import ConfigError
 from pipeline.run_owner import owner_is_alive, owner_of, owner_tags
@@ -66,9 +66,9 @@ def make_sampler(sampler: Sampler, trial_number: int = 0) -> optuna.samplers.Bas
 
 def open_study(study_name: str, location: str, search: Search) -> optuna.Study:
     """Load the study, created by `mlp search` (create_study) with the search's direction and pruner."""
-    storage = search_trial.open_storage(location)
+    storage = search_storage.open_storage(location)
     attributes = storage.get_study_user_attrs(storage.get_study_id_from_name(study_name))
-    pruner = search_trial.make_pruner(attributes[search_trial.PRUNER_ATTRIBUTE])
+    pruner = search_storage.make_pruner(attributes[search_storage.PRUNER_ATTRIBUTE])
     return optuna.load_study(
         study_name=study_name, storage=storage, pruner=pruner, sampler=make_sampler(search.sampler)
     )
@@ -81,17 +81,17 @@ def create_study(study_name: str, location: str, search: Search, *, max_epochs: 
     fingerprint = json.dumps(search.model_dump(mode="json", exclude={"budget"}), sort_keys=True)
     study = optuna.create_study(
         study_name=study_name,
-        storage=search_trial.open_storage(location),
+        storage=search_storage.open_storage(location),
         direction=search.objective.goal,
         sampler=make_sampler(search.sampler),
-        pruner=search_trial.make_pruner(pruner_spec),
+        pruner=search_storage.make_pruner(pruner_spec),
         load_if_exists=True,
     )
     started_from = study.user_attrs.get(SEARCH_ATTRIBUTE)
     if started_from is None:
         study.set_user_attr(SEARCH_ATTRIBUTE, fingerprint)
-        study.set_user_attr(search_trial.METRIC_ATTRIBUTE, search.objective.metric)
-        study.set_user_attr(search_trial.PRUNER_ATTRIBUTE, pruner_spec)
+        study.set_user_attr(search_storage.METRIC_ATTRIBUTE, search.objective.metric)
+        study.set_user_attr(search_storage.PRUNER_ATTRIBUTE, pruner_spec)
     elif started_from != fingerprint:
         raise ConfigError(
             f"study {study_name} was started from another version of its search file: "
@@ -132,9 +132,9 @@ def fail_abandoned_trials(study: optuna.Study) -> list[int]:
 
 def tag_failed(trial: optuna.trial.FrozenTrial) -> None:
     """Mark the trial's MLflow run failed: its train process may have finished it after the worker died."""
-    run_id = trial.user_attrs.get(search_trial.RUN_ATTRIBUTE)
+    run_id = trial.user_attrs.get(search_storage.RUN_ATTRIBUTE)
     if run_id:
-        client().set_tag(run_id, search_trial.STATE_TAG, "failed")
+        client().set_tag(run_id, search_storage.STATE_TAG, "failed")
 
 
 @contextmanager

@@ -27,7 +27,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from pipeline import search_trial
+from pipeline import search_storage
 from pipeline.commands.search.schema import CategoricalParameter, FloatParameter, Search, load_search, trial_overrides
 from pipeline.commands.search.study import (
     PARENT_RUN_ATTRIBUTE,
@@ -83,10 +83,10 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, overrides: list[str], lo
     name = trial_name(study.study_name, trial.number)
     owner = owner_of(owner_tags())
     environment = os.environ | {
-        search_trial.TRIAL_VARIABLE: str(trial.number),
-        search_trial.STUDY_VARIABLE: study.study_name,
-        search_trial.PARENT_RUN_VARIABLE: study.user_attrs[PARENT_RUN_ATTRIBUTE],
-        search_trial.WORKER_VARIABLE: " ".join(owner[key] for key in ("pid", "start_time", "boot_id")),
+        search_storage.TRIAL_VARIABLE: str(trial.number),
+        search_storage.STUDY_VARIABLE: study.study_name,
+        search_storage.PARENT_RUN_VARIABLE: study.user_attrs[PARENT_RUN_ATTRIBUTE],
+        search_storage.WORKER_VARIABLE: " ".join(owner[key] for key in ("pid", "start_time", "boot_id")),
     }
     command = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "--name", name, "train", *settings]
     with log.open("w", encoding="utf-8") as stream:
@@ -111,7 +111,7 @@ def outcome(study: optuna.Study, trial: optuna.Trial, returncode: int) -> tuple[
     """How the trial ended: COMPLETE with the objective's last epoch value, PRUNED, or FAIL."""
     frozen = study._storage.get_trial(trial._trial_id)
     if returncode != 0:
-        return (TrialState.PRUNED if search_trial.PRUNED_ATTRIBUTE in frozen.user_attrs else TrialState.FAIL), None
+        return (TrialState.PRUNED if search_storage.PRUNED_ATTRIBUTE in frozen.user_attrs else TrialState.FAIL), None
     if not frozen.intermediate_values:
         return TrialState.FAIL, None
     value = frozen.intermediate_values[max(frozen.intermediate_values)]
@@ -156,14 +156,14 @@ def one_trial(study: optuna.Study, search: Search) -> TrialState:
 
 def tag_run(study: optuna.Study, trial: optuna.Trial, state: str) -> None:
     """Put the trial's final state on its MLflow run (a pruned run already has it)."""
-    run_id = study._storage.get_trial(trial._trial_id).user_attrs.get(search_trial.RUN_ATTRIBUTE)
+    run_id = study._storage.get_trial(trial._trial_id).user_attrs.get(search_storage.RUN_ATTRIBUTE)
     if run_id and state != "pruned":
-        client().set_tag(run_id, search_trial.STATE_TAG, state)
+        client().set_tag(run_id, search_storage.STATE_TAG, state)
 
 
 def work(search_file: Path, study_name: str, deadline: float) -> None:
     search = load_search(search_file)
-    study = open_study(study_name, os.environ[search_trial.STORAGE_VARIABLE], search)
+    study = open_study(study_name, os.environ[search_storage.STORAGE_VARIABLE], search)
     failures = 0
     while budget_left(study, search, deadline):
         state = one_trial(study, search)

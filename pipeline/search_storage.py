@@ -1,0 +1,54 @@
+"""What `mlp search` and a trial's train stage share: the environment variables that make a run a trial,
+the study and trial attributes each side writes for the other, the study's storage and its pruner.
+
+Kept apart from pipeline.search_trial (the train stage's Keras callback) so that `mlp search` and its
+workers read and write the study without starting TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+
+TRIAL_VARIABLE = "MLP_SEARCH_TRIAL"  # the trial's number in its study; set: this run is a trial
+STORAGE_VARIABLE = "MLP_SEARCH_STORAGE"  # an SQLAlchemy URL, or the path of a journal file
+STUDY_VARIABLE = "MLP_SEARCH_STUDY"
+PARENT_RUN_VARIABLE = "MLP_SEARCH_PARENT_RUN"  # the study's MLflow run, parent of every trial's
+WORKER_VARIABLE = "MLP_SEARCH_WORKER"  # the worker process: "<pid> <start time> <boot id>"
+
+# Study attributes the worker writes and the trial reads.
+METRIC_ATTRIBUTE = "objective_metric"
+PRUNER_ATTRIBUTE = "pruner"
+# Trial attributes the trial writes and the worker reads.
+PRUNED_ATTRIBUTE = "pruned_at_epoch"
+RUN_ATTRIBUTE = "mlflow_run_id"
+STATE_TAG = "search.state"
+
+
+def is_trial() -> bool:
+    return bool(os.environ.get(TRIAL_VARIABLE))
+
+
+def open_storage(location: str):
+    """The Optuna storage at `location`: an SQLAlchemy URL (e.g. postgresql+psycopg://...) or a journal file."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    if "://" in location:
+        # Heartbeats let any worker fail the trials of a worker that died on another machine.
+        return optuna.storages.RDBStorage(location, heartbeat_interval=30, grace_period=120)
+    # The open(O_EXCL) lock, not the symlink one: it also works on file systems without symlinks.
+    return optuna.storages.JournalStorage(JournalFileBackend(location, lock_obj=JournalFileOpenLock(location)))
+
+
+def make_pruner(spec: dict):
+    """An Optuna pruner from its spec: {"name": median|successive_halving|hyperband|none, ...its settings}."""
+    import optuna
+
+    settings = {key: value for key, value in spec.items() if key != "name"}
+    pruners = {
+        "median": optuna.pruners.MedianPruner,
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "none": optuna.pruners.NopPruner,
+    }
+    return pruners[spec["name"]](**settings)
