@@ -154,11 +154,13 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def lock_md5s(stages: tuple[str, ...] = LOCKED_STAGES) -> dict[str, dict[str, dict[str, str]]]:
-    """{stage: {"deps"|"outs": {path: md5}}} as dvc.lock records them."""
-    if not LOCK_FILE.exists():
+def lock_md5s(
+    stages: tuple[str, ...] = LOCKED_STAGES, lock_file: Path = LOCK_FILE
+) -> dict[str, dict[str, dict[str, str]]]:
+    """{stage: {"deps"|"outs": {path: md5}}} as `lock_file` records them."""
+    if not lock_file.exists():
         return {}
-    lock = yaml.safe_load(LOCK_FILE.read_text(encoding="utf-8")) or {}
+    lock = yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}
     entries = {stage: lock.get("stages", {}).get(stage, {}) for stage in stages}
     return {
         stage: {kind: {item["path"]: item.get("md5", "") for item in entry.get(kind, [])} for kind in ("deps", "outs")}

@@ -17,8 +17,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import yaml
-
+from pipeline.lineage import lock_md5s
 from pipeline.paths import LOCK_FILE, PROCESSED_DIRECTORY, RAW_DIRECTORY
 
 logger = logging.getLogger(__name__)
@@ -105,10 +104,5 @@ def blocking_changes(status: dict) -> list[str]:
 
 
 def _locked_outputs(worktree: Path) -> dict[str, str]:
-    stages = (yaml.safe_load((worktree / LOCK_FILE).read_text(encoding="utf-8")) or {}).get("stages", {})
-    return {
-        item["path"]: item.get("md5", "?")
-        for stage in DATA_STAGES
-        for item in stages.get(stage, {}).get("outs", [])
-        if item["path"] in PULLED_PATHS
-    }
+    recorded = lock_md5s(DATA_STAGES, worktree / LOCK_FILE)
+    return {path: md5 for stage in recorded.values() for path, md5 in stage["outs"].items() if path in PULLED_PATHS}
