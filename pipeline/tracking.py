@@ -227,7 +227,23 @@ def log_datasets(splits: dict[str, Split], *, dataset_name: str, source: str, co
             dataset = mlflow.data.from_numpy(
                 split.inputs, targets=split.labels, name=f"{dataset_name}-{name}", source=source
             )
-            mlflow.log_input(dataset, context="validation" if name == "validation" else context)
+            log_input(dataset, context="validation" if name == "validation" else context)
+
+
+# How SQLite and PostgreSQL refuse a second insert of the same row.
+DUPLICATE_ROW = ("UNIQUE constraint failed", "duplicate key value")
+
+
+def log_input(dataset, *, context: str) -> None:
+    """mlflow.log_input, once more when another run inserted the same dataset at the same moment: MLflow
+    checks that a dataset is new and then inserts it, so runs starting together (`dvc queue start -j 4`)
+    may all find it new; on the second try it is there, and only this run's link to it is added."""
+    try:
+        mlflow.log_input(dataset, context=context)
+    except MlflowException as error:
+        if not any(text in str(error) for text in DUPLICATE_ROW):
+            raise
+        mlflow.log_input(dataset, context=context)
 
 
 def mark_model_development(experiment_id: str) -> None:
