@@ -75,6 +75,8 @@ class TrainConfig(StrictModel):
     # TensorFlow runs on, slower (pipeline.determinism). A default, so that
     # configs recorded before the key existed still load.
     determinism: Literal["host", "portable"] = "host"
+    # constant, or cosine: decayed to 0 over all the epochs' steps. A default, like determinism.
+    learning_rate_schedule: Literal["constant", "cosine"] = "constant"
 
 
 class MlflowConfig(StrictModel):

@@ -37,13 +37,21 @@ def build_mlp(input_size: int, *, num_classes: int, task: str, config: ModelConf
     return keras.Sequential(layers, name="mlp")
 
 
-def make_optimizer(config: OptimizerConfig) -> keras.optimizers.Optimizer:
+def make_optimizer(
+    config: OptimizerConfig, *, schedule: str = "constant", total_steps: int | None = None
+) -> keras.optimizers.Optimizer:
+    """The optimizer at `config.learning_rate`; with schedule "cosine" the rate falls to 0
+    along a half cosine over `total_steps` optimizer steps (Keras' CosineDecay, per step:
+    the optimizer's step count is in its checkpointed state, so a resumed run continues it)."""
+    learning_rate = config.learning_rate
+    if schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=total_steps)
     if config.name == "adam":
-        return keras.optimizers.Adam(learning_rate=config.learning_rate)
+        return keras.optimizers.Adam(learning_rate=learning_rate)
     if config.name == "sgd":
-        return keras.optimizers.SGD(learning_rate=config.learning_rate, momentum=config.momentum or 0.0)
+        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=config.momentum or 0.0)
     if config.name == "rmsprop":
-        return keras.optimizers.RMSprop(learning_rate=config.learning_rate, momentum=config.momentum or 0.0)
+        return keras.optimizers.RMSprop(learning_rate=learning_rate, momentum=config.momentum or 0.0)
     raise ValueError(f"unknown optimizer {config.name!r}: expected adam, sgd or rmsprop")
 
 

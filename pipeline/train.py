@@ -64,6 +64,7 @@ from pipeline.training import (
     check_finite,
     epoch_logger,
     fit,
+    steps_per_epoch,
 )
 
 logger = logging.getLogger(__name__)
@@ -97,7 +98,9 @@ def train(
     determinism.require(train_config.determinism)
     seed_everything(seed)
     model = build_mlp(training.inputs.shape[1], num_classes=num_classes, task=task, config=model_config)
-    optimizer, loss = make_optimizer(optimizer_config), keras_loss(train_config.loss)
+    total_steps = steps_per_epoch(len(training.labels), train_config.batch_size) * train_config.epochs
+    optimizer = make_optimizer(optimizer_config, schedule=train_config.learning_rate_schedule, total_steps=total_steps)
+    loss = keras_loss(train_config.loss)
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     state, saved = resume(model, checkpoint, run_id=run_id, epochs=train_config.epochs)
     early_stopping = early_stopping_for(train_config, state, saved)

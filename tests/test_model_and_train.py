@@ -72,6 +72,24 @@ def test_optimizer_by_name(config, kind, momentum):
         assert optimizer.momentum == pytest.approx(momentum)
 
 
+def test_cosine_schedule_decays_the_rate_to_zero_over_all_steps():
+    optimizer = make_optimizer(OptimizerConfig(name="adam", learning_rate=0.002), schedule="cosine", total_steps=100)
+    rates = []
+    for step in (0, 50, 100, 150):
+        optimizer.iterations.assign(step)  # the rate follows the optimizer's step count
+        rates.append(float(optimizer.learning_rate))
+    assert rates == pytest.approx([0.002, 0.001, 0, 0], abs=1e-9)
+
+
+def test_training_with_the_cosine_schedule_ends_at_rate_zero():
+    constant, _ = tiny_training(seed=0)
+    model, history = tiny_training(seed=0, learning_rate_schedule="cosine")
+    assert int(model.optimizer.iterations) == 8 * 3  # 250 images in batches of 32, 3 epochs
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)
+    assert history["loss"][-1] < history["loss"][0]
+    assert not np.array_equal(constant.get_weights()[0], model.get_weights()[0])
+
+
 def tiny_training(seed: int, **train_options):
     images, labels = synthetic_digits(300, seed=1)
     inputs = images.reshape(300, -1).astype(np.float32) / 255

@@ -44,6 +44,7 @@ SEARCHABLE = (
     UNITS,
     "train.batch_size",
     "train.epochs",
+    "train.learning_rate_schedule",
 )
 METRIC_DIRECTIONS = {"val_accuracy": "maximize", "val_loss": "minimize"}
 
