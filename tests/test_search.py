@@ -192,3 +192,32 @@ def test_a_study_name_that_cannot_name_a_folder_or_an_experiment_is_refused(tmp_
     )
     assert result.returncode == 1
     assert "study name 'a/b': use letters, digits, '_' and '-' only" in result.stderr
+
+
+def test_the_report_counts_trials_and_times_them_from_first_start_to_last_end():
+    import datetime
+
+    import optuna
+
+    from pipeline.commands.search.report import counts, readme
+
+    study = optuna.create_study(study_name="times", direction="maximize")
+    start = datetime.datetime(2026, 1, 1, 12, 0, 0)
+    for number, (state, begin, minutes, fit) in enumerate(
+        [("COMPLETE", 0, 3, 150.0), ("COMPLETE", 1, 5, 280.0), ("PRUNED", 4, 1, None), ("FAIL", 6, 1.5, None)]
+    ):
+        trial = optuna.trial.create_trial(
+            state=optuna.trial.TrialState[state],
+            value=0.98 + number / 1000 if state == "COMPLETE" else None,
+            user_attrs={"wall_seconds": minutes * 60, "fit_seconds": fit} if fit else {},
+        )
+        trial.datetime_start = start + datetime.timedelta(minutes=begin)
+        trial.datetime_complete = trial.datetime_start + datetime.timedelta(minutes=minutes)
+        study.add_trial(trial)
+    facts = counts(study)
+    assert facts["trials"] == {"running": 0, "waiting": 0, "complete": 2, "pruned": 1, "fail": 1}
+    assert facts["trials_wall_minutes"] == 7.5  # 12:00 to 12:07:30, though the trials' minutes add up to 10.5
+    assert facts["overhead_seconds_per_trial"] == (30.0 + 20.0) / 2
+    text = readme("times", SEARCH_DIRECTORY / "times.yaml", facts, plots=[])
+    assert "2 complete, 1 pruned, 1 failed, 0 running, in 7.5 minutes from the first start to the last end" in text
+    assert " cores." in text.splitlines()[2]

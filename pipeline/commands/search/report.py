@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import statistics
 import warnings
+from datetime import date
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import optuna
 from optuna.trial import TrialState
 
+from pipeline import hardware
 from pipeline.commands.search.best import best_experiment_name, evaluate_best, write_best_experiment
 from pipeline.commands.search.schema import Search
 from pipeline.commands.search.study import trial_name, trials_in
@@ -58,12 +60,22 @@ def counts(study: optuna.Study) -> dict:
     return {
         "study": study.study_name,
         "trials": {state.name.lower(): sum(trial.state == state for trial in trials) for state in TrialState},
+        "trials_wall_minutes": wall_minutes(trials),
         # Everything a trial costs beyond fitting: DVC, Python and TensorFlow start, MLflow logging.
         "overhead_seconds_per_trial": round(statistics.median(wall - fit for wall, fit in seconds), 1)
         if seconds
         else None,
         "median_trial_seconds": round(statistics.median(wall for wall, _ in seconds), 1) if seconds else None,
     }
+
+
+def wall_minutes(trials: list) -> float | None:
+    """From the first trial's start to the last one's end, over every worker and machine."""
+    ended = [trial for trial in trials if trial.datetime_start and trial.datetime_complete]
+    if not ended:
+        return None
+    first, last = min(trial.datetime_start for trial in ended), max(trial.datetime_complete for trial in ended)
+    return round((last - first).total_seconds() / 60, 1)
 
 
 def best_facts(study: optuna.Study, search: Search, best, *, parent_run_id: str) -> dict:
@@ -132,15 +144,20 @@ def importances(study: optuna.Study) -> dict[str, float]:
     return {name: round(value, 3) for name, value in found.items()}
 
 
+def machine() -> str:
+    """The CPU and cores of the machine writing the report (trials from other machines ran elsewhere)."""
+    return f"{hardware.cpu()['model_name']}, {hardware.schedulable_cores()} cores"
+
+
 def readme(study_name: str, path: Path, facts: dict, *, plots: list[Path]) -> str:
     trials = facts["trials"]
     lines = [
         f"# Search {study_name}",
         "",
-        f"Written by `mlp search` from `{path.as_posix()}`.",
+        f"Written by `mlp search` from `{path.as_posix()}` on {date.today().isoformat()}, on {machine()}.",
         "",
         f"Trials: {trials['complete']} complete, {trials['pruned']} pruned, {trials['fail']} failed, "
-        f"{trials['running']} running.",
+        f"{trials['running']} running, in {facts['trials_wall_minutes']} minutes from the first start to the last end.",
         f"Median trial: {facts['median_trial_seconds']} s, of which "
         f"{facts['overhead_seconds_per_trial']} s beyond fitting (DVC, process start, MLflow).",
     ]
