@@ -77,6 +77,9 @@ class TrainConfig(StrictModel):
     determinism: Literal["host", "portable"] = "host"
     # constant, or cosine: decayed to 0 over all the epochs' steps. A default, like determinism.
     learning_rate_schedule: Literal["constant", "cosine"] = "constant"
+    # Each training step compiled by XLA (host determinism only: XLA compiles for this
+    # CPU). conf/ turns it on; absent, as in runs recorded before it existed, it is off.
+    jit_compile: bool = False
 
 
 class MlflowConfig(StrictModel):

@@ -119,6 +119,7 @@ def train(
         epochs=train_config.epochs,
         validation=validation_data if len(validation.labels) else None,
         callbacks=[*filter(None, [early_stopping]), checkpointer, *(callbacks or [])],
+        jit_compile=train_config.jit_compile and train_config.determinism == "host",
     )
     logger.info("fitted in %.1f s", time.perf_counter() - start)  # benchmarks/training_speed.py reads it
     check_finite(checkpointer.history, learning_rate=optimizer_config.learning_rate)

@@ -130,6 +130,15 @@ def test_training_is_repeatable_from_the_seed():
     assert not np.array_equal(first.get_weights()[0], other.get_weights()[0])
 
 
+def test_training_with_xla_steps_learns_and_repeats_its_weights():
+    first, history = tiny_training(seed=7, jit_compile=True)
+    again, _ = tiny_training(seed=7, jit_compile=True)
+    for a, b in zip(first.get_weights(), again.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert history["loss"][-1] < history["loss"][0]
+    assert history["val_accuracy"][-1] > 0.5
+
+
 def test_early_stopping_stops_before_the_last_epoch():
     _, history = tiny_training(seed=0, epochs=40, early_stopping_patience=1)
     assert len(history["loss"]) < 40
