@@ -139,6 +139,37 @@ def test_training_with_xla_steps_learns_and_repeats_its_weights():
     assert history["val_accuracy"][-1] > 0.5
 
 
+def test_an_xla_epoch_is_one_compiled_loop_with_the_weights_of_xla_steps_one_by_one():
+    import tensorflow as tf
+
+    from pipeline.training import epoch_order, xla_epoch
+
+    images, labels = synthetic_digits(100, seed=1)
+    inputs = tf.constant(images.reshape(100, -1).astype(np.float32) / 255)
+    targets = tf.constant(training_targets(labels, loss="categorical_crossentropy", task="multiclass", num_classes=10))
+    order = epoch_order(100, seed=3, epoch=0)  # 3 batches of 32, then 4 rows
+    models = []
+    for _ in range(2):
+        seed_everything(5)
+        model = build_mlp(inputs.shape[1], num_classes=10, task="multiclass", config=DEFAULT_MODEL)
+        optimizer = make_optimizer(OptimizerConfig(name="adam", learning_rate=0.01))
+        model.compile(optimizer=optimizer, loss=keras_loss("categorical_crossentropy"))
+        model.optimizer.build(model.trainable_variables)
+        models.append(model)
+    step = tf.function(models[0].train_step, jit_compile=True)
+    for start in range(0, 100, 32):
+        batch = order[start : start + 32]
+        step((tf.gather(inputs, batch), tf.gather(targets, batch)))
+    run_epoch = xla_epoch(models[1], batch_size=32)
+    run_epoch(inputs, targets, order)
+    assert int(models[1].optimizer.iterations) == int(models[0].optimizer.iterations) == 4
+    for a, b in zip(models[0].get_weights(), models[1].get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    full_batches = run_epoch.get_concrete_function(inputs, targets, order).graph.as_graph_def()
+    # The 3 full batches' steps run inside one XLA program: no graph-level loop over them.
+    assert sum(node.op == "While" for node in full_batches.node) == 1  # only the partial batch's
+
+
 def test_early_stopping_stops_before_the_last_epoch():
     _, history = tiny_training(seed=0, epochs=40, early_stopping_patience=1)
     assert len(history["loss"]) < 40
