@@ -21,7 +21,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
-from sklearn.model_selection import train_test_split
 
 from pipeline.config import DatasetConfig, load_params
 from pipeline.decoders import RawData, read_dataset
@@ -30,6 +29,7 @@ from pipeline.figures import save_figure
 from pipeline.files import write_json
 from pipeline.paths import CLASS_COUNTS_FILE, PROCESSED_DIRECTORY, RAW_DIRECTORY, SAMPLES_FILE, SCALING_FILE
 from pipeline.splits import Split, save_split
+from pipeline.stratified import stratified_split
 
 logger = logging.getLogger(__name__)
 
@@ -40,16 +40,16 @@ def preprocess(raw: RawData, *, dataset: DatasetConfig, seed: int) -> tuple[dict
     """Split, subsample, flatten and scale; return ({split name: Split}, scaling statistics)."""
     train_inputs, train_labels, test_inputs, test_labels = raw
     if test_inputs is None:
-        train_inputs, test_inputs, train_labels, test_labels = train_test_split(
-            train_inputs, train_labels, test_size=dataset.test_fraction, stratify=train_labels, random_state=seed
+        train_inputs, train_labels, test_inputs, test_labels = _held_out(
+            train_inputs, train_labels, dataset.test_fraction, seed
         )
     if dataset.max_train_samples is not None and dataset.max_train_samples < len(train_labels):
         train_inputs, train_labels = _stratified_subset(train_inputs, train_labels, dataset.max_train_samples, seed)
     if dataset.max_test_samples is not None and dataset.max_test_samples < len(test_labels):
         test_inputs, test_labels = _stratified_subset(test_inputs, test_labels, dataset.max_test_samples, seed)
     if dataset.validation_fraction > 0:
-        train_inputs, validation_inputs, train_labels, validation_labels = train_test_split(
-            train_inputs, train_labels, test_size=dataset.validation_fraction, stratify=train_labels, random_state=seed
+        train_inputs, train_labels, validation_inputs, validation_labels = _held_out(
+            train_inputs, train_labels, dataset.validation_fraction, seed
         )
     else:
         validation_inputs, validation_labels = train_inputs[:0], train_labels[:0]
@@ -127,11 +127,15 @@ def _feature_histograms(table: np.ndarray, labels: np.ndarray, class_names: list
     return figure
 
 
-def _stratified_subset(images: np.ndarray, labels: np.ndarray, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    subset_images, _, subset_labels, _ = train_test_split(
-        images, labels, train_size=size, stratify=labels, random_state=seed
-    )
-    return subset_images, subset_labels
+def _held_out(inputs: np.ndarray, labels: np.ndarray, fraction: float, seed: int):
+    """(kept inputs, kept labels, held-out inputs, held-out labels), `fraction` of the rows held out."""
+    kept, held_out = stratified_split(labels, seed=seed, test_fraction=fraction)
+    return inputs[kept], labels[kept], inputs[held_out], labels[held_out]
+
+
+def _stratified_subset(inputs: np.ndarray, labels: np.ndarray, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    kept, _ = stratified_split(labels, seed=seed, train_count=size)
+    return inputs[kept], labels[kept]
 
 
 def _flatten(inputs: np.ndarray) -> np.ndarray:

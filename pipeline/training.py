@@ -85,32 +85,42 @@ def compiled_loops(model: keras.Model, batch_size: int, *, jit_compile: bool = F
     return run_epoch, validation_loop(model, batch_size)
 
 
+STEPS_PER_CALL = 64  # XLA runs up to this many steps per call: few calls, and a small copy of their batches
+
+
 def xla_epoch(model: keras.Model, batch_size: int):
-    """An epoch whose full batches run as one XLA call, the last partial batch as another.
+    """An epoch whose full batches run STEPS_PER_CALL at a time in one XLA call, and the last
+    partial batch in another.
 
     XLA fuses each step's many small operations (dropout, the optimizer's update)
-    into few kernels, and one call per epoch saves the per-step dispatch. The
-    batches are gathered before the call (a copy of the epoch's inputs): XLA runs
-    a gather inside its loop far slower. The weights are the same as stepping
-    batch by batch with the XLA-compiled step."""
+    into few kernels, and a call for many steps saves the per-step dispatch. The
+    batches are gathered before each call (XLA runs a gather inside its loop far
+    slower), padded to STEPS_PER_CALL so that one compiled program serves every
+    call. The weights are the same as stepping batch by batch with the
+    XLA-compiled step."""
     step = tf.function(model.train_step, jit_compile=True)
-    steps = tf.function(lambda inputs, targets: run_steps(model, inputs, targets), jit_compile=True)
+    steps = tf.function(lambda inputs, targets, count: run_steps(model, inputs, targets, count), jit_compile=True)
 
     @tf.function
     def run_epoch(inputs: tf.Tensor, targets: tf.Tensor, order: tf.Tensor) -> None:
-        full = tf.shape(order)[0] // batch_size * batch_size
-        batches = tf.reshape(order[:full], [-1, batch_size])
-        steps(tf.gather(inputs, batches), tf.gather(targets, batches))
-        for start in tf.range(full, tf.shape(order)[0], batch_size):
+        full_batches = tf.shape(order)[0] // batch_size
+        calls = (full_batches + STEPS_PER_CALL - 1) // STEPS_PER_CALL
+        padding = calls * STEPS_PER_CALL * batch_size - full_batches * batch_size
+        rows = tf.concat([order[: full_batches * batch_size], tf.zeros([padding], order.dtype)], axis=0)
+        rows = tf.reshape(rows, [calls, STEPS_PER_CALL, batch_size])
+        for call in tf.range(calls):
+            count = tf.minimum(STEPS_PER_CALL, full_batches - call * STEPS_PER_CALL)
+            steps(tf.gather(inputs, rows[call]), tf.gather(targets, rows[call]), count)
+        for start in tf.range(full_batches * batch_size, tf.shape(order)[0], batch_size):
             batch = order[start:]
             step((tf.gather(inputs, batch), tf.gather(targets, batch)))
 
     return run_epoch
 
 
-def run_steps(model: keras.Model, inputs: tf.Tensor, targets: tf.Tensor) -> None:
-    """One training step per batch of `inputs` (batches x batch size x features), in order."""
-    for index in tf.range(tf.shape(inputs)[0]):
+def run_steps(model: keras.Model, inputs: tf.Tensor, targets: tf.Tensor, count: tf.Tensor) -> None:
+    """A training step on each of the first `count` batches of `inputs` (batches x batch size x features)."""
+    for index in tf.range(count):
         model.train_step((inputs[index], targets[index]))
 
 
