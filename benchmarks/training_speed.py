@@ -2,12 +2,14 @@
 scikit-learn's MLPClassifier with the same layers and batch, the train stage's previous path
 (`model.fit` on a tf.data stream) and this pipeline's training path.
 
-    python benchmarks/training_speed.py [--epochs N] [--repetitions R] [--repro [--baseline REV]] [--output FILE]
+    python benchmarks/training_speed.py [--epochs N] [--repetitions R [--vary-seed]] [--repro [--baseline REV]]
+                                        [--output FILE]
 
 Each contender runs in its own process (so its peak memory is its own) on the
 same MNIST files: data/raw/ if the download stage ran, else MLP_DATA_MIRROR's
 mnist/ folder. The table gives seconds per epoch (median of epochs 2..N, the
-first one pays for tracing), images per second, test accuracy, the ratio to the
+first one pays for tracing), images per second, test accuracy (with --vary-seed
+one seed per repetition, and their mean), the ratio to the
 plain program, the fraction of the arithmetic floor (6 x parameters x images
 FLOP at the GEMM rate measured in the same run) and peak RSS. With --repro it
 also times whole `dvc repro --force` runs of the committed HEAD and their
@@ -58,8 +60,9 @@ def load_mnist():
     return train, test
 
 
-def plain(epochs: int) -> dict:
-    """Atienza's listing 1.3.2 as the book writes it (mnist.load_data() replaced by the local files)."""
+def plain(epochs: int, seed_offset: int) -> dict:
+    """Atienza's listing 1.3.2 as the book writes it (mnist.load_data() replaced by the local files):
+    unseeded, so every run draws its own weights and order."""
     from keras.layers import Activation, Dense, Dropout
     from keras.models import Sequential
     from keras.utils import to_categorical
@@ -84,13 +87,13 @@ def plain(epochs: int) -> dict:
     return {"epoch_seconds": timer.times, "images": len(x_train), "test_accuracy": accuracy}
 
 
-def sklearn(epochs: int) -> dict:
+def sklearn(epochs: int, seed_offset: int) -> dict:
     from sklearn.neural_network import MLPClassifier
 
     (x_train, y_train), (x_test, y_test) = load_mnist()
     x_train = x_train.reshape(-1, 784).astype("float32") / 255
     x_test = x_test.reshape(-1, 784).astype("float32") / 255
-    model = MLPClassifier((256, 256), batch_size=128, random_state=42)
+    model = MLPClassifier((256, 256), batch_size=128, random_state=42 + seed_offset)
     times = []
     for _ in range(epochs):  # partial_fit: one pass over the data per call
         start = time.perf_counter()
@@ -99,7 +102,7 @@ def sklearn(epochs: int) -> dict:
     return {"epoch_seconds": times, "images": len(x_train), "test_accuracy": model.score(x_test, y_test)}
 
 
-def pipeline(epochs: int) -> dict:
+def pipeline(epochs: int, seed_offset: int) -> dict:
     """The train stage's path: pipeline.train.train() on data/processed (54,000 images + validation)."""
     from pipeline.config import load_params
     from pipeline.evaluate import evaluate
@@ -110,7 +113,8 @@ def pipeline(epochs: int) -> dict:
 
     os.chdir(REPOSITORY)
     params = load_params(PARAMS_FILE)
-    params = params.model_copy(update={"train": params.train.model_copy(update={"epochs": epochs})})
+    train = params.train.model_copy(update={"epochs": epochs})
+    params = params.model_copy(update={"train": train, "seed": params.seed + seed_offset})
     training, validation = (load_split(PROCESSED_DIRECTORY, name) for name in ("train", "validation"))
     test = load_split(PROCESSED_DIRECTORY, "test")
     timer = epoch_timer()
@@ -121,7 +125,7 @@ def pipeline(epochs: int) -> dict:
     return {"epoch_seconds": timer.times, "images": len(training.labels), "test_accuracy": accuracy}
 
 
-def keras_fit(epochs: int) -> dict:
+def keras_fit(epochs: int, seed_offset: int) -> dict:
     """The train stage's previous path, for the before/after comparison: the same model, data and
     per-epoch seeded order, through `model.fit` on a tf.data stream (a whole epoch per execution)."""
     import tensorflow as tf
@@ -136,6 +140,7 @@ def keras_fit(epochs: int) -> dict:
 
     os.chdir(REPOSITORY)
     params = load_params(PARAMS_FILE)
+    params = params.model_copy(update={"seed": params.seed + seed_offset})
     training, validation, test = (load_split(PROCESSED_DIRECTORY, name) for name in ("train", "validation", "test"))
     seed_everything(params.seed)
     model = build_mlp(784, num_classes=10, task="multiclass", config=params.model)
@@ -220,9 +225,9 @@ def epoch_timer():
 WORKERS = {"plain": plain, "sklearn": sklearn, "keras_fit": keras_fit, "pipeline": pipeline}
 
 
-def run_worker(name: str, epochs: int) -> dict:
+def run_worker(name: str, epochs: int, seed_offset: int = 0) -> dict:
     """Run one contender in a fresh process; its figures and peak RSS."""
-    command = [sys.executable, __file__, "--worker", name, "--epochs", str(epochs)]
+    command = [sys.executable, __file__, "--worker", name, "--epochs", str(epochs), "--seed-offset", str(seed_offset)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPOSITORY)
     if result.returncode != 0:
         sys.exit(f"{name} failed:\n{result.stderr[-2000:]}")
@@ -306,6 +311,8 @@ def table(results: dict[str, list[dict]], rates: dict, epochs: int) -> list[str]
         images = runs[0]["images"]
         floor = 6 * PARAMETERS * images / (rates["128x784x256"] * 1e9)
         accuracy = ", ".join(f"{100 * run['test_accuracy']:.2f}%" for run in runs)
+        if len(runs) > 1:
+            accuracy += f" (mean {100 * statistics.mean(run['test_accuracy'] for run in runs):.2f}%)"
         rss = max(run["peak_rss_kib"] for run in runs) / 1024
         lines.append(
             f"| {name} | {epoch:.2f} | {images / epoch:,.0f} | {accuracy} | {plain_epoch / epoch:.2f}x | "
@@ -335,22 +342,30 @@ def main() -> None:
     parser.add_argument(
         "--baseline", metavar="REV", help="with --repro: time the same runs of this git revision too, interleaved"
     )
+    parser.add_argument(
+        "--vary-seed",
+        action="store_true",
+        help="repetition R trains with seed + R (the plain program is unseeded anyway): accuracy over seeds",
+    )
     parser.add_argument("--output", type=Path, help="also write the table to this Markdown file")
     parser.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--seed-offset", type=int, default=0, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.worker:
-        figures = WORKERS[arguments.worker](arguments.epochs)
+        figures = WORKERS[arguments.worker](arguments.epochs, arguments.seed_offset)
         figures["peak_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(json.dumps(figures, default=float))
         return
     rates = gemm_rate()
     results = {name: [] for name in arguments.contenders}
-    for _ in range(arguments.repetitions):
+    for repetition in range(arguments.repetitions):
         for name in arguments.contenders:  # interleaved: load changes affect every contender alike
-            results[name].append(run_worker(name, arguments.epochs))
+            offset = repetition if arguments.vary_seed else 0
+            results[name].append(run_worker(name, arguments.epochs, offset))
     lines = [
         f"Training speed, {date.today()}, {cpu_name()}, {os.cpu_count()} cores; "
-        f"{arguments.epochs} epochs x {arguments.repetitions} repetition(s); GEMM "
+        f"{arguments.epochs} epochs x {arguments.repetitions} repetition(s)"
+        f"{' with seeds seed, seed + 1, ...' if arguments.vary_seed else ''}; GEMM "
         + ", ".join(f"{rate:.0f} GFLOP/s at {shape}" for shape, rate in rates.items()),
         "",
         *table(results, rates, arguments.epochs),

@@ -15,7 +15,8 @@ from mlflow.models import infer_signature
 
 def log_model(model: keras.Model, example_inputs: np.ndarray, *, registered_model_name: str) -> str:
     """Log the model with its signature and an input example, register a new version of it; return the version."""
-    signature = infer_signature(example_inputs, model.predict(example_inputs, verbose=0))
+    # Calling the model: `predict` would build and trace a prediction function for five rows.
+    signature = infer_signature(example_inputs, model(example_inputs, training=False).numpy())
     # The tensorflow flavor: it saves Keras 3 models as .keras files too, and
     # (unlike mlflow.keras in this release) stores the input example correctly.
     info = mlflow.tensorflow.log_model(
