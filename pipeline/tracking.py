@@ -257,3 +257,15 @@ def mark_model_development(experiment_id: str) -> None:
         # Another process's insert of the same row (a duplicate key) is no error; anything else is.
         if client().get_experiment(experiment_id).tags.get(tag) != value:
             raise
+
+
+def run_exists(run_id: str | None) -> bool:
+    """Whether the run a crashed training left can be continued."""
+    if run_id is None:
+        return False
+    try:
+        client().get_run(run_id)
+    except MlflowException as error:
+        logger.warning("starting a new MLflow run: run %s of the crashed training is gone (%s)", run_id, error)
+        return False
+    return True

@@ -8,11 +8,9 @@ row per epoch, for `dvc plots`), and the architecture: reports/model_summary.txt
 (Keras' summary), reports/model_config.json (the model's get_config()) and
 reports/architecture.png (a diagram).
 
-The MLflow run gets every composed parameter (flattened), per-epoch training and
-validation metrics with their epoch as step, and the model with a signature and
-an input example, registered in the Model Registry; the run's lineage
-(pipeline.lineage: lineage/lineage.json and lineage/environment.json, and a
-few tags from them), and the sha256 of the trained weights.
+The MLflow run gets every composed parameter (flattened), per-epoch metrics with
+the epoch as step, the model with a signature and an input example, registered;
+the run's lineage (pipeline.lineage), and the sha256 of the trained weights.
 
 `python -m pipeline.train --hash-only` trains without writing anything and
 prints the weights' sha256: the repeatability check runs it twice.
@@ -25,8 +23,14 @@ import csv
 import dataclasses
 import logging
 import os
+import sys
 import time
 from pathlib import Path
+
+if __name__ == "__main__":
+    # Keras imports scikit-learn (0.6 s) for its sklearn wrappers alone, which the stage never
+    # uses: a None entry makes that optional import fail at once.
+    sys.modules.setdefault("sklearn", None)
 
 import keras
 import mlflow
@@ -50,11 +54,11 @@ from pipeline.paths import (
 )
 from pipeline.splits import Split, load_split, training_targets
 from pipeline.tracking import (
-    client,
     log_datasets,
     mark_model_development,
     pipeline_run,
     repository_root,
+    run_exists,
     write_run_file,
 )
 from pipeline.training import (
@@ -261,18 +265,6 @@ def train_and_log(params: Params, training: Split, validation: Split) -> keras.M
             write_run_file(run, model_name=name, model_version=version)
         checkpoint.remove()
     return model
-
-
-def run_exists(run_id: str | None) -> bool:
-    """Whether the run a crashed training left can be continued."""
-    if run_id is None:
-        return False
-    try:
-        client().get_run(run_id)
-    except mlflow.exceptions.MlflowException as error:
-        logger.warning("starting a new MLflow run: run %s of the crashed training is gone (%s)", run_id, error)
-        return False
-    return True
 
 
 def main() -> None:
