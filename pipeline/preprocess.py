@@ -105,19 +105,17 @@ def _image_grid(images: np.ndarray, labels: np.ndarray, class_names: list[str], 
         "L" if gray else "RGB", (GRID_SIZE * cell_width + gap, header + GRID_SIZE * cell_height), "white"
     )
     draw = ImageDraw.Draw(picture)
-    draw.text((picture.width / 2, 6), "Random training examples", fill="black", font=_font(16), anchor="ma")
+    heading, label = ImageFont.load_default(size=16), ImageFont.load_default(size=12)
+    draw.text((picture.width / 2, 6), "Random training examples", fill="black", font=heading, anchor="ma")
     for position, index in enumerate(chosen):
         left = gap + (position % GRID_SIZE) * cell_width
         top = header + (position // GRID_SIZE) * cell_height + title
-        image = Image.fromarray(255 - images[index] if gray else images[index].astype(np.uint8))
+        pixels = images[index].astype(np.uint8)
+        image = Image.fromarray(255 - pixels if gray else pixels)
         picture.paste(image.resize((width * scale, height * scale), Image.Resampling.NEAREST), (left, top))
         name = class_names[labels[index]]
-        draw.text((left + width * scale / 2, top - 2), name, fill="black", font=_font(12), anchor="md")
+        draw.text((left + width * scale / 2, top - 2), name, fill="black", font=label, anchor="md")
     return picture
-
-
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)
 
 
 def _feature_histograms(table: np.ndarray, labels: np.ndarray, class_names: list[str]):

@@ -111,7 +111,7 @@ def xla_epoch(model: keras.Model, batch_size: int):
         for call in tf.range(calls):
             count = tf.minimum(STEPS_PER_CALL, full_batches - call * STEPS_PER_CALL)
             steps(tf.gather(inputs, rows[call]), tf.gather(targets, rows[call]), count)
-        for start in tf.range(full_batches * batch_size, tf.shape(order)[0], batch_size):
+        for start in tf.range(full_batches * batch_size, tf.shape(order)[0], batch_size):  # the partial batch, if any
             batch = order[start:]
             step((tf.gather(inputs, batch), tf.gather(targets, batch)))
 
