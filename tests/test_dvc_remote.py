@@ -35,7 +35,8 @@ def webdav_server(tmp_path):
     """WsgiDAV on 127.0.0.1, a free port, basic auth with a generated password; (url, user, password, folder)."""
     folder = tmp_path / "webdav"
     folder.mkdir()
-    password = secrets.token_urlsafe(16)
+    # A leading dash, as a generated token has one time in 64: the value must still not read as an option.
+    password = "-" + secrets.token_urlsafe(16)
     config = {
         "provider_mapping": {"/dvc": str(folder)},
         "simple_dc": {"user_mapping": {"*": {"tester": {"password": password}}}},
@@ -84,7 +85,11 @@ def test_the_default_remote_is_a_folder_beside_the_repository(project):
 
 def test_a_webdav_remote_with_a_password_pushes_and_pulls(project, webdav_server, tmp_path):
     url, user, password, folder = webdav_server
-    credentials = [["modify", "--local", "team", "user", user], ["modify", "--local", "team", "password", password]]
+    # `--` ends the options: a secret may begin with a dash (docs/team.md writes it so too).
+    credentials = [
+        ["modify", "--local", "team", "user", "--", user],
+        ["modify", "--local", "team", "password", "--", password],
+    ]
     run(["dvc", "remote", "add", "team", url], cwd=project)
     for setting in credentials:
         run(["dvc", "remote", *setting], cwd=project)
