@@ -12,6 +12,13 @@ Each is named by a fingerprint of what the training depends on (the train
 params, the training data, the code and the packages): a checkpoint made for
 another configuration or other data is never resumed. A lock file keeps two
 processes from sharing one.
+
+Why not `keras.callbacks.BackupAndRestore`: it hands the epoch to `model.fit`
+alone (through the model's private `_initial_epoch`), which pipeline.training
+does not use; it writes the weights in place and then the epoch in a second
+file, so a kill between the two resumes epoch k's count with epoch k+1's
+weights; and it holds none of what a resume also needs here: the history, the
+early-stopping counters and best weights, the MLflow run and the fingerprint.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Stage `evaluate`: score the trained model on the test split and finish the MLflow run.
+"""Stage `evaluate`: score the trained Keras model on the test split and finish the MLflow run.
 
 Reads params `dataset.name`, `dataset.urls`, `dataset.files`, `dataset.num_classes`,
 `dataset.class_names`, `dataset.task`, `train.loss`, data/model/,
@@ -9,6 +9,10 @@ model's weights and the MLflow run id), reports/per_class_metrics.json
 (DVC metrics: precision/recall/F1 of each class), reports/confusion_matrix.csv
 (one row per test example, for `dvc plots`' confusion template),
 reports/confusion_matrix.png and reports/learning_curves.png.
+
+The scores come from the saved model itself (the file that is logged,
+registered and served), loaded and run by Keras; the per-class scores, the
+confusion matrix and the report from scikit-learn's metrics.
 
 Reopens the MLflow run the train stage created and adds the test metrics, the
 plots, the classification report, and to its lineage record
@@ -23,17 +27,19 @@ import hashlib
 import logging
 from pathlib import Path
 
+import keras
 import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import classification_report, confusion_matrix, precision_recall_fscore_support
 
 from pipeline.config import load_params
 from pipeline.errors import DataError, run_stage
 from pipeline.figures import save_figure
 from pipeline.files import atomic_path, write_json, write_text
-from pipeline.inference import SavedMLP, load_mlp
 from pipeline.lineage import add_lock_md5s, dataset_source
+from pipeline.model import class_ids, weights_sha256
 from pipeline.paths import (
     CLASSIFICATION_REPORT_FILE,
     CONFUSION_CSV,
@@ -48,7 +54,6 @@ from pipeline.paths import (
     rerun_hint,
 )
 from pipeline.registry import describe_version, promote_if_better
-from pipeline.scores import confusion_matrix, per_class_scores, report_text
 from pipeline.splits import load_split, training_targets
 from pipeline.tracking import client, log_datasets, pipeline_run, read_run_file
 
@@ -56,7 +61,7 @@ logger = logging.getLogger(__name__)
 
 
 def evaluate(
-    model: SavedMLP,
+    model: keras.Model,
     inputs: np.ndarray,
     labels: np.ndarray,
     *,
@@ -68,28 +73,30 @@ def evaluate(
     `targets` are what the model's loss compares its output with, when not the
     labels themselves (one-hot rows for mse over a softmax).
     """
-    probabilities = model.predict(inputs)
-    loss = model.loss_value(inputs, labels if targets is None else targets)
-    accuracy = model.accuracy(probabilities, labels)
-    # One sigmoid unit (binary task): the positive class above one half; else the most probable class.
-    predictions = (
-        (probabilities[:, 0] >= 0.5).astype(int) if probabilities.shape[1] == 1 else probabilities.argmax(axis=1)
+    # The loss as Keras computes it for training (L2 penalties included).
+    loss = model.evaluate(inputs, labels if targets is None else targets, batch_size=1024, verbose=0, return_dict=True)
+    predictions = class_ids(model.predict(inputs, batch_size=1024, verbose=0))
+    classes = list(range(len(class_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predictions, labels=classes, zero_division=0
     )
-    matrix = confusion_matrix(labels, predictions, len(class_names))
-    scores = per_class_scores(matrix)
+    scores = {"precision": precision, "recall": recall, "f1": f1}
+    report = classification_report(
+        labels, predictions, labels=classes, target_names=class_names, digits=4, zero_division=0
+    )
     return {
         "test": {
-            "loss": float(loss),
-            "accuracy": float(accuracy),
-            **{f"{name}_macro": float(scores[name].mean()) for name in ("precision", "recall", "f1")},
+            "loss": float(loss["loss"]),
+            "accuracy": float(np.mean(predictions == labels)),
+            **{f"{name}_macro": float(values.mean()) for name, values in scores.items()},
         },
         "per_class": {
-            name: {score: float(values[index]) for score, values in scores.items()} | {"support": int(support)}
-            for index, (name, support) in enumerate(zip(class_names, scores["support"], strict=True))
+            name: {score: float(values[index]) for score, values in scores.items()} | {"support": int(support[index])}
+            for index, name in enumerate(class_names)
         },
         "predictions": predictions,
-        "report_text": report_text(matrix, class_names),
-        "confusion_matrix": matrix,
+        "report_text": report,
+        "confusion_matrix": confusion_matrix(labels, predictions, labels=classes),
     }
 
 
@@ -149,11 +156,12 @@ def plot_learning_curves(rows: list[dict[str, str]], path: Path) -> None:
     save_figure(figure, path)
 
 
-def load_model(path: Path) -> SavedMLP:
+def load_model(path: Path) -> keras.Model:
     if not path.exists():
         raise DataError(f"{path} not found: {rerun_hint('train')}")
     try:
-        return load_mlp(path)
+        # safe_mode (the default) refuses to deserialize Python code from the file.
+        return keras.models.load_model(path, safe_mode=True)
     except Exception as error:  # noqa: BLE001 - any failure to read the model means a damaged file
         raise DataError(f"{path} is corrupt ({type(error).__name__}: {error}); {repair_hint('train')}") from None
 
@@ -184,11 +192,12 @@ def log_evaluation(results: dict, *, test_split, dataset_name: str, source: str)
         mlflow.log_artifact(str(path), artifact_path="evaluation")
 
 
-def run_summary(model: SavedMLP, run_id: str, *, dataset_name: str, accuracy: float) -> str:
+def run_summary(model: keras.Model, run_id: str, *, dataset_name: str, accuracy: float) -> str:
     """One line: the network, how it was trained and how it scored."""
     # From the run's logged params: this stage does not read (nor re-run for) the training settings.
     logged = client().get_run(run_id).data.params
-    units = [str(units) for units in model.units]
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    units = [str(model.input_shape[-1]), *(str(layer.units) for layer in dense)]
     return (
         f"MLP {'-'.join(units)} ({logged.get('model.activation')}, dropout {logged.get('model.dropout_rate')}) "
         f"on {dataset_name}, {logged.get('optimizer.name')} lr {logged.get('optimizer.learning_rate')}, "
@@ -233,7 +242,7 @@ def main() -> None:
             "test": results["test"],
             # With dropout, Keras' training accuracy is measured with the dropout on, as published tables report it.
             "final_epoch": final_epoch(history),
-            "weights_sha256": model.weights_sha256(),
+            "weights_sha256": weights_sha256(model),
             "mlflow_run_id": run_id,
         }
         write_reports(results, test_split.labels, history, metrics, class_names=dataset.class_names)

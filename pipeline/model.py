@@ -1,23 +1,35 @@
-"""The multilayer perceptron and its optimizer, built from config values."""
+"""The multilayer perceptron: the one implementation of the network, from raw inputs to class ids.
+
+The model takes the dataset's raw values (pixels 0 to 255, a table's measurements)
+and scales them itself, in its first layer: the trained, logged, registered and
+served model is the same network, and no caller scales anything. Every stage
+and command turns its outputs into classes with `class_ids`.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import keras
 import matplotlib.pyplot as plt
+import numpy as np
 
 from pipeline.config import ModelConfig, OptimizerConfig
 from pipeline.figures import save_figure
-from pipeline.inference import weights_digest
 
 
-def build_mlp(input_size: int, *, num_classes: int, task: str, config: ModelConfig) -> keras.Model:
-    """Dense hidden layers (each followed by Dropout when the rate is > 0), then the output layer:
-    a softmax over the classes, or for a binary task one sigmoid unit."""
+def build_mlp(
+    training_inputs: np.ndarray, *, num_classes: int, task: str, config: ModelConfig, scaling: str | None
+) -> keras.Model:
+    """The input scaling (see `input_scaling`; None: inputs are taken as they are), Dense hidden
+    layers (each followed by Dropout when the rate is > 0), then the output layer: a softmax over
+    the classes, or for a binary task one sigmoid unit."""
 
     regularizer = keras.regularizers.L2(config.l2_weight_decay) if config.l2_weight_decay > 0 else None
-    layers = [keras.Input(shape=(input_size,), name="pixels")]
+    layers = [keras.Input(shape=(training_inputs.shape[1],), name="features")]
+    if scaling is not None:
+        layers.append(input_scaling(scaling, training_inputs))
     for index, units in enumerate(config.hidden_units, start=1):
         layers.append(
             keras.layers.Dense(
@@ -35,6 +47,36 @@ def build_mlp(input_size: int, *, num_classes: int, task: str, config: ModelConf
     else:
         layers.append(keras.layers.Dense(num_classes, activation="softmax", name="class_probabilities"))
     return keras.Sequential(layers, name="mlp")
+
+
+def input_scaling(scaling: str, training_inputs: np.ndarray) -> keras.layers.Layer:
+    """The layer that scales raw inputs (dataset.scaling): the only place scaling lives."""
+    if scaling == "unit_interval":
+        return keras.layers.Rescaling(1 / 255, name="unit_interval")  # pixels 0-255 -> [0, 1]
+    if scaling == "standardize":
+        # Zero mean and unit variance per feature, fitted on the training split only: validation
+        # and test must not leak into it. The mean and variance are saved with the model.
+        layer = keras.layers.Normalization(name="standardize")
+        layer.adapt(training_inputs.astype(np.float32))
+        return layer
+    raise ValueError(f"unknown scaling {scaling!r}: expected unit_interval or standardize")
+
+
+def class_ids(outputs: np.ndarray) -> np.ndarray:
+    """The class each row of the model's outputs predicts: the one decision rule of the project.
+
+    One sigmoid unit (binary task): class 1 when its probability is above one half, as Keras'
+    accuracy counts it; else the most probable class."""
+    outputs = np.asarray(outputs)
+    if outputs.shape[1] == 1:
+        return (outputs[:, 0] > 0.5).astype(np.int64)
+    return outputs.argmax(axis=1)
+
+
+def class_probabilities(outputs: np.ndarray) -> np.ndarray:
+    """Every class's probability per row: one sigmoid unit's p becomes (1 - p, p)."""
+    outputs = np.asarray(outputs, dtype=np.float64)
+    return np.concatenate([1.0 - outputs, outputs], axis=1) if outputs.shape[1] == 1 else outputs
 
 
 def make_optimizer(
@@ -83,6 +125,8 @@ def draw_architecture(model: keras.Model, path: Path) -> None:
             text = f"{layer.name}: Dense {config['units']}, {config['activation']}"
         elif "rate" in config:
             text = f"{layer.name}: Dropout {config['rate']:g}"
+        elif "scale" in config:
+            text = f"{layer.name}: Rescaling x 1/{1 / config['scale']:.6g}"
         else:
             text = f"{layer.name}: {type(layer).__name__}"
         boxes.append(f"{text}\n{layer.count_params():,} parameters")
@@ -93,7 +137,8 @@ def draw_architecture(model: keras.Model, path: Path) -> None:
     axis.axis("off")
     for index, text in enumerate(boxes):
         y = len(boxes) - index - 0.5
-        color = "#dddddd" if index == 0 else "#cfe2f3" if "Dense" in text else "#fce5cd"
+        kind = "input" if index == 0 else next((k for k in ("Dense", "Dropout") if k in text), "scaling")
+        color = {"input": "#dddddd", "Dense": "#cfe2f3", "Dropout": "#fce5cd", "scaling": "#d9ead3"}[kind]
         axis.text(
             0.5,
             y,
@@ -110,5 +155,12 @@ def draw_architecture(model: keras.Model, path: Path) -> None:
 
 
 def weights_sha256(model: keras.Model) -> str:
-    """The digest of the model's weights (pipeline.inference.weights_digest): the run's identity."""
-    return weights_digest(model.get_weights())
+    """sha256 over the model's weights in layer order (dtype, shape and bytes of each): the run's identity.
+
+    Independent of how or when the model file was written: two trainings that
+    end with the same weights have the same digest."""
+    digest = hashlib.sha256()
+    for weights in model.get_weights():
+        digest.update(f"{weights.dtype.str}{weights.shape}".encode())
+        digest.update(np.ascontiguousarray(weights).tobytes())
+    return digest.hexdigest()

@@ -1,7 +1,7 @@
 """The trained Keras model into MLflow: logged with its signature and an input example, and registered.
 
-Only the train stage imports this module: it is the one that needs TensorFlow
-loaded anyway (evaluate scores the model through pipeline.inference).
+The model scales its raw inputs itself, so the served model takes what the
+dataset's files hold: pixels 0 to 255, a table's measurements.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from mlflow.models import infer_signature
 
 def log_model(model: keras.Model, example_inputs: np.ndarray, *, registered_model_name: str) -> str:
     """Log the model with its signature and an input example, register a new version of it; return the version."""
+    # The example's type is the signature's: uint8 pixels, or a table's float32 values, as the data holds them.
     # Calling the model: `predict` would build and trace a prediction function for five rows.
     signature = infer_signature(example_inputs, model(example_inputs, training=False).numpy())
     # The tensorflow flavor: it saves Keras 3 models as .keras files too, and

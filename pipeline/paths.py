@@ -17,7 +17,6 @@ RAW_DIRECTORY = Path("data/raw")
 # DVC output: the files are the same, verified by checksum, whichever source served them.
 DATA_SOURCES_FILE = RAW_DIRECTORY.with_name("sources.json")
 PROCESSED_DIRECTORY = Path("data/processed")
-SCALING_FILE = PROCESSED_DIRECTORY / "scaling.json"
 MODEL_DIRECTORY = Path("data/model")
 MODEL_FILE = MODEL_DIRECTORY / "model.keras"
 # The MLflow run the train stage opened, which the evaluate stage finishes.

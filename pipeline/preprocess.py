@@ -1,16 +1,18 @@
-"""Stage `preprocess`: decode and validate the raw files, split, flatten and scale.
+"""Stage `preprocess`: decode and validate the raw files, split and flatten.
 
 Reads params `seed`, `dataset` and data/raw/; writes data/processed/{train,validation,test}.npz
-(float32 inputs, flattened; integer labels), data/processed/scaling.json (the
-scaling and, when standardizing, the training split's mean and standard
-deviation), reports/class_counts.json (examples per class in each split) and
+(raw inputs, flattened: uint8 pixels or float32 table values; integer labels),
+reports/class_counts.json (examples per class in each split) and
 reports/samples.png (a 5x5 grid of random training images with their class, or
 for tables each feature's histogram per class).
 
+Nothing is scaled here: the model scales its raw inputs in its first layer
+(pipeline.model.input_scaling), so the served model takes what the files hold.
+
 The validation set is a stratified, seeded share of the training examples;
 where the format has no test split (csv), a stratified, seeded share of all
-rows is held out first. The test examples are only ever used by the evaluate
-stage.
+rows is held out first (scikit-learn's train_test_split). The test examples are
+only ever used by the evaluate stage.
 """
 
 from __future__ import annotations
@@ -20,22 +22,22 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from sklearn.model_selection import train_test_split
 
 from pipeline.config import DatasetConfig, load_params
 from pipeline.decoders import RawData, read_dataset
-from pipeline.errors import run_stage
+from pipeline.errors import DataError, run_stage
 from pipeline.files import atomic_path, write_json
-from pipeline.paths import CLASS_COUNTS_FILE, PROCESSED_DIRECTORY, RAW_DIRECTORY, SAMPLES_FILE, SCALING_FILE
+from pipeline.paths import CLASS_COUNTS_FILE, PROCESSED_DIRECTORY, RAW_DIRECTORY, SAMPLES_FILE
 from pipeline.splits import Split, save_split
-from pipeline.stratified import stratified_split
 
 logger = logging.getLogger(__name__)
 
 GRID_SIZE = 5
 
 
-def preprocess(raw: RawData, *, dataset: DatasetConfig, seed: int) -> tuple[dict[str, Split], dict]:
-    """Split, subsample, flatten and scale; return ({split name: Split}, scaling statistics)."""
+def preprocess(raw: RawData, *, dataset: DatasetConfig, seed: int) -> dict[str, Split]:
+    """Split, subsample and flatten; return {split name: Split} with the raw values."""
     train_inputs, train_labels, test_inputs, test_labels = raw
     if test_inputs is None:
         train_inputs, train_labels, test_inputs, test_labels = _held_out(
@@ -52,24 +54,16 @@ def preprocess(raw: RawData, *, dataset: DatasetConfig, seed: int) -> tuple[dict
     else:
         validation_inputs, validation_labels = train_inputs[:0], train_labels[:0]
     splits = {
-        "train": (_flatten(train_inputs), train_labels),
-        "validation": (_flatten(validation_inputs), validation_labels),
-        "test": (_flatten(test_inputs), test_labels),
+        "train": (train_inputs, train_labels),
+        "validation": (validation_inputs, validation_labels),
+        "test": (test_inputs, test_labels),
     }
-    scaling = dataset.scaling
-    if scaling == "unit_interval":
-        # uint8 pixels 0-255 -> [0, 1]
-        statistics = {"scaling": scaling}
-        scale = lambda inputs: inputs.astype(np.float32) / np.float32(255.0)  # noqa: E731
-    else:
-        # Fitted on the training split only: validation and test must not leak into it.
-        mean = splits["train"][0].mean(axis=0)
-        deviation = splits["train"][0].std(axis=0)
-        deviation[deviation == 0] = 1.0  # a constant feature stays 0 instead of dividing by zero
-        statistics = {"scaling": scaling, "mean": mean.tolist(), "standard_deviation": deviation.tolist()}
-        scale = lambda inputs: ((inputs - mean) / deviation).astype(np.float32)  # noqa: E731
-    scaled = {name: Split(scale(inputs), labels.astype(np.int64)) for name, (inputs, labels) in splits.items()}
-    return scaled, statistics
+    # Images stay uint8; a table's values become float32, the precision the model computes in.
+    dtype = np.uint8 if train_inputs.dtype == np.uint8 else np.float32
+    return {
+        name: Split(_flatten(inputs).astype(dtype, copy=False), labels.astype(np.int64))
+        for name, (inputs, labels) in splits.items()
+    }
 
 
 def class_counts(splits: dict[str, Split], num_classes: int) -> dict[str, dict[str, int]]:
@@ -137,13 +131,21 @@ def _feature_histograms(table: np.ndarray, labels: np.ndarray, class_names: list
 
 def _held_out(inputs: np.ndarray, labels: np.ndarray, fraction: float, seed: int):
     """(kept inputs, kept labels, held-out inputs, held-out labels), `fraction` of the rows held out."""
-    kept, held_out = stratified_split(labels, seed=seed, test_fraction=fraction)
+    kept, held_out = _stratified_rows(labels, seed, test_size=fraction)
     return inputs[kept], labels[kept], inputs[held_out], labels[held_out]
 
 
 def _stratified_subset(inputs: np.ndarray, labels: np.ndarray, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    kept, _ = stratified_split(labels, seed=seed, train_count=size)
+    kept, _ = _stratified_rows(labels, seed, train_size=size)
     return inputs[kept], labels[kept]
+
+
+def _stratified_rows(labels: np.ndarray, seed: int, **size) -> tuple[np.ndarray, np.ndarray]:
+    """(kept rows, held-out rows): each class keeps its share on both sides, drawn with `seed`."""
+    try:
+        return train_test_split(np.arange(len(labels)), stratify=labels, random_state=seed, **size)
+    except ValueError as error:  # e.g. a class with one example, or fewer rows on a side than classes
+        raise DataError(f"cannot split the {len(labels)} examples keeping every class on both sides: {error}") from None
 
 
 def _flatten(inputs: np.ndarray) -> np.ndarray:
@@ -159,11 +161,10 @@ def main() -> None:
     save_samples_figure(
         raw.train_inputs, raw.train_labels, SAMPLES_FILE, class_names=dataset.class_names, seed=params.seed
     )
-    splits, statistics = preprocess(raw, dataset=dataset, seed=params.seed)
+    splits = preprocess(raw, dataset=dataset, seed=params.seed)
     for name, split in splits.items():
         save_split(PROCESSED_DIRECTORY / f"{name}.npz", split)
         logger.info("%s: %d examples of %d features", name, *split.inputs.shape)
-    write_json(SCALING_FILE, statistics)
     write_json(CLASS_COUNTS_FILE, class_counts(splits, dataset.num_classes))
 
 

@@ -15,7 +15,8 @@ from pipeline.paths import repair_hint, rerun_hint
 
 
 class Split(NamedTuple):
-    """One split as the stages pass it on: float32 inputs (count, features) and integer labels (count,)."""
+    """One split as the stages pass it on: raw inputs (count, features), uint8 pixels or float32
+    table values, and integer labels (count,)."""
 
     inputs: np.ndarray
     labels: np.ndarray

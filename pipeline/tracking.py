@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -269,3 +269,23 @@ def run_exists(run_id: str | None) -> bool:
         logger.warning("starting a new MLflow run: run %s of the crashed training is gone (%s)", run_id, error)
         return False
     return True
+
+
+def epoch_logger(run_id: str) -> Callable[[int, dict], None]:
+    """A Keras `on_epoch_end` hook logging each epoch's metrics with the epoch as step, once: after a
+    resume, epochs already logged are skipped."""
+    logged = {metric.step for metric in client().get_metric_history(run_id, "loss")}
+
+    def log(epoch: int, logs: dict) -> None:
+        if epoch + 1 not in logged:
+            mlflow.log_metrics({name: float(value) for name, value in logs.items()}, step=epoch + 1)
+
+    return log
+
+
+def backfill_epochs(run_id: str, history: dict[str, list[float]]) -> None:
+    """Log the epochs a crashed process checkpointed but did not get to log."""
+    logged = {metric.step for metric in client().get_metric_history(run_id, "loss")}
+    for epoch in range(1, len(history.get("loss", [])) + 1):
+        if epoch not in logged:
+            mlflow.log_metrics({name: values[epoch - 1] for name, values in history.items()}, step=epoch)

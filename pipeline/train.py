@@ -23,14 +23,8 @@ import csv
 import dataclasses
 import logging
 import os
-import sys
 import time
 from pathlib import Path
-
-if __name__ == "__main__":
-    # Keras imports scikit-learn (0.6 s) for its sklearn wrappers alone, which the stage never
-    # uses: a None entry makes that optional import fail at once.
-    sys.modules.setdefault("sklearn", None)
 
 import keras
 import mlflow
@@ -54,6 +48,8 @@ from pipeline.paths import (
 )
 from pipeline.splits import Split, load_split, training_targets
 from pipeline.tracking import (
+    backfill_epochs,
+    epoch_logger,
     log_datasets,
     mark_model_development,
     pipeline_run,
@@ -61,15 +57,7 @@ from pipeline.tracking import (
     run_exists,
     write_run_file,
 )
-from pipeline.training import (
-    EpochCheckpointer,
-    ResumableEarlyStopping,
-    backfill_epochs,
-    check_finite,
-    epoch_logger,
-    fit,
-    steps_per_epoch,
-)
+from pipeline.training import EpochCheckpointer, ResumableEarlyStopping, check_finite, fit, steps_per_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -90,18 +78,21 @@ def train(
     optimizer_config: OptimizerConfig,
     train_config: TrainConfig,
     seed: int,
+    scaling: str | None = None,
     callbacks: list[keras.callbacks.Callback] | None = None,
     checkpoint: Checkpoint | None = None,
     run_id: str | None = None,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Build, compile and fit the MLP, resuming from `checkpoint` when it holds a saved state;
-    return (model, history) with history as {metric: [value per epoch]}, every epoch included."""
+    return (model, history) with history as {metric: [value per epoch]}, every epoch included.
+
+    `scaling` is dataset.scaling: the model's first layer scales the raw inputs (None: it takes them as they are)."""
     # Seeded here, right before the first random draw: anything that ran before
     # (MLflow picks run names with Python's global `random`, which Keras also
     # draws initializer seeds from) cannot change the weights.
     determinism.require(train_config.determinism)
     seed_everything(seed)
-    model = build_mlp(training.inputs.shape[1], num_classes=num_classes, task=task, config=model_config)
+    model = build_mlp(training.inputs, num_classes=num_classes, task=task, config=model_config, scaling=scaling)
     total_steps = steps_per_epoch(len(training.labels), train_config.batch_size) * train_config.epochs
     optimizer = make_optimizer(optimizer_config, schedule=train_config.learning_rate_schedule, total_steps=total_steps)
     loss = keras_loss(train_config.loss)
@@ -167,6 +158,7 @@ def train_with_params(params: Params, training: Split, validation: Split, **opti
         optimizer_config=params.optimizer,
         train_config=params.train,
         seed=params.seed,
+        scaling=params.dataset.scaling,
         **options,
     )
 
@@ -247,11 +239,12 @@ def train_and_log(params: Params, training: Split, validation: Split) -> keras.M
                 backfill_epochs(run_id, saved[0].history)
             else:
                 record_inputs(run, params, splits, run_lineage)
+            log_epoch = keras.callbacks.LambdaCallback(on_epoch_end=epoch_logger(run_id))
             model, history = train_with_params(
                 params,
                 training,
                 validation,
-                callbacks=[epoch_logger(run_id), *search_trial.callbacks()],
+                callbacks=[log_epoch, *search_trial.callbacks()],
                 checkpoint=checkpoint,
                 run_id=run_id,
             )

@@ -48,7 +48,7 @@ def test_repro_runs_every_stage_and_writes_outputs(project):
     for split in ("train", "validation", "test"):
         with np.load(path / f"data/processed/{split}.npz") as arrays:
             assert arrays["inputs"].shape[1] == 784
-            assert arrays["inputs"].dtype == np.float32
+            assert arrays["inputs"].dtype == np.uint8  # raw pixels: the model scales them
     assert (path / "data/model/model.keras").stat().st_size > 0
     for report in ("samples.png", "confusion_matrix.png", "learning_curves.png", "class_counts.json"):
         assert (path / "reports" / report).stat().st_size > 0
@@ -63,6 +63,22 @@ def test_repro_runs_every_stage_and_writes_outputs(project):
     # DVC-managed data stays out of git.
     for name in ("data/raw/train-images-idx3-ubyte.gz", "data/processed/test.npz", "data/model/model.keras"):
         run(["git", "check-ignore", "-q", name], cwd=path)
+
+
+def test_the_test_metrics_are_the_saved_keras_models(project):
+    """One model, one truth: the file DVC tracks (and MLflow serves) gives the evaluated predictions."""
+    import keras
+
+    from pipeline.model import class_ids
+
+    path, _ = project
+    model = keras.models.load_model(path / "data/model/model.keras")
+    with np.load(path / "data/processed/test.npz") as arrays:
+        predicted = class_ids(model.predict(arrays["inputs"], verbose=0))
+        accuracy = float(np.mean(predicted == arrays["labels"]))
+    assert metrics_of(path)["test"]["accuracy"] == accuracy
+    rows = (path / "reports/confusion_matrix.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[1] for row in rows] == [str(index) for index in predicted]
 
 
 def test_lock_file_records_every_stage_with_hashes(project):

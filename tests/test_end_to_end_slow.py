@@ -4,6 +4,7 @@ HTTP, and the real MNIST files through a local mirror."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -102,6 +103,8 @@ def test_registered_model_is_served_by_mlflow_models_serve(tmp_path, tiny_datase
                 time.sleep(1)
         with np.load(path / "data/processed/test.npz") as arrays:
             inputs, labels = arrays["inputs"][:5], arrays["labels"][:5]
+        # Raw pixels, as a client has them: the served model scales them itself.
+        assert inputs.dtype == np.uint8 and inputs.max() > 1
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations",
             data=json.dumps({"inputs": inputs.tolist()}).encode(),
@@ -113,6 +116,10 @@ def test_registered_model_is_served_by_mlflow_models_serve(tmp_path, tiny_datase
         np.testing.assert_allclose(predictions.sum(axis=1), 1.0, rtol=1e-5)
         # The tiny dataset is learnable: the served model gets most of these right.
         assert (predictions.argmax(axis=1) == labels).mean() >= 0.6
+        # The served model is the evaluated one: the same class as the evaluate stage's for every row.
+        with (path / "reports/confusion_matrix.csv").open() as stream:
+            evaluated = [row["predicted"] for row in csv.DictReader(stream)][:5]
+        assert [str(index) for index in predictions.argmax(axis=1)] == evaluated
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
@@ -155,11 +162,13 @@ def test_real_pima_table_through_the_mirror(tmp_path):
         "test": 154,
     }
     assert sum(split["1"] for split in counts.values()) == 268
-    scaling = json.loads((path / "data/processed/scaling.json").read_text())
-    assert scaling["scaling"] == "standardize" and len(scaling["mean"]) == 8
+    # The raw measurements (plasma glucose in mg/dl): the model standardizes them in its first layer.
+    with np.load(path / "data/processed/train.npz") as arrays:
+        assert arrays["inputs"].dtype == np.float32 and arrays["inputs"][:, 1].max() > 100
     metrics = json.loads((path / "reports/metrics.json").read_text())
     # Well above the 65% of always answering "no diabetes".
     assert metrics["test"]["accuracy"] > 0.7
     recorded = MlflowClient(f"sqlite:///{path / 'mlflow.db'}").get_run(metrics["mlflow_run_id"]).data
-    assert recorded.params["model.parameter_count"] == str(8 * 256 + 256 + 256 * 256 + 256 + 256 + 1)
+    # The standardization's mean, variance (8 each) and count are the model's weights too.
+    assert recorded.params["model.parameter_count"] == str(8 + 8 + 1 + 8 * 256 + 256 + 256 * 256 + 256 + 256 + 1)
     assert recorded.tags["config.overrides"] == "dataset=pima"

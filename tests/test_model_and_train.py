@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import keras
 import numpy as np
 import pytest
-from conftest import REPOSITORY, synthetic_digits
+from conftest import synthetic_digits
 
 from pipeline.config import ModelConfig, OptimizerConfig, TrainConfig
-from pipeline.model import build_mlp, draw_architecture, keras_loss, make_optimizer
+from pipeline.model import build_mlp, class_ids, class_probabilities, draw_architecture, keras_loss, make_optimizer
 from pipeline.splits import Split, training_targets
 from pipeline.train import model_summary, seed_everything, train, write_history
+
+# One row of MNIST's width: build_mlp takes its input width (and a scaling's statistics) from training inputs.
+PIXELS = np.zeros((1, 784), np.uint8)
 
 DEFAULT_MODEL = ModelConfig(
     hidden_units=[256, 256],
@@ -25,17 +25,17 @@ DEFAULT_MODEL = ModelConfig(
 
 
 def test_default_network_has_atienzas_269322_parameters():
-    model = build_mlp(784, num_classes=10, task="multiclass", config=DEFAULT_MODEL)
+    model = build_mlp(PIXELS, num_classes=10, task="multiclass", config=DEFAULT_MODEL, scaling="unit_interval")
     assert model.count_params() == 269_322
     kinds = [type(layer).__name__ for layer in model.layers]
-    assert kinds == ["Dense", "Dropout", "Dense", "Dropout", "Dense"]
+    assert kinds == ["Rescaling", "Dense", "Dropout", "Dense", "Dropout", "Dense"]
     assert [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)] == [0.45, 0.45]
     assert model.layers[-1].activation.__name__ == "softmax"
 
 
 def test_no_dropout_layers_at_rate_zero_and_l2_on_every_hidden_layer():
     config = DEFAULT_MODEL.model_copy(update={"dropout_rate": 0.0, "l2_weight_decay": 0.001, "hidden_units": [8, 8, 8]})
-    model = build_mlp(784, num_classes=10, task="multiclass", config=config)
+    model = build_mlp(PIXELS, num_classes=10, task="multiclass", config=config, scaling=None)
     hidden = [layer for layer in model.layers if layer.name.startswith("hidden")]
     assert len(model.layers) == 4
     assert all(layer.kernel_regularizer.l2 == pytest.approx(0.001) for layer in hidden)
@@ -44,18 +44,16 @@ def test_no_dropout_layers_at_rate_zero_and_l2_on_every_hidden_layer():
 @pytest.mark.parametrize(("name", "low", "high"), [("uniform", -0.05, 0.05), ("zeros", 0.0, 0.0)])
 def test_fixed_range_initializers(name, low, high):
     seed_everything(0)
-    model = build_mlp(
-        784, num_classes=10, task="multiclass", config=DEFAULT_MODEL.model_copy(update={"kernel_initializer": name})
-    )
+    config = DEFAULT_MODEL.model_copy(update={"kernel_initializer": name})
+    model = build_mlp(PIXELS, num_classes=10, task="multiclass", config=config, scaling=None)
     kernel = model.layers[0].kernel.numpy()
     assert low <= kernel.min() and kernel.max() <= high
 
 
 def test_normal_initializer_has_standard_deviation_005():
     seed_everything(0)
-    model = build_mlp(
-        784, num_classes=10, task="multiclass", config=DEFAULT_MODEL.model_copy(update={"kernel_initializer": "normal"})
-    )
+    config = DEFAULT_MODEL.model_copy(update={"kernel_initializer": "normal"})
+    model = build_mlp(PIXELS, num_classes=10, task="multiclass", config=config, scaling=None)
     assert model.layers[0].kernel.numpy().std() == pytest.approx(0.05, rel=0.02)
 
 
@@ -158,7 +156,7 @@ def test_an_xla_epoch_has_the_weights_of_xla_steps_one_by_one(steps_per_call, mo
     models = []
     for _ in range(2):
         seed_everything(5)
-        model = build_mlp(inputs.shape[1], num_classes=10, task="multiclass", config=DEFAULT_MODEL)
+        model = build_mlp(inputs.numpy(), num_classes=10, task="multiclass", config=DEFAULT_MODEL, scaling=None)
         optimizer = make_optimizer(OptimizerConfig(name="adam", learning_rate=0.01))
         model.compile(optimizer=optimizer, loss=keras_loss("categorical_crossentropy"))
         model.optimizer.build(model.trainable_variables)
@@ -199,7 +197,7 @@ NUMPY_ACTIVATIONS = {
 def test_hidden_activation_from_config(activation):
     seed_everything(0)
     config = DEFAULT_MODEL.model_copy(update={"activation": activation, "hidden_units": [6], "dropout_rate": 0.0})
-    model = build_mlp(4, num_classes=3, task="multiclass", config=config)
+    model = build_mlp(np.zeros((1, 4)), num_classes=3, task="multiclass", config=config, scaling=None)
     inputs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     hidden = model.layers[0]
     kernel, bias = (weights.numpy() for weights in (hidden.kernel, hidden.bias))
@@ -250,7 +248,7 @@ def test_mse_over_a_softmax_compares_with_one_hot_rows():
 
 
 def test_architecture_artifacts_describe_the_network(tmp_path):
-    model = build_mlp(784, num_classes=10, task="multiclass", config=DEFAULT_MODEL)
+    model = build_mlp(PIXELS, num_classes=10, task="multiclass", config=DEFAULT_MODEL, scaling="unit_interval")
     rebuilt = keras.Sequential.from_config(model.get_config())
     assert [layer.name for layer in rebuilt.layers] == [layer.name for layer in model.layers]
     assert rebuilt.count_params() == 269_322
@@ -262,16 +260,14 @@ def test_architecture_artifacts_describe_the_network(tmp_path):
 
 def test_evaluation_names_the_classes_everywhere(tmp_path):
     from pipeline.evaluate import evaluate, plot_confusion_matrix, write_confusion_csv
-    from pipeline.inference import from_keras
 
-    model = build_mlp(
-        784, num_classes=3, task="multiclass", config=DEFAULT_MODEL.model_copy(update={"hidden_units": [8]})
-    )
+    config = DEFAULT_MODEL.model_copy(update={"hidden_units": [8]})
+    model = build_mlp(PIXELS, num_classes=3, task="multiclass", config=config, scaling="unit_interval")
     model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     images, labels = synthetic_digits(30, seed=1)
-    inputs, labels = images.reshape(30, -1).astype(np.float32) / 255, labels % 3
+    inputs, labels = images.reshape(30, -1), labels % 3
     names = ["cat", "dog", "bird"]
-    results = evaluate(from_keras(model), inputs, labels, class_names=names)
+    results = evaluate(model, inputs, labels, class_names=names)
     assert list(results["per_class"]) == names
     assert all(name in results["report_text"] for name in names)
     write_confusion_csv(labels, results["predictions"], tmp_path / "confusion.csv", class_names=names)
@@ -281,17 +277,75 @@ def test_evaluation_names_the_classes_everywhere(tmp_path):
     assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_the_train_stage_starts_without_scikit_learn():
-    """Keras would import scikit-learn for wrappers the stage never uses: 0.6 s of every run."""
-    script = (
-        "import runpy, sys\n"
-        "sys.argv = ['pipeline.train', '--help']\n"
-        "try:\n"
-        "    runpy.run_module('pipeline.train', run_name='__main__')\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        "print('scikit-learn:', sys.modules.get('sklearn', 'not imported'))\n"
+@pytest.mark.parametrize(("task", "loss"), [("multiclass", "mse"), ("binary", "binary_crossentropy")])
+def test_evaluation_scores_the_saved_keras_model_as_keras_does(tmp_path, task, loss):
+    """The test metrics are the saved model's, run by Keras: its loss (L2 included) and its own accuracy."""
+    from sklearn.metrics import f1_score
+
+    from pipeline.evaluate import evaluate, load_model
+
+    images, labels = synthetic_digits(200, seed=2)
+    inputs = images.reshape(200, -1)
+    num_classes = 2 if task == "binary" else 10
+    labels = labels % num_classes
+    config = DEFAULT_MODEL.model_copy(update={"hidden_units": [16], "l2_weight_decay": 0.01, "dropout_rate": 0.2})
+    model, _ = train(
+        Split(inputs[:150], labels[:150]),
+        Split(inputs[150:], labels[150:]),
+        num_classes=num_classes,
+        task=task,
+        model_config=config,
+        optimizer_config=OptimizerConfig(name="adam", learning_rate=0.01),
+        train_config=TrainConfig(loss=loss, batch_size=32, epochs=2, early_stopping_patience=None),
+        seed=0,
+        scaling="unit_interval",
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPOSITORY, check=True)
-    assert "--hash-only" in result.stdout  # the stage's own help: Keras, MLflow and the rest imported
-    assert result.stdout.strip().splitlines()[-1] == "scikit-learn: None"
+    model.save(tmp_path / "model.keras")
+    targets = training_targets(labels[150:], loss=loss, task=task, num_classes=num_classes)
+    results = evaluate(
+        load_model(tmp_path / "model.keras"),
+        inputs[150:],
+        labels[150:],
+        targets=targets,
+        class_names=[str(index) for index in range(num_classes)],
+    )
+    keras_scores = model.evaluate(inputs[150:], targets, verbose=0, return_dict=True)
+    assert results["test"]["loss"] == pytest.approx(keras_scores["loss"], rel=1e-5)
+    assert results["test"]["accuracy"] == pytest.approx(keras_scores["accuracy"], abs=1e-7)
+    assert results["test"]["f1_macro"] == pytest.approx(f1_score(labels[150:], results["predictions"], average="macro"))
+
+
+def test_one_rule_turns_outputs_into_classes():
+    # One sigmoid unit: class 1 strictly above one half (Keras' binary accuracy counts it so).
+    np.testing.assert_array_equal(class_ids(np.array([[0.2], [0.5], [0.5001]])), [0, 0, 1])
+    np.testing.assert_array_equal(class_ids(np.array([[0.1, 0.7, 0.2], [0.6, 0.3, 0.1]])), [1, 0])
+    np.testing.assert_allclose(class_probabilities(np.array([[0.25]])), [[0.75, 0.25]])
+
+
+def test_the_model_scales_raw_pixels_itself():
+    """Pixels 0-255 in, the same outputs as the same network on pixels / 255."""
+    images, _ = synthetic_digits(20, seed=3)
+    pixels = images.reshape(20, -1)
+    seed_everything(0)
+    scaled = build_mlp(pixels, num_classes=10, task="multiclass", config=DEFAULT_MODEL, scaling="unit_interval")
+    seed_everything(0)
+    plain = build_mlp(pixels, num_classes=10, task="multiclass", config=DEFAULT_MODEL, scaling=None)
+    np.testing.assert_allclose(
+        scaled(pixels, training=False).numpy(), plain(pixels / 255.0, training=False).numpy(), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_a_table_is_standardized_inside_the_model_with_the_training_statistics(tmp_path):
+    rows = np.random.default_rng(0).normal(loc=[100.0, -3.0, 0.5], scale=[20.0, 0.1, 4.0], size=(500, 3))
+    model = build_mlp(
+        rows.astype(np.float32), num_classes=2, task="binary", config=DEFAULT_MODEL, scaling="standardize"
+    )
+    standardize = model.layers[0]
+    assert type(standardize).__name__ == "Normalization"
+    standardized = standardize(rows.astype(np.float32)).numpy()
+    np.testing.assert_allclose(standardized.mean(axis=0), 0, atol=1e-4)
+    np.testing.assert_allclose(standardized.std(axis=0), 1, atol=1e-3)
+    # The statistics are saved with the model: the loaded model takes raw rows too.
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(loaded(rows[:5], training=False).numpy(), model(rows[:5], training=False).numpy())

@@ -23,13 +23,17 @@ from pipeline.commands.predict import predict
 from pipeline.commands.predict.inputs import read_image
 from pipeline.config import ModelConfig, compose, parse_params
 from pipeline.errors import DataError
-from pipeline.files import write_json
 from pipeline.model import build_mlp
-from pipeline.paths import PARAMS_FILE, SCALING_FILE
+from pipeline.paths import PARAMS_FILE
 
 SMALL_MODEL = ModelConfig(
     hidden_units=[8], activation="relu", dropout_rate=0.0, kernel_initializer="glorot_uniform", l2_weight_decay=0.0
 )
+
+
+# Pima's training rows, as far as the small model's standardization knows them: mean 1..8, deviation 2.
+PIMA_MEAN = np.arange(1.0, 9.0)
+PIMA_TRAINING_ROWS = np.concatenate([PIMA_MEAN - 2.0, PIMA_MEAN + 2.0]).reshape(2, 8)
 
 
 def make_project(directory, dataset: str) -> dict:
@@ -37,7 +41,10 @@ def make_project(directory, dataset: str) -> dict:
     text = compose([f"dataset={dataset}"], config_directory=REPOSITORY / "conf")
     (directory / PARAMS_FILE).write_text(text)
     config = parse_params(text).dataset
-    model = build_mlp(config.num_features, num_classes=config.num_classes, task=config.task, config=SMALL_MODEL)
+    training_inputs = PIMA_TRAINING_ROWS if dataset == "pima" else np.zeros((1, config.num_features), np.uint8)
+    model = build_mlp(
+        training_inputs, num_classes=config.num_classes, task=config.task, config=SMALL_MODEL, scaling=config.scaling
+    )
     model.save(directory / "model.keras")
     return yaml.safe_load(text)["dataset"]
 
@@ -51,13 +58,7 @@ def cifar_project(tmp_path, monkeypatch):
 @pytest.fixture
 def pima_project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    dataset = make_project(tmp_path, "pima")
-    mean, deviation = np.arange(1.0, 9.0), np.full(8, 2.0)
-    write_json(
-        tmp_path / SCALING_FILE,
-        {"scaling": "standardize", "mean": mean.tolist(), "standard_deviation": deviation.tolist()},
-    )
-    return dataset
+    return make_project(tmp_path, "pima")
 
 
 def images(directory) -> list[str]:
@@ -116,9 +117,9 @@ def test_an_image_is_converted_as_the_dataset_images_are(tmp_path):
     np.testing.assert_array_equal(read_image(tmp_path / "same.png", mode="L", height=28, width=28), image)
 
 
-def test_feature_rows_are_standardized_with_the_training_statistics(pima_project, tmp_path):
-    # A row equal to the training mean is all zeros after standardization.
-    mean = np.arange(1.0, 9.0)
+def test_raw_feature_rows_go_to_the_model_which_standardizes_them(pima_project, tmp_path):
+    # A row equal to the training mean is all zeros after the model's standardization.
+    mean = PIMA_MEAN
     (tmp_path / "rows.csv").write_text("a,b,c,d,e,f,g,h\n" + ",".join(map(str, mean)) + "\n")
     np.savez(tmp_path / "rows.npz", inputs=np.stack([mean, mean + 2.0]))
     # The dataset's own layout, with the label column, is accepted too.
@@ -132,7 +133,9 @@ def test_feature_rows_are_standardized_with_the_training_statistics(pima_project
         f"{tmp_path / 'raw.csv'}:1",
     ]
     model = keras.models.load_model(model_path)
-    expected = model.predict(np.array([np.zeros(8), np.ones(8)], dtype=np.float32), verbose=0)[:, 0]
+    expected = model.predict(np.array([mean, mean + 2.0], dtype=np.float32), verbose=0)[:, 0]
+    standardize = model.layers[0]
+    np.testing.assert_allclose(standardize(np.array([mean, mean + 2.0])).numpy(), [np.zeros(8), np.ones(8)], atol=1e-5)
     positive = [item.probabilities["diabetes"] for item in predictions]
     np.testing.assert_allclose(positive, [expected[0], expected[0], expected[1], expected[0]], rtol=1e-5)
     for item in predictions:  # one sigmoid unit: both classes' probabilities

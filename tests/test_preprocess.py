@@ -1,13 +1,16 @@
-"""Scaling, flattening and the stratified, seeded split."""
+"""Flattening, raw values kept, and the stratified, seeded split."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import yaml
 from conftest import REPOSITORY, synthetic_digits
+from sklearn.model_selection import train_test_split
 
 from pipeline.dataset_config import DatasetConfig
 from pipeline.decoders import RawData
+from pipeline.errors import DataError
 from pipeline.preprocess import class_counts, preprocess, save_samples_figure
 
 
@@ -21,18 +24,28 @@ def tiny_splits(seed=0, **options):
     train_images, train_labels = synthetic_digits(200, seed=1)
     test_images, test_labels = synthetic_digits(50, seed=2)
     raw = RawData(train_images, train_labels, test_images, test_labels)
-    splits, _ = preprocess(raw, dataset=dataset_config(validation_fraction=0.2, **options), seed=seed)
-    return splits
+    return preprocess(raw, dataset=dataset_config(validation_fraction=0.2, **options), seed=seed)
 
 
-def test_inputs_are_flat_float32_in_unit_range():
+def test_images_stay_flat_uint8_pixels():
+    """Nothing is scaled: the model's first layer does that, so the served model takes raw pixels."""
     splits = tiny_splits()
     for inputs, labels in splits.values():
-        assert inputs.dtype == np.float32
+        assert inputs.dtype == np.uint8
         assert inputs.shape[1] == 784
-        assert inputs.min() >= 0.0 and inputs.max() <= 1.0
         assert labels.dtype == np.int64
-    assert splits["train"][0].max() == np.float32(250 / 255)
+    assert splits["train"][0].max() == 250
+
+
+def test_a_class_with_one_example_cannot_be_split_and_the_error_says_so():
+    train_images, train_labels = synthetic_digits(40, seed=1)
+    train_labels[:] = 0
+    train_labels[0] = 1  # class 1 has one example
+    raw = RawData(train_images, train_labels, train_images, train_labels)
+    with pytest.raises(
+        DataError, match="cannot split the 40 examples keeping every class on both sides.*only 1 member"
+    ):
+        preprocess(raw, dataset=dataset_config(validation_fraction=0.2), seed=0)
 
 
 def test_validation_is_a_stratified_share_of_training_and_test_is_untouched():
@@ -58,7 +71,7 @@ def test_subsets_are_stratified():
 def test_no_validation_split_leaves_an_empty_validation_set():
     train_images, train_labels = synthetic_digits(40, seed=1)
     raw = RawData(train_images, train_labels, train_images, train_labels)
-    splits, _ = preprocess(raw, dataset=dataset_config(validation_fraction=0.0), seed=0)
+    splits = preprocess(raw, dataset=dataset_config(validation_fraction=0.0), seed=0)
     assert splits["validation"][0].shape == (0, 784)
     assert len(splits["train"][1]) == 40
 
@@ -73,15 +86,13 @@ def test_a_table_without_test_split_gets_a_stratified_held_out_test_set():
     table = generator.normal(5.0, 3.0, size=(200, 8))
     labels = np.array([0] * 130 + [1] * 70, dtype=np.uint8)
     pima = dataset_config("pima", validation_fraction=0.1, test_fraction=0.2)
-    splits, statistics = preprocess(RawData(table, labels, None, None), dataset=pima, seed=0)
+    splits = preprocess(RawData(table, labels, None, None), dataset=pima, seed=0)
     assert [len(splits[name][1]) for name in ("train", "validation", "test")] == [144, 16, 40]
     assert np.bincount(splits["test"][1]).tolist() == [26, 14]
-    train_inputs = splits["train"][0]
-    np.testing.assert_allclose(train_inputs.mean(axis=0), 0.0, atol=1e-5)
-    np.testing.assert_allclose(train_inputs.std(axis=0), 1.0, atol=1e-5)
-    # Statistics from the training split only, applied unchanged to the others.
-    assert len(statistics["mean"]) == 8
-    assert not np.allclose(splits["test"][0].mean(axis=0), 0.0, atol=1e-5)
+    # The raw measurements, as float32: the model standardizes them itself.
+    assert splits["train"][0].dtype == np.float32
+    _, held_out = train_test_split(np.arange(200), test_size=0.2, stratify=labels, random_state=0)
+    np.testing.assert_array_equal(splits["test"][0], table[held_out].astype(np.float32))
 
 
 def test_samples_figures_are_pngs(tmp_path):

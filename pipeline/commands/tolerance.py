@@ -65,7 +65,6 @@ def measure(params: Params, seeds: list[int]) -> dict[str, list[float]]:
     import keras
 
     from pipeline.evaluate import evaluate
-    from pipeline.inference import from_keras
     from pipeline.paths import PROCESSED_DIRECTORY
     from pipeline.splits import load_split, training_targets
     from pipeline.train import train_with_params
@@ -77,9 +76,7 @@ def measure(params: Params, seeds: list[int]) -> dict[str, list[float]]:
     for index, seed in enumerate(seeds, start=1):
         keras.utils.clear_session()  # one model at a time in memory
         model, _ = train_with_params(params.model_copy(update={"seed": seed}), training, validation)
-        scores = evaluate(
-            from_keras(model), test.inputs, test.labels, class_names=dataset.class_names, targets=targets
-        )["test"]
+        scores = evaluate(model, test.inputs, test.labels, class_names=dataset.class_names, targets=targets)["test"]
         for name, value in scores.items():
             metrics.setdefault(f"test_{name}", []).append(value)
         logger.info("seed %d (%d of %d): test accuracy %.4f", seed, index, len(seeds), scores["accuracy"])

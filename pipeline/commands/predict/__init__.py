@@ -8,7 +8,7 @@ A registered model brings its own dataset configuration (the `config/params.yaml
 its run recorded), so its class names and input shape are the ones it was trained
 with. Images are converted as the dataset's images are (greyscale or RGB, resized
 to its input shape), feature rows are taken in the units of the dataset's raw
-files; then the dataset's scaling is applied, as the preprocess stage does.
+files: the model scales its raw inputs itself, as the served model does.
 """
 
 from __future__ import annotations
@@ -22,20 +22,19 @@ import numpy as np
 
 from pipeline.commands.predict.inputs import read_inputs
 from pipeline.commands.predict.model import load_predictor
-from pipeline.dataset_config import DatasetConfig
+from pipeline.model import class_ids, class_probabilities
 from pipeline.paths import MODEL_FILE
 
 HELP = """Images (PNG, JPEG, any format Pillow reads, any size and mode) are converted as
 the dataset's own images: greyscale for a 28x28 dataset, RGB for 32x32x3, resized
-to the input shape, transparent pixels as black, then scaled as configured. They
-must look like the training images: MNIST digits are white on a black background,
-centred (--invert turns a black-on-white drawing into that).
+to the input shape, transparent pixels as black. They must look like the training
+images: MNIST digits are white on a black background, centred (--invert turns a
+black-on-white drawing into that).
 
-Feature rows, in an .npz file (array `inputs`, one row per example) or a .csv
-file (one row per line; a header line is skipped), are raw values in the units
-of the dataset's raw files (pixels 0 to 255, Pima's measurements): the dataset's
-scaling is applied to them, standardization with data/processed/scaling.json.
---scaled takes them as already scaled, e.g. data/processed/test.npz."""
+Feature rows, in an .npz file (array `inputs`, one row per example, such as
+data/processed/test.npz) or a .csv file (one row per line; a header line is
+skipped), are raw values in the units of the dataset's raw files (pixels 0 to
+255, Pima's measurements). The model scales its inputs itself."""
 
 
 @dataclass(frozen=True)
@@ -58,44 +57,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(from the MLflow store at MLFLOW_TRACKING_URI, or mlflow.db) (default: %(default)s)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON list, with every class's probability")
-    parser.add_argument("--invert", action="store_true", help="invert images (255 - pixel) before scaling")
-    parser.add_argument("--scaled", action="store_true", help="feature rows are already scaled as the model takes them")
+    parser.add_argument("--invert", action="store_true", help="invert images (255 - pixel)")
 
 
 def run(arguments: argparse.Namespace) -> None:
-    predictions = predict(arguments.inputs, model=arguments.model, invert=arguments.invert, scaled=arguments.scaled)
+    predictions = predict(arguments.inputs, model=arguments.model, invert=arguments.invert)
     print(format_json(predictions) if arguments.json else format_table(predictions))
 
 
-def predict(inputs: list[Path], *, model: str, invert: bool = False, scaled: bool = False) -> list[Prediction]:
-    """The most probable class of every example in `inputs`, with its probability."""
+def predict(inputs: list[Path], *, model: str, invert: bool = False) -> list[Prediction]:
+    """The predicted class of every example in `inputs`, with its probability."""
     predictor = load_predictor(model)
     dataset = predictor.dataset
     names, rows = [], []
     # Every input is read before anything is predicted: a bad one fails the whole call, with its name.
     for path in inputs:
-        path_names, path_rows, is_image = read_inputs(path, dataset=dataset, invert=invert)
-        if not (scaled and not is_image):
-            path_rows = scale(path_rows, dataset=dataset, standardization=predictor.standardization)
+        path_names, path_rows = read_inputs(path, dataset=dataset, invert=invert)
         names += path_names
         rows.append(path_rows)
-    outputs = np.asarray(predictor.model.predict(np.concatenate(rows), verbose=0), dtype=np.float64)
-    if dataset.task == "binary":
-        # One sigmoid unit: the probability of class 1.
-        outputs = np.concatenate([1.0 - outputs, outputs], axis=1)
-    return [_prediction(name, output, dataset.class_names) for name, output in zip(names, outputs, strict=True)]
+    outputs = predictor.model.predict(np.concatenate(rows).astype(np.float32), verbose=0)
+    return [
+        _prediction(name, int(index), probabilities, dataset.class_names)
+        for name, index, probabilities in zip(names, class_ids(outputs), class_probabilities(outputs), strict=True)
+    ]
 
 
-def scale(rows: np.ndarray, *, dataset: DatasetConfig, standardization) -> np.ndarray:
-    """As the preprocess stage scales: pixels / 255, or (x - mean) / standard deviation of the training split."""
-    if dataset.scaling == "unit_interval":
-        return (rows / 255.0).astype(np.float32)
-    mean, deviation = standardization
-    return ((rows - mean) / deviation).astype(np.float32)
-
-
-def _prediction(name: str, probabilities: np.ndarray, class_names: list[str]) -> Prediction:
-    index = int(np.argmax(probabilities))
+def _prediction(name: str, index: int, probabilities: np.ndarray, class_names: list[str]) -> Prediction:
     return Prediction(
         input=name,
         class_index=index,

@@ -1,7 +1,7 @@
-"""Reading what `mlp predict` classifies: images, .npz arrays and .csv rows, as unscaled feature rows.
+"""Reading what `mlp predict` classifies: images, .npz arrays and .csv rows, as raw feature rows.
 
 Images become the dataset's pixels (0 to 255, flattened as the preprocess stage
-flattens); rows keep the units of the dataset's raw files. Scaling comes after.
+flattens); rows keep the units of the dataset's raw files. The model scales them.
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ TABLE_SUFFIXES = (".npz", ".csv")
 WIDE_GREY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
-def read_inputs(path: Path, *, dataset: DatasetConfig, invert: bool = False) -> tuple[list[str], np.ndarray, bool]:
-    """(a name per example, float64 rows of the dataset's features, whether they came from an image)."""
+def read_inputs(path: Path, *, dataset: DatasetConfig, invert: bool = False) -> tuple[list[str], np.ndarray]:
+    """(a name per example, float64 rows of the dataset's raw features)."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        return *_read_npz(path, dataset=dataset), False
+        return _read_npz(path, dataset=dataset)
     if suffix == ".csv":
-        return *_read_csv(path, dataset=dataset), False
+        return _read_csv(path, dataset=dataset)
     mode = image_mode(dataset)
     if mode is None:
         raise DataError(
@@ -42,7 +42,7 @@ def read_inputs(path: Path, *, dataset: DatasetConfig, invert: bool = False) -> 
     pixels = read_image(path, mode=mode, height=dataset.input_shape[0], width=dataset.input_shape[1])
     if invert:
         pixels = 255.0 - pixels
-    return [str(path)], pixels.reshape(1, -1), True
+    return [str(path)], pixels.reshape(1, -1)
 
 
 def image_mode(dataset: DatasetConfig) -> str | None:

@@ -1,13 +1,12 @@
-"""The model `mlp predict` classifies with, and the dataset configuration and scaling statistics it was trained with.
+"""The model `mlp predict` classifies with, and the dataset configuration it was trained with.
 
-A local .keras file goes with the local params.yaml and data/processed/scaling.json
-(DVC keeps the three in step). A registered model brings its own dataset
-configuration: the config/params.yaml its training run recorded.
+A local .keras file goes with the local params.yaml (DVC keeps the two in step).
+A registered model brings its own dataset configuration: the config/params.yaml
+its training run recorded. Either model scales its raw inputs itself.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import tempfile
 from dataclasses import dataclass
@@ -16,7 +15,6 @@ from pathlib import Path
 import keras
 import mlflow
 import mlflow.tensorflow
-import numpy as np
 import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -25,7 +23,7 @@ from pydantic import ValidationError
 from pipeline.config import load_params
 from pipeline.dataset_config import DatasetConfig
 from pipeline.errors import ConfigError, DataError
-from pipeline.paths import PARAMS_FILE, SCALING_FILE, repair_hint, rerun_hint
+from pipeline.paths import rerun_hint
 from pipeline.tracking import tracking_uri
 
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[0-9]+)|@(?P<alias>[^/@]+))$")
@@ -35,43 +33,32 @@ MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[0-9]+)|@(?P<a
 class Predictor:
     model: keras.Model
     dataset: DatasetConfig
-    # Per-feature mean and standard deviation when the dataset is standardized.
-    standardization: tuple[np.ndarray, np.ndarray] | None
 
 
 def load_predictor(model: str) -> Predictor:
-    """The model, the dataset configuration it was trained with, and that dataset's scaling statistics."""
+    """The model and the dataset configuration it was trained with."""
     if model.startswith("models:/"):
         keras_model, recorded = _registered_model(model)
         dataset = _recorded_dataset(model, recorded)
-        local = _read_yaml(PARAMS_FILE) if PARAMS_FILE.exists() else {}
-        # scaling.json is fitted by the local preprocess stage: it is the model's
-        # only if the local data came from the same dataset config and seed.
-        if dataset.scaling == "standardize" and any(local.get(key) != recorded.get(key) for key in ("seed", "dataset")):
-            raise ConfigError(
-                f"{model} was trained with another dataset config or seed than {PARAMS_FILE}, so "
-                f"{SCALING_FILE} does not hold its standardization: check out the commit it was trained from "
-                f"(its run's git.commit tag) and run `dvc repro preprocess`"
-            )
     else:
         keras_model = _keras_file(Path(model))
         dataset = load_params().dataset
     width = keras_model.input_shape[-1]
     if width != dataset.num_features:
         # Locally: params.yaml changed since the model was trained.
-        hint = "" if model.startswith("models:/") else f": run `dvc repro` for the current {PARAMS_FILE}"
+        hint = "" if model.startswith("models:/") else ": run `dvc repro` for the current params.yaml"
         raise ConfigError(
             f"{model} takes {width} features, but dataset {dataset.name} has {dataset.num_features} "
             f"(input_shape {dataset.input_shape}){hint}"
         )
-    return Predictor(keras_model, dataset, _standardization(dataset))
+    return Predictor(keras_model, dataset)
 
 
 def _keras_file(path: Path) -> keras.Model:
     if not path.exists():
         raise DataError(f"{path} not found: {rerun_hint('train')}")
     try:
-        return keras.models.load_model(path)
+        return keras.models.load_model(path, safe_mode=True)
     except Exception as error:  # noqa: BLE001 - any failure to rebuild the model means a damaged file
         raise DataError(f"{path} is not a readable Keras model ({type(error).__name__}: {error})") from None
 
@@ -111,26 +98,6 @@ def _recorded_dataset(uri: str, params: dict) -> DatasetConfig:
         first = error.errors()[0]
         problem = ".".join(["dataset", *map(str, first["loc"])]) + f": {first['msg']}"
     raise ConfigError(f"--model {uri}: its run's config/params.yaml holds no valid dataset config ({problem})")
-
-
-def _standardization(dataset: DatasetConfig) -> tuple[np.ndarray, np.ndarray] | None:
-    if dataset.scaling != "standardize":
-        return None
-    if not SCALING_FILE.exists():
-        raise DataError(f"{SCALING_FILE} not found: {rerun_hint('preprocess')}")
-    try:
-        statistics = json.loads(SCALING_FILE.read_text(encoding="utf-8"))
-        mean = np.asarray(statistics["mean"], dtype=np.float64)
-        deviation = np.asarray(statistics["standard_deviation"], dtype=np.float64)
-    except (ValueError, KeyError, TypeError) as error:
-        problem = f"{type(error).__name__}: {error}"
-        raise DataError(f"{SCALING_FILE} is corrupt ({problem}); {repair_hint('preprocess')}") from None
-    if mean.shape != (dataset.num_features,) or deviation.shape != mean.shape or not np.all(deviation > 0):
-        raise DataError(
-            f"{SCALING_FILE} does not hold the standardization of {dataset.name}'s {dataset.num_features} features: "
-            f"{rerun_hint('preprocess')}"
-        )
-    return mean, deviation
 
 
 def _read_yaml(path: Path) -> dict:
