@@ -36,7 +36,7 @@ import keras
 import mlflow
 import tensorflow as tf
 
-from pipeline import determinism, lineage, search_trial
+from pipeline import determinism, lineage
 from pipeline.checkpoints import Checkpoint, TrainingState, best_weights, fingerprint, restore_variables
 from pipeline.config import ModelConfig, OptimizerConfig, Params, TrainConfig, flatten, load_params
 from pipeline.errors import run_stage
@@ -52,6 +52,7 @@ from pipeline.paths import (
     PROCESSED_DIRECTORY,
     SUMMARY_FILE,
 )
+from pipeline.search import trial as search_trial
 from pipeline.splits import Split, load_split, training_targets
 from pipeline.tracking import (
     log_datasets,

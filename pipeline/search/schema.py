@@ -130,7 +130,7 @@ class Pruner(StrictModel):
     reduction_factor: int = Field(default=3, ge=2)
 
     def spec(self, max_epochs: int) -> dict:
-        """The settings pipeline.search_storage.make_pruner builds it from."""
+        """The settings pipeline.search.storage.make_pruner builds it from."""
         if self.name == "median":
             return {"name": "median", "n_startup_trials": self.n_startup_trials, "n_warmup_steps": self.n_warmup_steps}
         rungs = {"min_resource": self.min_resource, "reduction_factor": self.reduction_factor}
