@@ -123,7 +123,7 @@ def committed_file(commit: str, path: Path) -> str:
 
 def measure(row: StudyRow, commit: str) -> Measured:
     """Measured figures of a row from its experiment commit's metrics and its MLflow run."""
-    from pipeline.commands.record import recorded_environment
+    from pipeline.reproduce.record import recorded_environment
     from pipeline.tracking import client
 
     metrics = json.loads(committed_file(commit, METRICS_FILE))
