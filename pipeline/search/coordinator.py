@@ -45,10 +45,10 @@ def run_search(
     # Only now: a refused file or name is told in a second, without loading Optuna, MLflow and TensorFlow.
     import optuna
 
-    from pipeline.commands.study.runner import current_commit
     from pipeline.search import storage as search_storage
     from pipeline.search.report import write_report
     from pipeline.search.study import create_study, default_storage, fail_abandoned_trials
+    from pipeline.study.runner import current_commit
 
     base = parse_params(compose(search.base_overrides()), path)
     current_commit()  # trials are DVC experiments: they need a commit to start from

@@ -23,10 +23,10 @@ from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from pipeline.commands.study.schema import read_yaml_file
 from pipeline.config import StrictModel, compose, parse_params
 from pipeline.errors import ConfigError
 from pipeline.paths import CONFIG_DIRECTORY
+from pipeline.study.schema import read_yaml_file
 
 SEARCH_DIRECTORY = CONFIG_DIRECTORY / "search"
 LAYERS, UNITS = "model.num_layers", "model.units_per_layer"

@@ -21,10 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.commands.study.schema import LATE_EPOCHS, Measured, RowResult, Study, StudyRow, experiment_name
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.git import git, git_or_empty, is_commit
 from pipeline.paths import HISTORY_FILE, METRICS_FILE
+from pipeline.study.schema import LATE_EPOCHS, Measured, RowResult, Study, StudyRow, experiment_name
 
 logger = logging.getLogger(__name__)
 
