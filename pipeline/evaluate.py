@@ -29,7 +29,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from pipeline.config import load_params
-from pipeline.errors import DataError, run_stage
+from pipeline.errors import DataError
 from pipeline.figures import save_figure
 from pipeline.files import atomic_path, write_json, write_text
 from pipeline.inference import SavedMLP, load_mlp
@@ -50,6 +50,7 @@ from pipeline.paths import (
 from pipeline.registry import describe_version, promote_if_better
 from pipeline.scores import confusion_matrix, per_class_scores, report_text
 from pipeline.splits import load_split, training_targets
+from pipeline.stage import run_stage
 from pipeline.tracking import client, log_datasets, pipeline_run, read_run_file
 
 logger = logging.getLogger(__name__)

@@ -23,10 +23,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.config import DatasetConfig, load_params
 from pipeline.decoders import RawData, read_dataset
-from pipeline.errors import run_stage
 from pipeline.files import atomic_path, write_json
 from pipeline.paths import CLASS_COUNTS_FILE, PROCESSED_DIRECTORY, RAW_DIRECTORY, SAMPLES_FILE, SCALING_FILE
 from pipeline.splits import Split, save_split
+from pipeline.stage import run_stage
 from pipeline.stratified import stratified_split
 
 logger = logging.getLogger(__name__)

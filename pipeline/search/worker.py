@@ -27,7 +27,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from pipeline.errors import PipelineError, run_stage
+from pipeline.errors import PipelineError
 from pipeline.git import git
 from pipeline.run_owner import owner_of, owner_tags
 from pipeline.search import storage as search_storage
@@ -42,6 +42,7 @@ from pipeline.search.study import (
     trial_name,
     trials_in,
 )
+from pipeline.stage import run_stage
 from pipeline.tracking import client
 
 logger = logging.getLogger(__name__)
