@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from pipeline.errors import run_stage
+from pipeline.stage import run_stage
 
 # Name -> one-line help. Each module is imported only when its command runs:
 # `mlp --help` must not wait for TensorFlow, MLflow and DVC to load.

@@ -24,9 +24,10 @@ from tqdm import tqdm
 from pipeline.checksums import checksum_problem
 from pipeline.config import MIRROR_ENVIRONMENT_VARIABLE, load_params, mirror_location
 from pipeline.dataset_config import FileSpec
-from pipeline.errors import DownloadError, run_stage
+from pipeline.errors import DownloadError
 from pipeline.files import read_json_object, write_json
 from pipeline.paths import DATA_SOURCES_FILE, RAW_DIRECTORY
+from pipeline.stage import run_stage
 
 logger = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import classification_report, confusion_matrix, precision_recall_fscore_support
 
 from pipeline.config import load_params
-from pipeline.errors import DataError, run_stage
+from pipeline.errors import DataError
 from pipeline.figures import save_figure
 from pipeline.files import atomic_path, write_json, write_text
 from pipeline.lineage import add_lock_md5s, dataset_source
@@ -55,6 +55,7 @@ from pipeline.paths import (
 )
 from pipeline.registry import describe_version, promote_if_better
 from pipeline.splits import load_split, training_targets
+from pipeline.stage import run_stage
 from pipeline.tracking import client, log_datasets, pipeline_run, read_run_file
 
 logger = logging.getLogger(__name__)

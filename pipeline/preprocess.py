@@ -26,10 +26,11 @@ from sklearn.model_selection import train_test_split
 
 from pipeline.config import DatasetConfig, load_params
 from pipeline.decoders import RawData, read_dataset
-from pipeline.errors import DataError, run_stage
+from pipeline.errors import DataError
 from pipeline.files import atomic_path, write_json
 from pipeline.paths import CLASS_COUNTS_FILE, PROCESSED_DIRECTORY, RAW_DIRECTORY, SAMPLES_FILE
 from pipeline.splits import Split, save_split
+from pipeline.stage import run_stage
 
 logger = logging.getLogger(__name__)
 

@@ -30,10 +30,9 @@ import keras
 import mlflow
 import tensorflow as tf
 
-from pipeline import determinism, lineage, search_trial
+from pipeline import determinism, lineage
 from pipeline.checkpoints import Checkpoint, TrainingState, best_weights, fingerprint, restore_variables
 from pipeline.config import ModelConfig, OptimizerConfig, Params, TrainConfig, flatten, load_params
-from pipeline.errors import run_stage
 from pipeline.files import atomic_path, write_json, write_text
 from pipeline.model import build_mlp, draw_architecture, keras_loss, make_optimizer, weights_sha256
 from pipeline.model_logging import log_model
@@ -46,7 +45,9 @@ from pipeline.paths import (
     PROCESSED_DIRECTORY,
     SUMMARY_FILE,
 )
+from pipeline.search import trial as search_trial
 from pipeline.splits import Split, load_split, training_targets
+from pipeline.stage import run_stage
 from pipeline.tracking import (
     backfill_epochs,
     epoch_logger,

@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 
 from pipeline.config import load_params
-from pipeline.errors import run_stage
 from pipeline.paths import PARAMS_FILE
+from pipeline.stage import run_stage
 
 logger = logging.getLogger(__name__)
 

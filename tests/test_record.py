@@ -7,7 +7,7 @@ import yaml
 from conftest import REPOSITORY
 from mlflow.tracking import MlflowClient
 
-from pipeline.commands.record import read_record
+from pipeline.reproduce.record import read_record
 
 
 def test_a_run_recorded_with_tags_only_is_read_into_the_same_record(tmp_path, monkeypatch):

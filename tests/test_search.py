@@ -12,14 +12,14 @@ import pytest
 import yaml
 from conftest import REPOSITORY, run
 
-from pipeline.commands.search.schema import (
+from pipeline.errors import ConfigError
+from pipeline.search.schema import (
     SEARCH_DIRECTORY,
     check_values,
     corners,
     load_search,
     trial_overrides,
 )
-from pipeline.errors import ConfigError
 
 VALID = {
     "overrides": ["dataset=mnist"],
@@ -147,9 +147,9 @@ def test_mlp_search_refuses_a_bad_file_in_one_line_and_exits_1(tmp_path):
 def test_the_train_stage_finds_its_trial_and_the_study_pruner(tmp_path, monkeypatch, pruner):
     import optuna
 
-    from pipeline import search_trial
-    from pipeline.commands.search.schema import Pruner
-    from pipeline.commands.search.study import create_study
+    from pipeline.search import trial as search_trial
+    from pipeline.search.schema import Pruner
+    from pipeline.search.study import create_study
 
     search = load_search(write(tmp_path, changed(pruner={"name": pruner})))
     location = str(tmp_path / "study.journal")
@@ -179,7 +179,7 @@ def test_the_train_stage_finds_its_trial_and_the_study_pruner(tmp_path, monkeypa
 
 
 def test_without_a_trial_the_train_stage_gets_no_tags_and_no_callbacks(monkeypatch):
-    from pipeline import search_trial
+    from pipeline.search import trial as search_trial
 
     monkeypatch.delenv(search_trial.TRIAL_VARIABLE, raising=False)
     assert search_trial.run_tags() == {} and search_trial.callbacks() == [] and search_trial.checkpoint_owner() == {}
@@ -199,7 +199,7 @@ def test_the_report_counts_trials_and_times_them_from_first_start_to_last_end():
 
     import optuna
 
-    from pipeline.commands.search.report import counts, readme
+    from pipeline.search.report import counts, readme
 
     study = optuna.create_study(study_name="times", direction="maximize")
     start = datetime.datetime(2026, 1, 1, 12, 0, 0)

@@ -1,4 +1,4 @@
-"""The study command (`mlp study`, pipeline/commands/study/): the rows of a published
+"""The study command (`mlp study`, pipeline/study/): the rows of a published
 table as queued DVC experiments, compared with the published figures, resumable
 after an interruption."""
 
@@ -16,8 +16,9 @@ import yaml
 from conftest import BIN_DIRECTORY, REPOSITORY, TINY_DATASET, make_tiny_project, run
 from mlflow.tracking import MlflowClient
 
-from pipeline.commands.study.report import CSV_COLUMNS, write_report
-from pipeline.commands.study.schema import (
+from pipeline.config import ConfigError
+from pipeline.study.report import CSV_COLUMNS, write_report
+from pipeline.study.schema import (
     Measured,
     RowResult,
     Study,
@@ -27,7 +28,6 @@ from pipeline.commands.study.schema import (
     load_study,
     study_path,
 )
-from pipeline.config import ConfigError
 
 TINY_STUDY = {
     "title": "Tiny study",

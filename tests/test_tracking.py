@@ -75,7 +75,7 @@ def test_a_stopped_stage_marks_its_run_killed(tmp_path, sent, inherited_sigint):
     130 and its MLflow run KILLED, also when started from a script's background job, which ignores SIGINT."""
     script = (
         "import time\n"
-        "from pipeline.errors import run_stage\n"
+        "from pipeline.stage import run_stage\n"
         "from pipeline.tracking import pipeline_run\n"
         "def main():\n"
         "    with pipeline_run(experiment_name='test') as run:\n"

@@ -21,10 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.commands.study.schema import LATE_EPOCHS, Measured, RowResult, Study, StudyRow, experiment_name
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.git import git, git_or_empty, is_commit
 from pipeline.paths import HISTORY_FILE, METRICS_FILE
+from pipeline.study.schema import LATE_EPOCHS, Measured, RowResult, Study, StudyRow, experiment_name
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def committed_file(commit: str, path: Path) -> str:
 
 def measure(row: StudyRow, commit: str) -> Measured:
     """Measured figures of a row from its experiment commit's metrics and its MLflow run."""
-    from pipeline.commands.record import recorded_environment
+    from pipeline.reproduce.record import recorded_environment
     from pipeline.tracking import client
 
     metrics = json.loads(committed_file(commit, METRICS_FILE))

@@ -4,7 +4,7 @@ README.md (the best trial's params, validation and test metrics, the counts,
 the time per trial beside its fitting time), best.json (the same, for tools),
 trials.csv (every trial: number, state, value, params, times),
 optimization_history.png and param_importances.png (Optuna's matplotlib
-plots), and conf/experiment/<study>_best.yaml (pipeline.commands.search.best).
+plots), and conf/experiment/<study>_best.yaml (pipeline.search.best).
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ import optuna
 from optuna.trial import TrialState
 
 from pipeline import hardware
-from pipeline.commands.search.best import best_experiment_name, evaluate_best, write_best_experiment
-from pipeline.commands.search.schema import Search
-from pipeline.commands.search.study import trial_name, trials_in
 from pipeline.figures import save_figure
 from pipeline.files import atomic_path, write_json, write_text
 from pipeline.paths import REPORTS_DIRECTORY
+from pipeline.search.best import best_experiment_name, evaluate_best, write_best_experiment
+from pipeline.search.schema import Search
+from pipeline.search.study import trial_name, trials_in
 from pipeline.tracking import client
 
 logger = logging.getLogger(__name__)

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.commands.search.schema import Search, trial_overrides
-from pipeline.commands.study.runner import committed_file, current_commit, finished_experiments, run_dvc
 from pipeline.config import compose, flatten
 from pipeline.errors import PipelineError
 from pipeline.files import write_text
 from pipeline.paths import CONFIG_DIRECTORY, METRICS_FILE
+from pipeline.search.schema import Search, trial_overrides
+from pipeline.study.runner import committed_file, current_commit, finished_experiments, run_dvc
 from pipeline.tracking import client
 
 logger = logging.getLogger(__name__)

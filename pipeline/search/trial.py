@@ -23,7 +23,7 @@ import mlflow
 
 from pipeline.errors import PipelineError
 from pipeline.run_owner import owner_is_alive
-from pipeline.search_storage import (
+from pipeline.search.storage import (
     METRIC_ATTRIBUTE,
     PARENT_RUN_VARIABLE,
     PRUNED_ATTRIBUTE,

@@ -27,10 +27,10 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from pipeline import search_storage
-from pipeline.commands.search.schema import Sampler, Search
 from pipeline.errors import ConfigError
 from pipeline.run_owner import owner_is_alive, owner_of, owner_tags
+from pipeline.search import storage as search_storage
+from pipeline.search.schema import Sampler, Search
 from pipeline.tracking import client, repository_root
 
 logger = logging.getLogger(__name__)

@@ -23,10 +23,10 @@ from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from pipeline.commands.study.schema import read_yaml_file
 from pipeline.config import StrictModel, compose, parse_params
 from pipeline.errors import ConfigError
 from pipeline.paths import CONFIG_DIRECTORY
+from pipeline.study.schema import read_yaml_file
 
 SEARCH_DIRECTORY = CONFIG_DIRECTORY / "search"
 LAYERS, UNITS = "model.num_layers", "model.units_per_layer"
@@ -130,7 +130,7 @@ class Pruner(StrictModel):
     reduction_factor: int = Field(default=3, ge=2)
 
     def spec(self, max_epochs: int) -> dict:
-        """The settings pipeline.search_storage.make_pruner builds it from."""
+        """The settings pipeline.search.storage.make_pruner builds it from."""
         if self.name == "median":
             return {"name": "median", "n_startup_trials": self.n_startup_trials, "n_warmup_steps": self.n_warmup_steps}
         rungs = {"min_resource": self.min_resource, "reduction_factor": self.reduction_factor}

@@ -1,24 +1,13 @@
-"""Search hyperparameters with Optuna; every trial is a DVC experiment and an MLflow run.
+"""What `mlp search` does on the machine it runs on: check the search, start the workers and show
+the study's progress, keep the study's MLflow run, write the report.
 
-    mlp search mnist --workers 2 [--storage postgresql+psycopg://...] [--study NAME]
-
-A search (conf/search/<name>.yaml, pipeline.commands.search.schema) is checked
-whole before any trial. K worker processes then share the study through its
-storage (pipeline.commands.search.study), each running one trial at a time as
-`dvc exp run --temp ... train` (pipeline.commands.search.worker); the same
-command on another machine with the same PostgreSQL storage joins the study.
-The budget counts completed and pruned trials over all workers. Trial runs are
-children of one MLflow run for the study.
-
-Interrupted (Ctrl+C, SIGTERM), the workers stop their trials, marked FAIL; run
-the command again and the study continues to its budget. At the end the report
-(pipeline.commands.search.report) goes to reports/search/<study>/ and the best
-configuration to conf/experiment/<study>_best.yaml.
+The budget counts completed and pruned trials over all workers, of this machine
+and of any other joining the study through PostgreSQL. Interrupted (Ctrl+C,
+SIGTERM), the workers stop their trials, marked FAIL, and no report is written.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import re
@@ -28,11 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.commands.search.schema import check_values, load_search, max_epochs, search_path
 from pipeline.config import compose, parse_params
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.search.schema import check_values, load_search, max_epochs, search_path
 
-# Optuna and MLflow (pipeline.search_storage, .study, .report) are imported
+# Optuna and MLflow (pipeline.search.storage, .study, .report) are imported
 # in the functions that use them: `mlp search --help` and a refused search file need none of them.
 
 logger = logging.getLogger(__name__)
@@ -40,32 +29,15 @@ logger = logging.getLogger(__name__)
 POLL_SECONDS = 2
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("search", help="a search in conf/search/ (e.g. mnist) or a path to a search file")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
-    parser.add_argument(
-        "--storage",
-        metavar="URL",
-        help="the study's storage: postgresql+psycopg://... to share it between machines "
-        "(default: $MLP_SEARCH_STORAGE, else a journal file in .search/<study>/)",
-    )
-    parser.add_argument("--study", help="the study's name (default: the search's)")
-    reporting = parser.add_mutually_exclusive_group()
-    reporting.add_argument("--report-only", action="store_true", help="write the report from the trials run; run none")
-    reporting.add_argument(
-        "--no-report",
-        action="store_true",
-        help="run trials only (e.g. on a machine joining a study another one reports): no test evaluation",
-    )
-
-
-def run(arguments: argparse.Namespace) -> None:
-    """Check the search, run its trials to the budget on `--workers` processes, write the report."""
-    path = search_path(arguments.search)
+def run_search(
+    name_or_path: str, *, workers: int, storage: str | None, study_name: str | None, report_only: bool, no_report: bool
+) -> None:
+    """Check the search, run its trials to the budget on `workers` processes, write the report."""
+    path = search_path(name_or_path)
     search = load_search(path)
-    if arguments.workers < 0 or (arguments.workers == 0 and not arguments.report_only):
-        raise ConfigError(f"--workers {arguments.workers}: give 1 or more")
-    study_name = arguments.study or path.stem
+    if workers < 0 or (workers == 0 and not report_only):
+        raise ConfigError(f"--workers {workers}: give 1 or more")
+    study_name = study_name or path.stem
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", study_name):
         # It names a folder, DVC experiments and an experiment file.
         raise ConfigError(f"study name {study_name!r}: use letters, digits, '_' and '-' only")
@@ -73,32 +45,30 @@ def run(arguments: argparse.Namespace) -> None:
     # Only now: a refused file or name is told in a second, without loading Optuna, MLflow and TensorFlow.
     import optuna
 
-    from pipeline import search_storage
-    from pipeline.commands.search.report import write_report
-    from pipeline.commands.search.study import create_study, default_storage, fail_abandoned_trials
-    from pipeline.commands.study.runner import current_commit
+    from pipeline.search import storage as search_storage
+    from pipeline.search.report import write_report
+    from pipeline.search.study import create_study, default_storage, fail_abandoned_trials
+    from pipeline.study.runner import current_commit
 
     base = parse_params(compose(search.base_overrides()), path)
     current_commit()  # trials are DVC experiments: they need a commit to start from
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says it all
-    location = arguments.storage or os.environ.get(search_storage.STORAGE_VARIABLE) or default_storage(study_name)
+    location = storage or os.environ.get(search_storage.STORAGE_VARIABLE) or default_storage(study_name)
     study = create_study(study_name, location, search, max_epochs=max_epochs(search, base.train.epochs))
     fail_abandoned_trials(study)
     parent = parent_run(study, base.mlflow.experiment_name)
     failure = None
-    if not arguments.report_only:
+    if not report_only:
         deadline = time.time() + 60 * (search.budget.timeout_minutes or 10**9)
         try:
-            run_workers(
-                path, study, location, workers=arguments.workers, deadline=deadline, total=search.budget.n_trials
-            )
+            run_workers(path, study, location, workers=workers, deadline=deadline, total=search.budget.n_trials)
         except KeyboardInterrupt:
             # No report: it would retrain the best trial, and the user asked to stop.
             end_parent_run(study, parent, "KILLED")
             raise
         except PipelineError as error:
             failure = error  # a worker failed: the trials run so far are reported all the same
-    if not arguments.no_report:
+    if not no_report:
         directory = write_report(study, search, path, parent_run_id=parent)
         logger.info("report: %s", directory / "README.md")
     end_parent_run(study, parent, "FAILED" if failure else "FINISHED")
@@ -108,7 +78,7 @@ def run(arguments: argparse.Namespace) -> None:
 
 def parent_run(study, experiment_name: str) -> str:
     """The study's MLflow run, parent of every trial's: created by the first `mlp search`, reopened by the next."""
-    from pipeline.commands.search.study import PARENT_RUN_ATTRIBUTE
+    from pipeline.search.study import PARENT_RUN_ATTRIBUTE
     from pipeline.tracking import client, experiment_id
 
     run_id = study.user_attrs.get(PARENT_RUN_ATTRIBUTE)
@@ -132,11 +102,11 @@ def end_parent_run(study, run_id: str, status: str) -> None:
 
 
 def start_worker(path: Path, study_name: str, location: str, index: int, deadline: float) -> subprocess.Popen:
-    from pipeline import search_storage
-    from pipeline.commands.search.study import log_directory
+    from pipeline.search import storage as search_storage
+    from pipeline.search.study import log_directory
 
     log = log_directory(study_name) / f"worker-{index}.log"
-    command = [sys.executable, "-m", "pipeline.commands.search.worker", str(path), study_name, str(deadline)]
+    command = [sys.executable, "-m", "pipeline.search.worker", str(path), study_name, str(deadline)]
     environment = os.environ | {search_storage.STORAGE_VARIABLE: location}
     with log.open("a", encoding="utf-8") as stream:
         # A process group of its own: Ctrl+C reaches this process only, which stops each worker once, by SIGTERM.
@@ -147,7 +117,7 @@ def run_workers(path: Path, study, location: str, *, workers: int, deadline: flo
     """Run the workers until each has found the budget spent; show the study's progress meanwhile."""
     from tqdm import tqdm
 
-    from pipeline.commands.search.study import log_directory
+    from pipeline.search.study import log_directory
 
     processes = [start_worker(path, study.study_name, location, index, deadline) for index in range(workers)]
     try:

@@ -1,6 +1,6 @@
 """One search worker: ask the study for a trial, run it as a DVC experiment, tell the study how it ended.
 
-    python -m pipeline.commands.search.worker SEARCH_FILE STUDY DEADLINE
+    python -m pipeline.search.worker SEARCH_FILE STUDY DEADLINE
 
 `mlp search` starts K of these; the storage's location comes in the
 environment (MLP_SEARCH_STORAGE: a PostgreSQL URL holds a password, and
@@ -27,9 +27,12 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from pipeline import search_storage
-from pipeline.commands.search.schema import CategoricalParameter, FloatParameter, Search, load_search, trial_overrides
-from pipeline.commands.search.study import (
+from pipeline.errors import PipelineError
+from pipeline.git import git
+from pipeline.run_owner import owner_of, owner_tags
+from pipeline.search import storage as search_storage
+from pipeline.search.schema import CategoricalParameter, FloatParameter, Search, load_search, trial_overrides
+from pipeline.search.study import (
     PARENT_RUN_ATTRIBUTE,
     heartbeat,
     log_directory,
@@ -39,9 +42,7 @@ from pipeline.commands.search.study import (
     trial_name,
     trials_in,
 )
-from pipeline.errors import PipelineError, run_stage
-from pipeline.git import git
-from pipeline.run_owner import owner_of, owner_tags
+from pipeline.stage import run_stage
 from pipeline.tracking import client
 
 logger = logging.getLogger(__name__)

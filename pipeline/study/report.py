@@ -15,10 +15,10 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from pipeline.commands.study.schema import LATE_EPOCHS, Measured, RowResult, Study, StudyRow
 from pipeline.figures import save_figure
 from pipeline.files import write_text
 from pipeline.paths import STUDY_REPORTS_DIRECTORY
+from pipeline.study.schema import LATE_EPOCHS, Measured, RowResult, Study, StudyRow
 
 CSV_COLUMNS = (
     "row",

@@ -1,7 +1,7 @@
 """What `mlp search` and a trial's train stage share: the environment variables that make a run a trial,
 the study and trial attributes each side writes for the other, the study's storage and its pruner.
 
-Kept apart from pipeline.search_trial (the train stage's Keras callback) so that `mlp search` and its
+Kept apart from pipeline.search.trial (the train stage's Keras callback) so that `mlp search` and its
 workers read and write the study without starting TensorFlow.
 """
 

@@ -1,0 +1,98 @@
+"""How far the test metrics of a configuration move when only the seed changes: measured by
+training it with several seeds, kept in reports/tolerance/<configuration sha256>.json.
+
+The file holds the metrics of every seed and, per metric, the tolerance: the
+range (largest minus smallest) across the seeds. `mlp reproduce` judges a
+reproduction made in another environment against it: another CPU or thread
+count rounds differently, which must not move a metric further than another
+seed does. The file is small and meant to be committed beside the
+configuration it measures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from pipeline import determinism
+from pipeline.config import MAX_SEED, Params, load_params
+from pipeline.errors import PipelineError
+from pipeline.files import write_json
+from pipeline.paths import REPORTS_DIRECTORY
+
+logger = logging.getLogger(__name__)
+
+TOLERANCE_DIRECTORY = REPORTS_DIRECTORY / "tolerance"
+# Not part of what is measured: the seed is what varies, the others only name things.
+UNMEASURED_KEYS = {"seed", "mirror", "mlflow"}
+
+
+def configuration_sha256(params: Params) -> str:
+    """sha256 of the configuration without seed, mirror and MLflow names: the key of its tolerance file."""
+    measured = params.model_dump(mode="json", exclude=UNMEASURED_KEYS)
+    return hashlib.sha256(json.dumps(measured, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def tolerance_file(params: Params, repository: Path = Path()) -> Path:
+    return repository / TOLERANCE_DIRECTORY / f"{configuration_sha256(params)}.json"
+
+
+def read_tolerances(params: Params, repository: Path = Path()) -> dict[str, float] | None:
+    """Metric -> tolerance measured for this configuration, or None when `mlp tolerance` has not measured it."""
+    path = tolerance_file(params, repository)
+    if not path.exists():
+        return None
+    try:
+        return {name: float(value) for name, value in json.loads(path.read_text(encoding="utf-8"))["tolerance"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise PipelineError(
+            f"{path} is not a tolerance file ({error}): measure it again with `mlp tolerance`"
+        ) from None
+
+
+def measure(params: Params, seeds: list[int]) -> dict[str, list[float]]:
+    """Test metric -> its value after training with each seed."""
+    # Imported here: `mlp reproduce` reads tolerance files through this module,
+    # and needs neither stage (nor their Matplotlib and scikit-learn) for that.
+    import keras
+
+    from pipeline.evaluate import evaluate
+    from pipeline.paths import PROCESSED_DIRECTORY
+    from pipeline.splits import load_split, training_targets
+    from pipeline.train import train_with_params
+
+    training, validation, test = (load_split(PROCESSED_DIRECTORY, name) for name in ("train", "validation", "test"))
+    dataset = params.dataset
+    targets = training_targets(test.labels, loss=params.train.loss, task=dataset.task, num_classes=dataset.num_classes)
+    metrics: dict[str, list[float]] = {}
+    for index, seed in enumerate(seeds, start=1):
+        keras.utils.clear_session()  # one model at a time in memory
+        model, _ = train_with_params(params.model_copy(update={"seed": seed}), training, validation)
+        scores = evaluate(model, test.inputs, test.labels, class_names=dataset.class_names, targets=targets)["test"]
+        for name, value in scores.items():
+            metrics.setdefault(f"test_{name}", []).append(value)
+        logger.info("seed %d (%d of %d): test accuracy %.4f", seed, index, len(seeds), scores["accuracy"])
+    return metrics
+
+
+def write_tolerance_file(seed_count: int) -> tuple[Path, dict]:
+    """Train the configuration of params.yaml with `seed_count` seeds (seed, seed+1, ...), each as the train
+    stage would, in its train.determinism mode, score each as the evaluate stage does, and write its tolerance
+    file; return the file and what it holds."""
+    params = load_params()
+    determinism.enter(params.train.determinism)
+    seeds = [(params.seed + offset) % (MAX_SEED + 1) for offset in range(seed_count)]
+    metrics = measure(params, seeds)
+    tolerance = {name: max(values) - min(values) for name, values in metrics.items()}
+    path = tolerance_file(params)
+    measured = {
+        "configuration_sha256": configuration_sha256(params),
+        "what": "test metrics after training this configuration with each seed; tolerance: their range",
+        "seeds": seeds,
+        "metrics": metrics,
+        "tolerance": tolerance,
+    }
+    write_json(path, measured)
+    return path, measured
