@@ -32,7 +32,12 @@ import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 from matplotlib.ticker import MaxNLocator
-from sklearn.metrics import classification_report, confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import (
+    ConfusionMatrixDisplay,
+    classification_report,
+    confusion_matrix,
+    precision_recall_fscore_support,
+)
 
 from pipeline.config import load_params
 from pipeline.errors import DataError
@@ -112,17 +117,12 @@ def write_confusion_csv(labels: np.ndarray, predictions: np.ndarray, path: Path,
 
 
 def plot_confusion_matrix(matrix: np.ndarray, path: Path, *, class_names: list[str]) -> None:
-    """Counts per (true, predicted) class, drawn as scikit-learn's ConfusionMatrixDisplay draws them."""
+    """Counts per (true, predicted) class, drawn by scikit-learn's ConfusionMatrixDisplay."""
     figure, axis = plt.subplots(figsize=(7, 6))
-    axis.imshow(matrix, cmap="Blues", interpolation="nearest")
-    threshold = (int(matrix.max()) + int(matrix.min())) / 2  # light text on dark cells
-    for (actual, predicted), count in np.ndenumerate(matrix):
-        color = "white" if count > threshold else "black"
-        axis.text(predicted, actual, f"{count:d}", ha="center", va="center", color=color)
-    ticks = range(len(class_names))
-    axis.set(xticks=ticks, yticks=ticks, xticklabels=class_names, yticklabels=class_names)
-    axis.set(xlabel="Predicted label", ylabel="True label", title="Confusion matrix, test split")
-    axis.tick_params(axis="x", labelrotation=90)
+    ConfusionMatrixDisplay(matrix, display_labels=class_names).plot(
+        ax=axis, cmap="Blues", colorbar=False, xticks_rotation="vertical", values_format="d"
+    )
+    axis.set_title("Confusion matrix, test split")
     save_figure(figure, path)
 
 

@@ -74,9 +74,10 @@ def current_trial():
 
     storage = open_storage(os.environ[STORAGE_VARIABLE])
     name = os.environ[STUDY_VARIABLE]
-    attributes = storage.get_study_user_attrs(storage.get_study_id_from_name(name))
+    study_id = storage.get_study_id_from_name(name)
+    attributes = storage.get_study_user_attrs(study_id)
     study = optuna.load_study(study_name=name, storage=storage, pruner=make_pruner(attributes[PRUNER_ATTRIBUTE]))
-    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, int(os.environ[TRIAL_VARIABLE]))
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, int(os.environ[TRIAL_VARIABLE]))
     return optuna.trial.Trial(study, trial_id), attributes[METRIC_ATTRIBUTE]
 
 
