@@ -16,6 +16,7 @@ from pipeline.stage import run_stage
 COMMANDS = {
     "params": "compose conf/ into params.yaml, as `dvc exp run` does",
     "reproduce": "re-run a recorded MLflow run from its lineage and compare, or check repeatability",
+    "diff": "why two MLflow runs differ (params, code, data, environment) and whether their accuracies really do",
     "tolerance": "measure how far the test metrics move across seeds, for reproduce to judge other machines by",
     "search": "search hyperparameters with Optuna: every trial a DVC experiment and an MLflow run, pruned, resumable",
     "study": "re-run a published table of configurations as DVC experiments and report",

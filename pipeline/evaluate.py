@@ -17,7 +17,9 @@ confusion matrix and the report from scikit-learn's metrics.
 Reopens the MLflow run the train stage created and adds the test metrics, the
 plots, the classification report, and to its lineage record
 (lineage/lineage.json) the md5s dvc.lock records for the stages that produced
-the model.
+the model. Once the run has finished, registers its model and decides the
+champion (pipeline.registry; params `mlflow.registered_model_name` and
+`dataset.max_test_samples`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 import keras
@@ -39,11 +42,12 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from pipeline import registry
 from pipeline.config import load_params
 from pipeline.errors import DataError
 from pipeline.figures import save_figure
 from pipeline.files import atomic_path, write_json, write_text
-from pipeline.lineage import add_lock_md5s, dataset_source
+from pipeline.lineage import REPRODUCES_VARIABLE, add_lock_md5s, dataset_source
 from pipeline.model import class_ids, weights_sha256
 from pipeline.paths import (
     CLASSIFICATION_REPORT_FILE,
@@ -58,10 +62,9 @@ from pipeline.paths import (
     repair_hint,
     rerun_hint,
 )
-from pipeline.registry import describe_version, promote_if_better
 from pipeline.splits import load_split, training_targets
 from pipeline.stage import run_stage
-from pipeline.tracking import client, log_datasets, pipeline_run, read_run_file
+from pipeline.tracking import TEST_SET_TAG, client, log_datasets, pipeline_run, read_run_file
 
 logger = logging.getLogger(__name__)
 
@@ -193,34 +196,40 @@ def log_evaluation(results: dict, *, test_split, dataset_name: str, source: str)
         mlflow.log_artifact(str(path), artifact_path="evaluation")
 
 
-def run_summary(model: keras.Model, run_id: str, *, dataset_name: str, accuracy: float) -> str:
-    """One line: the network, how it was trained and how it scored."""
+def run_summary(model: keras.Model, run_id: str, *, dataset_name: str, accuracy: float, scope: str) -> str:
+    """One line, accuracy first: how the model scored, the network and how it was trained."""
     # From the run's logged params: this stage does not read (nor re-run for) the training settings.
     logged = client().get_run(run_id).data.params
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     units = [str(model.input_shape[-1]), *(str(layer.units) for layer in dense)]
     return (
-        f"MLP {'-'.join(units)} ({logged.get('model.activation')}, dropout {logged.get('model.dropout_rate')}) "
-        f"on {dataset_name}, {logged.get('optimizer.name')} lr {logged.get('optimizer.learning_rate')}, "
-        f"{logged.get('train.epochs')} epochs of batch {logged.get('train.batch_size')}: "
-        f"test accuracy {accuracy:.2%}"
+        f"test accuracy {accuracy:.2%} on {'the full' if scope == 'full' else 'a subset of the'} {dataset_name} "
+        f"test set: MLP {'-'.join(units)} "
+        f"({logged.get('model.activation')}, dropout {logged.get('model.dropout_rate')}), "
+        f"{logged.get('optimizer.name')} lr {logged.get('optimizer.learning_rate')}, "
+        f"{logged.get('train.epochs')} epochs of batch {logged.get('train.batch_size')}"
     )
 
 
-def register(record: dict, summary: str, *, test_split, dataset_name: str, accuracy: float) -> None:
-    """Describe the registered version and move the champion alias to it if it is the best on this test set."""
-    name, version = record["registered_model"]["name"], record["registered_model"]["version"]
-    test_set = hashlib.sha256(test_split.inputs.tobytes() + test_split.labels.tobytes()).hexdigest()
+def register_model(record: dict, summary: str, *, name: str, test_split, dataset_name: str, scope: str) -> None:
+    """Register the run's model (once per run) and decide the champion; a reproduction registers nothing."""
+    reproduces = os.environ.get(REPRODUCES_VARIABLE)
+    if reproduces:
+        logger.info("%s: nothing registered: this run reproduces run %s", name, reproduces)
+        return
     run = client().get_run(record["run_id"])
     tags = {
         "dataset": dataset_name,
-        "test_accuracy": f"{accuracy:.6f}",
-        "test_set": test_set,
+        registry.ACCURACY_TAG: f"{run.data.metrics['test_accuracy']:.6f}",
+        registry.TEST_SET_TAG: run.data.tags[TEST_SET_TAG],
+        registry.SCOPE_TAG: scope,
         "run_id": record["run_id"],
         "commit": run.data.tags.get("git.commit", "unknown"),
     }
-    describe_version(client(), name, version, description=summary, tags=tags)
-    logger.info("%s: %s", name, promote_if_better(client(), name, version, test_set=test_set, accuracy=accuracy))
+    version = registry.register(
+        client(), name, run_id=record["run_id"], model_uri=record["model_uri"], description=summary, tags=tags
+    )
+    logger.info("%s version %s: %s", name, version, registry.promote_if_best(client(), name, version))
 
 
 def main() -> None:
@@ -230,6 +239,8 @@ def main() -> None:
     run_id = record["run_id"]
     test_split = load_split(PROCESSED_DIRECTORY, "test")
     model = load_model(MODEL_FILE)
+    # dataset.max_test_samples scores a subset: its accuracy is not the dataset's.
+    scope = "full" if dataset.max_test_samples is None else "subset"
 
     with pipeline_run(run_id=run_id):
         targets = training_targets(
@@ -253,11 +264,23 @@ def main() -> None:
             dataset_name=dataset.name,
             source=dataset_source(dataset.files, dataset.urls),
         )
-        summary = run_summary(model, run_id, dataset_name=dataset.name, accuracy=results["test"]["accuracy"])
-        mlflow.set_tag("mlflow.note.content", summary)  # the run's description in the MLflow UI
-        register(
-            record, summary, test_split=test_split, dataset_name=dataset.name, accuracy=results["test"]["accuracy"]
+        accuracy = results["test"]["accuracy"]
+        # What `mlp diff` and the registry compare runs by: their examples pair only on the same test set.
+        mlflow.set_tag(
+            TEST_SET_TAG, hashlib.sha256(test_split.inputs.tobytes() + test_split.labels.tobytes()).hexdigest()
         )
+        summary = run_summary(model, run_id, dataset_name=dataset.name, accuracy=accuracy, scope=scope)
+        mlflow.set_tag("mlflow.note.content", summary)  # the run's description in the MLflow UI
+    # Registered once the run has FINISHED with its test metrics: no version points at an unfinished run,
+    # and a crash before this leaves none (dvc repro then runs this stage again).
+    register_model(
+        record,
+        summary,
+        name=params.mlflow.registered_model_name,
+        test_split=test_split,
+        dataset_name=dataset.name,
+        scope=scope,
+    )
     logger.info("test accuracy %.4f, test loss %.4f", results["test"]["accuracy"], results["test"]["loss"])
 
 

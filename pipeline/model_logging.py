@@ -13,8 +13,10 @@ import tensorflow as tf
 from mlflow.models import infer_signature
 
 
-def log_model(model: keras.Model, example_inputs: np.ndarray, *, registered_model_name: str) -> str:
-    """Log the model with its signature and an input example, register a new version of it; return the version."""
+def log_model(model: keras.Model, example_inputs: np.ndarray) -> str:
+    """Log the model with its signature and an input example; return its URI (models:/<model id>).
+
+    Registering it is the evaluate stage's part, once the model's test metrics are logged."""
     # The example's type is the signature's: uint8 pixels, or a table's float32 values, as the data holds them.
     # Calling the model: `predict` would build and trace a prediction function for five rows.
     signature = infer_signature(example_inputs, model(example_inputs, training=False).numpy())
@@ -25,7 +27,6 @@ def log_model(model: keras.Model, example_inputs: np.ndarray, *, registered_mode
         name="model",
         signature=signature,
         input_example=example_inputs,
-        registered_model_name=registered_model_name,
         # Listed rather than inferred: inference re-loads the model in a
         # subprocess, and would pick the GPU build of TensorFlow.
         pip_requirements=[
@@ -34,4 +35,4 @@ def log_model(model: keras.Model, example_inputs: np.ndarray, *, registered_mode
             f"mlflow=={mlflow.__version__}",
         ],
     )
-    return str(info.registered_model_version)
+    return info.model_uri

@@ -1,46 +1,84 @@
-"""The Model Registry: what each registered version is, and which one is the champion.
+"""The Model Registry: one described version per evaluated run, and a champion that is the best.
 
-Every trained model is registered (pipeline.tracking.log_model) as a new version
-of `mlflow.registered_model_name`. The evaluate stage then describes the
-version (a one-line description and tags: dataset, test accuracy, run, commit)
-and moves the alias `champion` to it only when it beats the current champion's
-test accuracy on the same test set, so `models:/<name>@champion` always serves
-the best model measured so far.
+The evaluate stage registers the model its run logged once the run's test
+metrics are logged and the run has finished, at most once per run: a re-run or
+a resumed evaluate finds the run's version instead of adding one. The version
+is created with its description and tags in one call, so it is complete or
+absent. The alias `champion` belongs to the version with the best test accuracy
+among those scored on the dataset's full test set, compared only with versions
+scored on the same test set (the same digest). A version scored on a subset
+(dataset.max_test_samples) never takes it, and a reproduction (`mlp
+reproduce`) registers nothing; search trials never reach the evaluate stage.
 """
 
 from __future__ import annotations
 
-import logging
-
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
-logger = logging.getLogger(__name__)
-
 CHAMPION = "champion"
+# Tags every version gets; the champion decision reads test_accuracy, test_set and test_scope.
+ACCURACY_TAG, TEST_SET_TAG, SCOPE_TAG = "test_accuracy", "test_set", "test_scope"
 
 
-def describe_version(client: MlflowClient, name: str, version: str, *, description: str, tags: dict[str, str]) -> None:
-    client.update_model_version(name, version, description=description)
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
-
-
-def promote_if_better(client: MlflowClient, name: str, version: str, *, test_set: str, accuracy: float) -> str:
-    """Move the champion alias to `version` if it beats the champion on the same test set; say what was decided."""
+def register(
+    client: MlflowClient, name: str, *, run_id: str, model_uri: str, description: str, tags: dict[str, str]
+) -> str:
+    """The version of `name` holding run `run_id`'s model: the one registered before, else a new one."""
     try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        champion = None
-    if champion is not None and str(champion.version) != str(version):
-        same_test_set = champion.tags.get("test_set") == test_set
-        best = float(champion.tags.get("test_accuracy", "nan"))
-        if same_test_set and not accuracy > best:
-            decision = f"kept version {champion.version} as {CHAMPION}: {best:.4f} >= {accuracy:.4f}"
-            client.set_model_version_tag(name, version, "champion_decision", decision)
-            return decision
-    client.set_registered_model_alias(name, CHAMPION, version)
-    previous = f"replaces version {champion.version}" if champion is not None else "the first"
-    decision = f"version {version} is the {CHAMPION} ({previous}) with test accuracy {accuracy:.4f}"
+        client.create_registered_model(
+            name,
+            description=f"Keras MLPs of this pipeline. @{CHAMPION}: the best test accuracy on the full test set.",
+        )
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if found:
+        version = str(found[0].version)
+        client.update_model_version(name, version, description=description)
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, value)
+        return version
+    model_id = model_uri.removeprefix("models:/")
+    created = client.create_model_version(
+        name, model_uri, run_id=run_id, tags=tags, description=description, model_id=model_id
+    )
+    return str(created.version)
+
+
+def promote_if_best(client: MlflowClient, name: str, version: str) -> str:
+    """Give the champion alias to the best version scored on `version`'s full test set; say what was decided."""
+    this = client.get_model_version(name, version)
+    if this.tags.get(SCOPE_TAG) != "full":
+        decision = f"version {version} does not compete for {CHAMPION}: it was scored on a subset of the test set"
+    else:
+        rivals = [
+            candidate
+            for candidate in client.search_model_versions(f"name = '{name}'")
+            if candidate.tags.get(SCOPE_TAG) == "full" and candidate.tags.get(TEST_SET_TAG) == this.tags[TEST_SET_TAG]
+        ]
+        # The best accuracy; on a tie the version that reached it first.
+        best = max(rivals, key=lambda candidate: (_accuracy(candidate), -int(candidate.version)))
+        client.set_registered_model_alias(name, CHAMPION, best.version)
+        if str(best.version) == version:
+            others = [candidate for candidate in rivals if str(candidate.version) != version]
+            beaten = max(others, key=_accuracy, default=None)
+            decision = f"version {version} is the {CHAMPION} with test accuracy {_accuracy(this):.4f}" + (
+                f", beating version {beaten.version}'s {_accuracy(beaten):.4f} on the same full test set"
+                if beaten
+                else ", the first scored on this full test set"
+            )
+        else:
+            decision = (
+                f"version {best.version} stays the {CHAMPION}: its test accuracy {_accuracy(best):.4f} is not "
+                f"beaten by version {version}'s {_accuracy(this):.4f} on the same full test set"
+            )
     client.set_model_version_tag(name, version, "champion_decision", decision)
     return decision
+
+
+def _accuracy(version: ModelVersion) -> float:
+    return float(version.tags.get(ACCURACY_TAG, "nan"))

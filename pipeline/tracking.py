@@ -46,6 +46,8 @@ from pipeline.splits import Split
 logger = logging.getLogger(__name__)
 
 FAILURE_REASON = "failure.reason"
+# The sha256 of the test inputs and labels a run was scored on: runs compare only on the same test set.
+TEST_SET_TAG = "test_set.sha256"
 
 # Stores prepared and swept by this process: once is enough, the next process finds later orphans.
 _opened_stores: set[str] = set()
@@ -192,22 +194,21 @@ def reopen_run(run_id: str) -> mlflow.ActiveRun:
         ) from None
 
 
-def write_run_file(run: mlflow.ActiveRun, *, model_name: str, model_version: str) -> None:
-    """The run and the registered model version the train stage made, for the evaluate stage."""
+def write_run_file(run: mlflow.ActiveRun, *, model_uri: str) -> None:
+    """The run and the model (models:/<model id>) the train stage logged, for the evaluate stage."""
     # No store path: this file is a versioned output and must not depend on where the repository lives.
-    record = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}
-    write_json(RUN_FILE, record | {"registered_model": {"name": model_name, "version": model_version}})
+    write_json(RUN_FILE, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "model_uri": model_uri})
 
 
 def read_run_file() -> dict:
     try:
         record = json.loads(RUN_FILE.read_text(encoding="utf-8"))
-        record["run_id"], record["registered_model"]["version"]  # noqa: B018 - both must be there
+        record["run_id"], record["model_uri"]  # noqa: B018 - both must be there
     except FileNotFoundError:
         raise PipelineError(f"{RUN_FILE} not found: {rerun_hint('train')}") from None
     except (json.JSONDecodeError, KeyError, TypeError):
         raise PipelineError(
-            f"{RUN_FILE} is not valid: expected JSON with run_id and registered_model; {repair_hint('train')}"
+            f"{RUN_FILE} is not valid: expected JSON with run_id and model_uri; {repair_hint('train')}"
         ) from None
     return record
 

@@ -1,16 +1,18 @@
 """Stage `train`: fit the MLP on the training split and log the run to MLflow.
 
 Reads params `seed`, `dataset.name`, `dataset.urls`, `dataset.files`,
-`dataset.num_classes`, `dataset.task`, `model`, `optimizer`, `train`, `mlflow`
-and data/processed/; writes data/model/model.keras, data/model/mlflow_run.json
-(the MLflow run the evaluate stage adds to), reports/training_history.csv (one
+`dataset.num_classes`, `dataset.task`, `dataset.scaling`, `model`, `optimizer`,
+`train`, `mlflow.experiment_name` and data/processed/; writes data/model/model.keras,
+data/model/mlflow_run.json (the MLflow run and logged model the evaluate stage
+scores and registers), reports/training_history.csv (one
 row per epoch, for `dvc plots`), and the architecture: reports/model_summary.txt
 (Keras' summary), reports/model_config.json (the model's get_config()) and
 reports/architecture.png (a diagram).
 
 The MLflow run gets every composed parameter (flattened), per-epoch metrics with
-the epoch as step, the model with a signature and an input example, registered;
-the run's lineage (pipeline.lineage), and the sha256 of the trained weights.
+the epoch as step, the model with a signature and an input example (the evaluate
+stage registers it once scored), the run's lineage (pipeline.lineage), and the
+sha256 of the trained weights.
 
 `python -m pipeline.train --hash-only` trains without writing anything and
 prints the weights' sha256: the repeatability check runs it twice.
@@ -254,9 +256,7 @@ def train_and_log(params: Params, training: Split, validation: Split) -> keras.M
             write_architecture(model)
             mlflow.log_param("model.parameter_count", model.count_params())
             mlflow.set_tag("model.weights_sha256", weights_sha256(model))
-            name = params.mlflow.registered_model_name
-            version = log_model(model, training.inputs[:5], registered_model_name=name)
-            write_run_file(run, model_name=name, model_version=version)
+            write_run_file(run, model_uri=log_model(model, training.inputs[:5]))
         checkpoint.remove()
     return model
 

@@ -192,7 +192,9 @@ def test_model_is_registered_and_loads_from_the_registry(project, client):
     champion = client.get_model_version_by_alias(f"{TINY_DATASET}-mlp", "champion")
     assert str(champion.version) == "1"
     assert "test accuracy" in champion.description and champion.tags["dataset"] == TINY_DATASET
-    assert set(champion.tags) >= {"dataset", "test_accuracy", "test_set", "run_id", "commit"}
+    assert champion.description.startswith(f"test accuracy {metrics_of(path)['test']['accuracy']:.2%}")
+    assert set(champion.tags) >= {"dataset", "test_accuracy", "test_set", "test_scope", "run_id", "commit"}
+    assert champion.tags["test_scope"] == "full"
     mlflow_run = client.get_run(run_id)
     assert mlflow_run.data.tags["mlflow.note.content"] == champion.description
     experiment = client.get_experiment(mlflow_run.info.experiment_id)
@@ -242,6 +244,24 @@ def test_training_parameter_change_reruns_only_train_and_evaluate(project):
     run(["dvc", "checkout", "--force"], cwd=path)
 
 
+def test_mlp_diff_shows_the_one_changed_parameter_and_tests_the_paired_predictions(project, client):
+    path, _ = project
+    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+    latest, first = client.search_runs(experiments, order_by=["start_time DESC"])[:2]  # dropout 0.3, then 0.45
+    result = run(["mlp", "diff", "--json", first.info.run_id, latest.info.run_id], cwd=path)
+    comparison = json.loads(result.stdout)
+    assert comparison["params"] == {"model.dropout_rate": {"a": "0.45", "b": "0.3"}}
+    assert comparison["code"]["files"] == [] and comparison["data"] == {}
+    test_size = len((path / "reports/confusion_matrix.csv").read_text().splitlines()) - 1
+    assert comparison["significance"]["examples"] == test_size
+    assert set(comparison["metrics"]) >= {"test_accuracy", "test_loss"}
+    itself = json.loads(run(["mlp", "diff", "--json", first.info.run_id, first.info.run_id], cwd=path).stdout)
+    assert itself["params"] == {} and itself["significance"]["p_value"] == 1.0
+    assert itself["verdict"].startswith("not distinguishable from seed noise: B - A = +0.00 points")
+    text = run(["mlp", "diff", first.info.run_id, latest.info.run_id], cwd=path).stdout
+    assert "model.dropout_rate: 0.45 -> 0.3" in text
+
+
 def test_an_unknown_key_fails_the_run_whichever_way_it_came(project):
     path, _ = project
     original = (path / "params.yaml").read_text()
@@ -285,6 +305,26 @@ def test_exp_run_composes_overrides_and_links_mlflow(project, client):
     assert mlflow_run.info.run_name == "sgd-dropout-02 (tiny_digits 256-256, sgd, 1 epoch)"
     assert mlflow_run.data.params["optimizer.name"] == "sgd"
     assert mlflow_run.info.status == "FINISHED"
+    # Registered after evaluation; worse or better than version 1, the champion is the best of the two.
+    version = client.search_model_versions(f"name='{TINY_DATASET}-mlp' and run_id='{run_id}'")[0]
+    accuracies = {
+        v.version: float(v.tags["test_accuracy"]) for v in client.search_model_versions(f"name='{TINY_DATASET}-mlp'")
+    }
+    best = max(accuracies, key=lambda number: (accuracies[number], -int(number)))
+    assert str(client.get_model_version_by_alias(f"{TINY_DATASET}-mlp", "champion").version) == str(best)
+    assert "champion" in version.tags["champion_decision"]
+
+
+def test_evaluating_again_finds_the_runs_version_and_a_reproduction_registers_nothing(project, client):
+    path, _ = project
+    name, run_id = f"{TINY_DATASET}-mlp", metrics_of(path)["mlflow_run_id"]
+    before = len(client.search_model_versions(f"name='{name}'"))
+    run([sys.executable, "-m", "pipeline.evaluate"], cwd=path)
+    result = run([sys.executable, "-m", "pipeline.evaluate"], cwd=path, MLP_REPRODUCES_RUN="0" * 32)
+    assert f"{name}: nothing registered: this run reproduces run {'0' * 32}" in result.stderr
+    assert len(client.search_model_versions(f"name='{name}'")) == before
+    assert len(client.search_model_versions(f"name='{name}' and run_id='{run_id}'")) == 1
+    assert client.get_run(run_id).info.status == "FINISHED"
 
 
 def test_failing_stage_marks_its_mlflow_run_failed(project, client):

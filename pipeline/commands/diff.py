@@ -1,0 +1,214 @@
+"""`mlp diff RUN_A RUN_B`: why two runs differ, and whether their test accuracies really do.
+
+    mlp diff 8e8106e0dd1d4f98... 1c9a5f0b77e2455b...        # a table, then one verdict line
+    mlp diff --json RUN_A RUN_B                             # the same as data
+
+What differs: the parameters (only the keys that changed), the code (commits and
+the files changed between them), the data (digests) and the environment (CPU
+fingerprint, threads, packages), then the test metrics' deltas. Whether the
+accuracy difference is real: McNemar's exact test on the two runs' paired
+per-example predictions (the evaluate stage's `evaluation/confusion_matrix.csv`:
+one row per test example, in test-set order), beside the spread `mlp tolerance`
+measured across seeds for run A's configuration, where it has. Runs scored on
+different test sets get a warning and no p-value: their examples do not pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import tempfile
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+PREDICTIONS_ARTIFACT = "evaluation/confusion_matrix.csv"
+ENVIRONMENT_ARTIFACT = "lineage/environment.json"
+# Below this p-value McNemar's test calls the difference in accuracy real.
+SIGNIFICANCE = 0.05
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_a", metavar="RUN_A", help="an MLflow run id (the reference)")
+    parser.add_argument("run_b", metavar="RUN_B", help="an MLflow run id (compared with RUN_A)")
+    parser.add_argument("--json", action="store_true", help="print the comparison as one JSON object")
+
+
+def run(arguments: argparse.Namespace) -> None:
+    comparison = compare(arguments.run_a, arguments.run_b)
+    print(json.dumps(comparison, indent=2) if arguments.json else format_text(comparison))
+
+
+def compare(run_a: str, run_b: str) -> dict:
+    """Everything `mlp diff` shows, as data."""
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.tracking import client
+
+    store = client()
+    try:
+        a, b = store.get_run(run_a), store.get_run(run_b)
+    except MlflowException as error:
+        raise PipelineError(f"{error.message.splitlines()[0]}: give the ids of two runs of this store") from None
+    with tempfile.TemporaryDirectory() as directory:
+        artifacts = [_artifacts(store, run.info.run_id, Path(directory) / name) for name, run in (("a", a), ("b", b))]
+    comparison = {
+        "runs": {"a": run_a, "b": run_b},
+        "params": changed(a.data.params, b.data.params),
+        "code": code_difference(a.data.tags.get("git.commit"), b.data.tags.get("git.commit")),
+        "data": changed(_data(a), _data(b)),
+        "environment": changed(_flatten(artifacts[0]["environment"]), _flatten(artifacts[1]["environment"])),
+        "metrics": {
+            name: {"a": a.data.metrics.get(name), "b": b.data.metrics.get(name), "delta": _delta(a, b, name)}
+            for name in sorted(set(a.data.metrics) | set(b.data.metrics))
+            if name.startswith("test_")
+        },
+    }
+    same_test_set = _test_set(a) is not None and _test_set(a) == _test_set(b)
+    test = mcnemar(artifacts[0]["predictions"], artifacts[1]["predictions"]) if same_test_set else None
+    comparison["significance"] = test
+    comparison["seed_spread"] = seed_spread(artifacts[0]["params"])
+    comparison["verdict"] = verdict(comparison, same_test_set=same_test_set)
+    return comparison
+
+
+def changed(before: dict, after: dict) -> dict:
+    """{key: {"a": value, "b": value}} for each key whose value differs (None where a side lacks it)."""
+    keys = sorted(set(before) | set(after))
+    return {key: {"a": before.get(key), "b": after.get(key)} for key in keys if before.get(key) != after.get(key)}
+
+
+def code_difference(commit_a: str | None, commit_b: str | None) -> dict:
+    """The two commits and, when this repository has both, the files changed between them."""
+    from pipeline.git import git_or_empty
+
+    difference = {"a": commit_a, "b": commit_b, "files": []}
+    if commit_a and commit_b and commit_a != commit_b:
+        difference["files"] = git_or_empty("diff", "--name-only", commit_a, commit_b).splitlines()
+    return difference
+
+
+def mcnemar(predictions_a: list[tuple[str, str]], predictions_b: list[tuple[str, str]]) -> dict:
+    """McNemar's exact test on paired (actual, predicted) rows: only the examples one run gets right and the
+    other wrong count; under "equally accurate" each such example is a fair coin's toss."""
+    from scipy.stats import binomtest
+
+    if len(predictions_a) != len(predictions_b) or any(
+        row_a[0] != row_b[0] for row_a, row_b in zip(predictions_a, predictions_b, strict=False)
+    ):
+        raise PipelineError("the two runs' predictions do not pair: their test examples differ")
+    only_a = sum(a[0] == a[1] and b[0] != b[1] for a, b in zip(predictions_a, predictions_b, strict=True))
+    only_b = sum(a[0] != a[1] and b[0] == b[1] for a, b in zip(predictions_a, predictions_b, strict=True))
+    discordant = only_a + only_b
+    p_value = binomtest(min(only_a, only_b), discordant, 0.5).pvalue if discordant else 1.0
+    return {"examples": len(predictions_a), "only_a_right": only_a, "only_b_right": only_b, "p_value": float(p_value)}
+
+
+def seed_spread(params_text: str | None) -> float | None:
+    """The test-accuracy range `mlp tolerance` measured across seeds for this configuration, if it has."""
+    if params_text is None:
+        return None
+    from pipeline.config import parse_params
+    from pipeline.reproduce.tolerance import read_tolerances
+
+    try:
+        tolerances = read_tolerances(parse_params(params_text))
+    except PipelineError:
+        return None
+    return None if tolerances is None else tolerances.get("test_accuracy")
+
+
+def verdict(comparison: dict, *, same_test_set: bool) -> str:
+    accuracy = comparison["metrics"].get("test_accuracy", {})
+    if accuracy.get("delta") is None:
+        return "no test accuracy to compare: evaluate both runs first"
+    points = 100 * accuracy["delta"]
+    if not same_test_set:
+        return f"B - A = {points:+.2f} points, but on different test sets: not comparable, no p-value"
+    p_value = comparison["significance"]["p_value"]
+    spread = comparison["seed_spread"]
+    beyond = (
+        ""
+        if spread is None
+        else (f"; {'beyond' if abs(accuracy['delta']) > spread else 'within'} the seed spread of {100 * spread:.2f}")
+    )
+    if p_value >= SIGNIFICANCE or (spread is not None and abs(accuracy["delta"]) <= spread):
+        return f"not distinguishable from seed noise: B - A = {points:+.2f} points (McNemar p = {p_value:.3g}{beyond})"
+    better, worse = ("B", "A") if points > 0 else ("A", "B")
+    return f"{better} is better than {worse} by {abs(points):.2f} points (McNemar p = {p_value:.3g}{beyond})"
+
+
+def format_text(comparison: dict) -> str:
+    lines = [f"A = {comparison['runs']['a']}", f"B = {comparison['runs']['b']}", ""]
+    for section in ("params", "data", "environment"):
+        lines.append(f"{section}: " + ("same" if not comparison[section] else f"{len(comparison[section])} changed"))
+        lines += [f"  {key}: {change['a']} -> {change['b']}" for key, change in comparison[section].items()]
+    code = comparison["code"]
+    lines.append("code: same commit" if code["a"] == code["b"] else f"code: {code['a']} -> {code['b']}")
+    lines += [f"  {name}" for name in code["files"]]
+    lines.append("test metrics:")
+    for name, values in comparison["metrics"].items():
+        delta = "" if values["delta"] is None else f" ({values['delta']:+.4f})"
+        lines.append(f"  {name}: {_number(values['a'])} -> {_number(values['b'])}{delta}")
+    test = comparison["significance"]
+    if test:
+        lines.append(
+            f"paired test examples: {test['examples']:,}; only A right {test['only_a_right']}, "
+            f"only B right {test['only_b_right']}"
+        )
+    return "\n".join([*lines, "", comparison["verdict"]])
+
+
+def _artifacts(store, run_id: str, directory: Path) -> dict:
+    """The run's predictions, environment fingerprint and configuration, where it logged them."""
+    from mlflow.exceptions import MlflowException
+
+    directory.mkdir(parents=True)
+    found = {}
+    for name, path in (
+        ("predictions", PREDICTIONS_ARTIFACT),
+        ("environment", ENVIRONMENT_ARTIFACT),
+        ("params", "config/params.yaml"),
+    ):
+        try:
+            text = Path(store.download_artifacts(run_id, path, str(directory))).read_text(encoding="utf-8")
+        except (OSError, MlflowException):  # not logged: a run that never reached that point
+            text = None
+        found[name] = text
+    found["environment"] = json.loads(found["environment"]) if found["environment"] else {}
+    rows = list(csv.reader(io.StringIO(found["predictions"] or "")))[1:]
+    found["predictions"] = [(row[0], row[1]) for row in rows]
+    return found
+
+
+def _data(run) -> dict:
+    return {key: run.data.tags.get(key) for key in ("dataset", "data.sha256")}
+
+
+def _test_set(run) -> str | None:
+    """The digest of the test set the evaluate stage scored the run on."""
+    from pipeline.tracking import TEST_SET_TAG
+
+    return run.data.tags.get(TEST_SET_TAG)
+
+
+def _delta(a, b, name: str) -> float | None:
+    if name in a.data.metrics and name in b.data.metrics:
+        return b.data.metrics[name] - a.data.metrics[name]
+    return None
+
+
+def _flatten(record: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list) else value
+    return flat
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
