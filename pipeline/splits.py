@@ -43,6 +43,14 @@ def load_split(directory: Path, name: str) -> Split:
             f"{path} holds inputs of shape {split.inputs.shape} and labels of shape {split.labels.shape}, "
             f"expected (count, features) and (count,); {repair_hint('preprocess')}"
         )
+    if split.inputs.dtype.kind not in "uif" or split.labels.dtype.kind not in "ui":
+        raise DataError(
+            f"{path} holds {split.inputs.dtype} inputs and {split.labels.dtype} labels, expected numbers and "
+            f"integer class ids; {repair_hint('preprocess')}"
+        )
+    if split.inputs.dtype.kind == "f" and not np.isfinite(split.inputs).all():
+        # A NaN input makes a NaN loss and a meaningless score: refuse it before training or scoring.
+        raise DataError(f"{path} holds NaN or infinite inputs; {repair_hint('preprocess')}")
     return split
 
 

@@ -8,7 +8,7 @@ import yaml
 from conftest import REPOSITORY, synthetic_digits
 from sklearn.model_selection import train_test_split
 
-from pipeline.dataset_config import DatasetConfig
+from pipeline.config import DatasetConfig
 from pipeline.decoders import RawData
 from pipeline.errors import DataError
 from pipeline.preprocess import class_counts, preprocess, save_samples_figure
@@ -106,3 +106,19 @@ def test_samples_figures_are_pngs(tmp_path):
     save_samples_figure(table, labels % 2, tmp_path / "table.png", class_names=["no", "yes"], seed=0)
     for name in ("grid.png", "colour.png", "table.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("inputs", "labels", "message"),
+    [
+        (np.array([[0.5, np.nan]], np.float32), np.array([1]), "holds NaN or infinite inputs"),
+        (np.array([["a", "b"]]), np.array([1]), "holds <U1 inputs and int64 labels, expected numbers"),
+        (np.array([[0.5, 1.0]], np.float32), np.array([0.7]), "float64 labels, expected numbers and integer"),
+    ],
+)
+def test_a_split_of_bad_values_is_refused_with_what_is_wrong(tmp_path, inputs, labels, message):
+    from pipeline.splits import load_split
+
+    np.savez(tmp_path / "test.npz", inputs=inputs, labels=labels)
+    with pytest.raises(DataError, match=message):
+        load_split(tmp_path, "test")
