@@ -1,46 +1,147 @@
-"""The parameters every stage reads: params.yaml, validated against one schema.
+"""The parameters every stage reads: params.yaml, the Hydra composition of conf/, validated against one schema.
 
-params.yaml is the Hydra composition of conf/ (written by `dvc exp run` or by
-`mlp params`). Each stage validates the whole file before it
-touches any data or creates any MLflow run, so a wrong value fails at once with
-a message naming the key, the value and what is allowed.
+Each stage validates the whole file before it touches any data or creates any MLflow run, so a
+wrong value fails at once with a message naming the key, the value and what is allowed.
 """
 
 from __future__ import annotations
 
-import os
+import math
 import posixpath
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-# The dataset section's schema has a module of its own.
-from pipeline.dataset_config import DatasetConfig, PositiveInt, StrictModel
-from pipeline.errors import ConfigError
-from pipeline.paths import CONFIG_DIRECTORY, PARAMS_FILE
-
-MIRROR_ENVIRONMENT_VARIABLE = "MLP_DATA_MIRROR"
+from pipeline.errors import ConfigError, DataError
+from pipeline.files import file_digest
+from pipeline.paths import CONFIG_DIRECTORY, PARAMS_FILE, rerun_hint
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "softmax", "elu", "gelu", "linear")
-KERNEL_INITIALIZERS = (
-    "glorot_uniform",
-    "glorot_normal",
-    "he_uniform",
-    "he_normal",
-    "lecun_uniform",
-    "lecun_normal",
-    "uniform",
-    "normal",
-    "zeros",
+KERNEL_INITIALIZERS = (  # Keras' names: the variance-scaling families, then plain distributions
+    *("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_uniform", "lecun_normal"),
+    *("uniform", "normal", "zeros"),
 )
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 LOSSES = ("categorical_crossentropy", "binary_crossentropy", "mse")
+# The files each dataset format reads, by role.
+FORMAT_FILES = {
+    "idx": ("train_images", "train_labels", "test_images", "test_labels"),
+    "cifar_python": ("archive",),
+    "csv": ("table",),
+}
 
 # NumPy's legacy seeding and scikit-learn's random_state take 32-bit seeds.
 MAX_SEED = 2**32 - 1
+
+PositiveInt = Annotated[int, Field(ge=1)]
+FileName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")]
+
+
+class StrictModel(BaseModel):
+    # Unknown keys are errors: a misspelled key must not be silently ignored.
+    # inf and nan are refused in every float: they would train a NaN model.
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True, allow_inf_nan=False)
+
+
+class FileSpec(StrictModel):
+    """A raw file of a dataset, pinned by size and checksum."""
+
+    name: FileName  # in data/raw/ and in a mirror's <dataset>/ folder
+    remote_name: FileName | None = None  # the name at the public URLs, where it differs
+    size: PositiveInt  # bytes
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    # Only where no sha256 is published; sha256 is preferred when both are given.
+    md5: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")] | None = None
+
+    @model_validator(mode="after")
+    def has_a_checksum(self) -> FileSpec:
+        if self.sha256 is None and self.md5 is None:
+            raise ValueError(f"file {self.name} needs a sha256 (or, failing that, an md5) to be verified")
+        return self
+
+    def mismatch(self, path: Path) -> str | None:
+        """Why `path` is not this file (size, then sha256 or else md5), or None if it is."""
+        size = path.stat().st_size
+        if size != self.size:
+            return f"size {size:,} bytes, expected {self.size:,}"
+        algorithm, expected = ("sha256", self.sha256) if self.sha256 else ("md5", self.md5)
+        actual = file_digest(path, algorithm)
+        return None if actual == expected else f"{algorithm} {actual}, expected {expected}"
+
+    def verify(self, path: Path) -> None:
+        """Raise DataError unless `path` is this file."""
+        if not path.exists():
+            raise DataError(f"{path} not found: {rerun_hint('download')}")
+        if problem := self.mismatch(path):
+            raise DataError(f"{path}: {problem}; delete it and download again")
+
+
+class CsvLayout(StrictModel):
+    delimiter: str = Field(min_length=1, max_length=1)
+    header_rows: int = Field(ge=0)  # lines to skip before the data
+    feature_columns: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)  # 0-based
+    label_column: int = Field(ge=0)
+
+
+class DatasetConfig(StrictModel):
+    """conf/dataset/<name>.yaml: files, format, shape, classes."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    format: Literal[tuple(FORMAT_FILES)]  # type: ignore[valid-type]
+    # multiclass: softmax over num_classes; binary: one sigmoid unit, binary cross-entropy.
+    task: Literal["multiclass", "binary"]
+    urls: list[Annotated[str, Field(pattern=r"^https?://")]] = Field(min_length=1)
+    files: dict[str, FileSpec]
+    input_shape: list[PositiveInt] = Field(min_length=1, max_length=3)
+    num_classes: int = Field(ge=2)
+    class_names: list[str]
+    # unit_interval: pixels / 255; standardize: zero mean, unit variance, fitted on the training split.
+    scaling: Literal["unit_interval", "standardize"]
+    validation_fraction: float = Field(ge=0.0, lt=1.0)
+    # Only for formats without a published test split (csv): the share held out for testing.
+    test_fraction: float | None = Field(default=None, gt=0.0, lt=1.0)
+    csv: CsvLayout | None = None
+    max_train_samples: PositiveInt | None
+    max_test_samples: PositiveInt | None
+
+    @property
+    def num_features(self) -> int:
+        return math.prod(self.input_shape)
+
+    @model_validator(mode="after")
+    def consistent(self) -> DatasetConfig:
+        expected = set(FORMAT_FILES[self.format])
+        if set(self.files) != expected:
+            raise ValueError(
+                f"dataset.files of format {self.format} must name {sorted(expected)}, found {sorted(self.files)}"
+            )
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"dataset.class_names has {len(self.class_names)} names for {self.num_classes} classes")
+        if self.task == "binary" and self.num_classes != 2:
+            raise ValueError(f"dataset.task binary needs num_classes 2, found {self.num_classes}")
+        is_csv = self.format == "csv"
+        if is_csv != (self.csv is not None) or is_csv != (self.test_fraction is not None):
+            raise ValueError("dataset.csv and dataset.test_fraction are required for format csv, and only for it")
+        if self.csv is not None and len(self.csv.feature_columns) != self.num_features:
+            raise ValueError(
+                f"dataset.csv.feature_columns lists {len(self.csv.feature_columns)} columns "
+                f"but dataset.input_shape {self.input_shape} has {self.num_features} features"
+            )
+        # A stratified split needs at least one example of every class on each side.
+        smallest = 2 * self.num_classes
+        for key in ("max_train_samples", "max_test_samples"):
+            value = getattr(self, key)
+            if value is not None and value < smallest:
+                raise ValueError(f"dataset.{key} = {value} is too small to stratify: use at least {smallest} or null")
+        if self.max_train_samples and 0 < self.validation_fraction * self.max_train_samples < self.num_classes:
+            raise ValueError(
+                f"dataset.validation_fraction = {self.validation_fraction} of {self.max_train_samples} samples "
+                f"leaves fewer validation examples than the {self.num_classes} classes"
+            )
+        return self
 
 
 class ModelConfig(StrictModel):
@@ -71,15 +172,11 @@ class TrainConfig(StrictModel):
     batch_size: PositiveInt
     epochs: PositiveInt
     early_stopping_patience: PositiveInt | None
-    # host: identical weights on the same machine; portable: on any x86-64 CPU
-    # TensorFlow runs on, slower (pipeline.determinism). A default, so that
-    # configs recorded before the key existed still load.
+    # Defaults below, so that configs recorded before a key existed still load. host: identical
+    # weights on the same machine; portable: on any x86-64 CPU, slower (pipeline.determinism).
     determinism: Literal["host", "portable"] = "host"
-    # constant, or cosine: decayed to 0 over all the epochs' steps. A default, like determinism.
-    learning_rate_schedule: Literal["constant", "cosine"] = "constant"
-    # Each training step compiled by XLA (host determinism only: XLA compiles for this
-    # CPU). conf/ turns it on; absent, as in runs recorded before it existed, it is off.
-    jit_compile: bool = False
+    learning_rate_schedule: Literal["constant", "cosine"] = "constant"  # cosine: to 0 over all steps
+    jit_compile: bool = False  # XLA-compiled steps (host determinism only: XLA compiles for this CPU)
 
 
 class MlflowConfig(StrictModel):
@@ -96,11 +193,12 @@ class MlflowConfig(StrictModel):
     @field_validator("registered_model_name")
     @classmethod
     def valid_model_name(cls, value: str) -> str:
-        # MLflow's rule (mlflow.utils.validation._validate_model_name), checked before
-        # training rather than at registration; restated so that the stages that never
-        # log (validate, download, preprocess) need not import MLflow, which takes a second.
+        # MLflow's rule, checked before training rather than at registration; restated so
+        # that the stages that never log need not import MLflow, which takes a second.
         if "/" in value or ":" in value:
             raise ValueError(f"invalid model name {value!r}: names cannot contain '/' or ':'")
+        if "@" in value:  # MLflow stores it, but models:/<name>@<alias> could not address it
+            raise ValueError(f"invalid model name {value!r}: names cannot contain '@' (models:/<name>@<alias>)")
         normalized = posixpath.normpath(value)
         if normalized != value or normalized == "." or normalized.startswith(("..", "/")):
             raise ValueError(f"invalid model name {value!r}: as a path it would resolve to {normalized!r}")
@@ -125,11 +223,10 @@ class Params(StrictModel):
             )
         # The output layer follows the task (pipeline.model): a loss made for
         # the other kind of output would train, but on the wrong targets.
-        wrong_loss = {"binary": "categorical_crossentropy", "multiclass": "binary_crossentropy"}[self.dataset.task]
-        if self.train.loss == wrong_loss:
-            right = "binary_crossentropy" if self.dataset.task == "binary" else "categorical_crossentropy"
+        right = "binary_crossentropy" if self.dataset.task == "binary" else "categorical_crossentropy"
+        if self.train.loss not in (right, "mse"):
             raise ValueError(
-                f"train.loss {wrong_loss} does not fit dataset.task {self.dataset.task} "
+                f"train.loss {self.train.loss} does not fit dataset.task {self.dataset.task} "
                 f"({self.dataset.name}): use {right} or mse"
             )
         return self
@@ -151,8 +248,7 @@ def parse_params(text: str, path: Path = PARAMS_FILE) -> Params:
         raise ConfigError(f"{path} is not valid YAML: {error}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of parameters, found {type(raw).__name__}")
-    missing = sorted(_unset_keys(raw))
-    if missing:
+    if missing := sorted(key for key, value in flatten(raw).items() if value == "???"):
         raise ConfigError(
             f"{path}: no value given (???) for {', '.join(missing)}; set it in conf/ or with -S key=value"
         )
@@ -166,28 +262,21 @@ def parse_params(text: str, path: Path = PARAMS_FILE) -> Params:
         raise ConfigError(f"{path} has {len(problems)} invalid parameters:\n{listed}") from None
 
 
-def mirror_location(configured: str | None) -> str | None:
-    """The mirror to download from: the environment variable wins over params.yaml's `mirror`."""
-    return os.environ.get(MIRROR_ENVIRONMENT_VARIABLE) or configured
-
-
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a.b": 1}: the form MLflow params and `dvc params diff` use."""
     flat: dict[str, Any] = {}
     for key, value in mapping.items():
-        name = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
-            flat[name] = value
+            flat[f"{prefix}{key}"] = value
     return flat
 
 
 def compose(overrides: list[str] | None = None, config_directory: Path = CONFIG_DIRECTORY) -> str:
     """The YAML text `dvc exp run` would write to params.yaml for these overrides."""
-    # The same function DVC calls, so the two can never disagree on the format.
-    # Imported here: DVC and Hydra take a second to import, and of the stages
-    # only train composes (for its lineage record).
+    # The function DVC calls, so the two never disagree on the format. Imported here:
+    # DVC and Hydra take a second to import, and of the stages only train composes.
     from dvc.utils.hydra import compose_and_dump
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -197,18 +286,11 @@ def compose(overrides: list[str] | None = None, config_directory: Path = CONFIG_
         try:
             compose_and_dump(output, str(config_directory.resolve()), None, "config", "", overrides or [])
         except (HydraException, OmegaConfBaseException) as error:
-            raise ConfigError(f"{' '.join(overrides or [])}: {_hydra_message(error)}") from None
+            # Hydra's own words (the missing option and the available ones) on one line, without its search path.
+            text = str(error).split("\nConfig search path:")[0]
+            message = " ".join(line.strip() for line in text.splitlines() if line.strip())
+            raise ConfigError(f"{' '.join(overrides or [])}: {message}") from None
         return output.read_text(encoding="utf-8")
-
-
-def _hydra_message(error: Exception) -> str:
-    """Hydra's own words without its config search path: e.g. the missing option and the available ones."""
-    text = str(error).split("\nConfig search path:")[0]
-    return " ".join(line.strip() for line in text.splitlines() if line.strip())
-
-
-def _unset_keys(mapping: dict[str, Any], prefix: str = "") -> list[str]:
-    return [key for key, value in flatten(mapping, prefix).items() if value == "???"]
 
 
 def _describe(problem: dict[str, Any]) -> str:
@@ -216,8 +298,13 @@ def _describe(problem: dict[str, Any]) -> str:
     if problem["type"] == "missing":
         return f"{key}: missing; set it in conf/ or with -S {key}=<value>"
     if problem["type"] == "extra_forbidden":
-        allowed = ", ".join(_allowed_keys(problem["loc"][:-1]))
-        return f"{key} = {_short(problem['input'])}: unknown key; allowed here: {allowed}"
+        model: type[BaseModel] = Params  # the innermost model holding the unknown key
+        for part in problem["loc"][:-1]:
+            annotation = model.model_fields[part].annotation
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                break
+            model = annotation
+        return f"{key} = {_short(problem['input'])}: unknown key; allowed here: {', '.join(model.model_fields)}"
     message = problem["msg"].removeprefix("Value error, ")
     if isinstance(problem["input"], dict):
         # A rule across several keys: its message names them; the section's values would bury it.
@@ -228,13 +315,3 @@ def _describe(problem: dict[str, Any]) -> str:
 def _short(value: Any, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _allowed_keys(location: tuple[Any, ...]) -> list[str]:
-    model: type[BaseModel] = Params
-    for part in location:
-        annotation = model.model_fields[part].annotation
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            break
-        model = annotation
-    return list(model.model_fields)

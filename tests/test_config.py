@@ -255,15 +255,23 @@ def test_a_mistyped_override_is_one_line_without_a_traceback(override, expected)
     assert "\n" not in str(raised.value) and "Config search path" not in str(raised.value)
 
 
-@pytest.mark.parametrize("name", ["mnist-mlp", "a b", "x.y", "a/b", "a:b", ".", "..", "../x", "a/../b", "./a", "a//b"])
-def test_registered_model_name_rule_is_mlflows(name):
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{tmp_path_factory.mktemp('registry') / 'mlflow.db'}")
+
+
+@pytest.mark.parametrize(
+    "name", ["mnist-mlp", "a b", "x.y", "a/b", "a:b", ".", "..", "../x", "a/../b", "./a", "a//b", "a@b"]
+)
+def test_registered_model_name_rule_is_mlflows_and_addressable(registry, name):
     """The schema restates MLflow's model-name rule (so that the first stages need not import
-    MLflow): both accept and refuse the same names."""
+    MLflow) and refuses what MLflow stores but a models:/ URI cannot address (an '@')."""
     from mlflow.exceptions import MlflowException
-    from mlflow.utils.validation import _validate_model_name
 
     try:
-        _validate_model_name(name)
+        registry.create_registered_model(name)
         mlflow_accepts = True
     except MlflowException:
         mlflow_accepts = False
@@ -272,9 +280,11 @@ def test_registered_model_name_rule_is_mlflows(name):
     try:
         parse_params(yaml.safe_dump(document))
         we_accept = True
-    except ConfigError:
+    except ConfigError as error:
         we_accept = False
-    assert we_accept == mlflow_accepts
+        if "@" in name:
+            assert "names cannot contain '@' (models:/<name>@<alias>)" in str(error)
+    assert we_accept == (mlflow_accepts and "@" not in name)
 
 
 def test_the_stages_before_training_do_not_import_mlflow():
