@@ -187,9 +187,7 @@ def log_evaluation(results: dict, *, test_split, dataset_name: str, source: str)
     # dvc.lock now holds the upstream stages as they ran for this model.
     add_lock_md5s(mlflow.active_run().info.run_id)
     log_datasets({"test": test_split}, dataset_name=dataset_name, source=source, context="test")
-    # One table, not 3 metrics per class: the run's metrics tab keeps the curves people look at.
-    table = [{"class": name, **scores} for name, scores in results["per_class"].items()]
-    mlflow.log_table({column: [row[column] for row in table] for column in table[0]}, "evaluation/per_class.json")
+    # Per-class scores as one file, not 3 metrics per class: the metrics tab keeps the curves people look at.
     for path in (CONFUSION_PNG, LEARNING_CURVES_PNG, CONFUSION_CSV, CLASSIFICATION_REPORT_FILE):
         mlflow.log_artifact(str(path), artifact_path="evaluation")
     for path in (METRICS_FILE, PER_CLASS_METRICS_FILE):

@@ -133,7 +133,8 @@ def test_mlflow_run_holds_params_epoch_metrics_artifacts_and_lineage(project, cl
         "evaluation/learning_curves.png",
         "evaluation/classification_report.txt",
         "evaluation/confusion_matrix.csv",
-        "evaluation/per_class.json",
+        "evaluation/per_class_metrics.json",
+        "evaluation/metrics.json",
     ):
         assert artifact in artifacts
     commit = run(["git", "rev-parse", "HEAD"], cwd=path).stdout.strip()
