@@ -86,17 +86,15 @@ MEDIUM["train"] = {**TINY["train"], "epochs": 2}
 # The speed runs: the default network on as many random rows as MNIST's training split.
 SPEED = {**MEDIUM, "rows": 54_000, "train": {**TINY["train"], "epochs": 5}}
 CONFIGURATIONS = {"tiny": TINY, "medium": MEDIUM, "speed": SPEED}
-KERNEL_FEATURES = ("SSE42", "AVX", "FMA3", "AVX2", "AVX512F", "AVX512BW", "AVX512VNNI", "AVX512BF16")
 
 
 def train_once(configuration: dict, *, xla: bool, determinism: str) -> dict:
     """In the child process: train `configuration` with the project's train(); what came out and what was in force."""
     import keras
     import numpy as np
-    from numpy._core._multiarray_umath import __cpu_features__  # NumPy's own CPUID probe
-    from tensorflow.python.util import _pywrap_util_port
 
     from pipeline.config import ModelConfig, OptimizerConfig, TrainConfig
+    from pipeline.hardware import numpy_simd_targets
     from pipeline.model import weights_sha256
     from pipeline.splits import Split
     from pipeline.train import train
@@ -141,8 +139,8 @@ def train_once(configuration: dict, *, xla: bool, determinism: str) -> dict:
         "seconds": round(time.perf_counter() - start, 2),
         # The first epoch also traces and compiles the training step.
         "epoch_seconds": round(statistics.median(epoch_seconds[1:] or epoch_seconds), 3),
-        "cpuid": [name for name in KERNEL_FEATURES if __cpu_features__.get(name)],
-        "onednn_enabled": bool(_pywrap_util_port.IsMklEnabled()),
+        # The SIMD targets CPUID made NumPy choose: under QEMU, the emulated model's.
+        "cpuid": numpy_simd_targets(),
         "xla": bool(model.jit_compile),
     }
 

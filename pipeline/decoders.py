@@ -1,4 +1,4 @@
-"""Decoding a dataset's raw files, whatever their format, into arrays.
+"""Decoding a dataset's raw files (IDX, the CIFAR python archive, CSV) into arrays.
 
 Every decoder validates before it allocates: a corrupted or hostile file raises
 DataError naming the file and the problem, never an IndexError or a huge
@@ -19,14 +19,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pipeline.checksums import verify_checksum
-from pipeline.dataset_config import CsvLayout, DatasetConfig, FileSpec
+from pipeline.config import CsvLayout, DatasetConfig, FileSpec
 from pipeline.errors import DataError
 from pipeline.paths import rerun_hint
-
-# IDX magic numbers: two zero bytes, a type code (0x08 = unsigned byte) and the
-# number of dimensions (http://yann.lecun.com/exdb/mnist/).
-IDX_UNSIGNED_BYTE = 0x08
 
 CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{number}" for number in range(1, 6))
 CIFAR_TEST_BATCH = "test_batch"
@@ -50,12 +45,9 @@ def read_dataset(dataset: DatasetConfig, directory: Path) -> RawData:
     """Decode and validate the raw files of `dataset` in `directory`, whatever their format."""
     files = {role: directory / spec.name for role, spec in dataset.files.items()}
     if dataset.format == "idx":
-        train = read_idx_images_and_labels(
-            files["train_images"], files["train_labels"], tuple(dataset.input_shape), dataset.num_classes
-        )
-        test = read_idx_images_and_labels(
-            files["test_images"], files["test_labels"], tuple(dataset.input_shape), dataset.num_classes
-        )
+        shape, classes = tuple(dataset.input_shape), dataset.num_classes
+        train = read_idx_images_and_labels(files["train_images"], files["train_labels"], shape, classes)
+        test = read_idx_images_and_labels(files["test_images"], files["test_labels"], shape, classes)
         return RawData(*train, *test)
     if dataset.format == "cifar_python":
         return read_cifar_archive(files["archive"], dataset.files["archive"], dataset.num_classes)
@@ -65,12 +57,13 @@ def read_dataset(dataset: DatasetConfig, directory: Path) -> RawData:
 
 def read_idx(path: Path, dimensions: int, max_bytes: int = 1 << 30) -> np.ndarray:
     """Decode a (gzipped) IDX file of unsigned bytes with `dimensions` dimensions."""
-    data = _read_maybe_gzipped(path, max_bytes)
+    data = _read_file(path, max_bytes)
     header_size = 4 + 4 * dimensions
     if len(data) < header_size:
         raise DataError(f"{path}: {len(data)} bytes is too short for an IDX header of {header_size} bytes")
-    zero, type_code, found_dimensions = data[0:2], data[2], data[3]
-    if zero != b"\x00\x00" or type_code != IDX_UNSIGNED_BYTE or found_dimensions != dimensions:
+    # The magic number: two zero bytes, a type code (0x08: unsigned byte) and the number of
+    # dimensions (http://yann.lecun.com/exdb/mnist/).
+    if data[:3] != b"\x00\x00\x08" or data[3] != dimensions:
         raise DataError(
             f"{path}: magic number {data[:4].hex()} is not an IDX file of unsigned bytes with {dimensions} "
             f"dimension(s) (expected 0000080{dimensions})"
@@ -101,45 +94,40 @@ def read_idx_images_and_labels(
     return images, labels
 
 
-def _read_maybe_gzipped(path: Path, max_bytes: int) -> bytes:
+def _read_file(path: Path, max_bytes: int) -> bytes:
+    """The bytes of `path`, decompressed if gzipped: DataError if it is missing, unreadable or too large."""
     try:
         with path.open("rb") as stream:
             compressed = stream.read(2) == b"\x1f\x8b"
-        opener = gzip.open if compressed else open
-        with opener(path, "rb") as stream:
-            data = _read_at_most(stream, max_bytes + 1)
+            stream.seek(0)
+            return _read_at_most(gzip.GzipFile(fileobj=stream) if compressed else stream, max_bytes, str(path))
     except FileNotFoundError:
         raise DataError(f"{path} not found: {rerun_hint('download')}") from None
     except (OSError, EOFError, zlib.error) as error:
         raise DataError(f"{path}: cannot be decompressed ({error}); delete it and download again") from None
-    if len(data) > max_bytes:
-        raise DataError(f"{path}: decompresses to more than {max_bytes:,} bytes")
-    return data
 
 
 def read_cifar_archive(path: Path, spec: FileSpec, num_classes: int) -> RawData:
     """The CIFAR "python version" archive: five training batches and one test batch of pickled dicts."""
     # Unpickling runs code chosen by the file: only ever on the verified archive,
     # and only with the restricted unpickler below.
-    verify_checksum(path, spec)
+    spec.verify(path)
     wanted = {*CIFAR_TRAIN_BATCHES, CIFAR_TEST_BATCH}
     batches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     try:
         with tarfile.open(path, "r:gz") as archive:
             for member in archive:
-                _check_member_name(path, member.name)
-                name = PurePosixPath(member.name).name
-                if name not in wanted or not member.isfile():
-                    continue
-                if member.size > MAX_MEMBER_BYTES:
-                    raise DataError(f"{path}: member {member.name} is {member.size:,} bytes, more than any CIFAR batch")
-                stream = archive.extractfile(member)
-                data = _read_at_most(stream, MAX_MEMBER_BYTES + 1)
-                batches[name] = _cifar_batch(f"{path}:{member.name}", data, num_classes)
+                if member.name.startswith("/") or ".." in PurePosixPath(member.name).parts or "\\" in member.name:
+                    raise DataError(
+                        f"{path}: unsafe member name {member.name!r} (absolute or leading outside the archive)"
+                    )
+                name, source = PurePosixPath(member.name).name, f"{path}:{member.name}"
+                if name in wanted and member.isfile():
+                    data = _read_at_most(archive.extractfile(member), MAX_MEMBER_BYTES, source)
+                    batches[name] = _cifar_batch(source, data, num_classes)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
         raise DataError(f"{path}: not a readable tar.gz archive ({error})") from None
-    missing = sorted(wanted - set(batches))
-    if missing:
+    if missing := sorted(wanted - set(batches)):
         raise DataError(f"{path}: the archive lacks the batches {', '.join(missing)}")
     train_inputs = np.concatenate([batches[name][0] for name in CIFAR_TRAIN_BATCHES])
     train_labels = np.concatenate([batches[name][1] for name in CIFAR_TRAIN_BATCHES])
@@ -149,14 +137,7 @@ def read_cifar_archive(path: Path, spec: FileSpec, num_classes: int) -> RawData:
 def read_csv_table(path: Path, layout: CsvLayout, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Numeric features (float64) and integer labels from a delimited text table."""
     try:
-        with path.open("rb") as stream:
-            data = _read_at_most(stream, MAX_TABLE_BYTES + 1)
-    except FileNotFoundError:
-        raise DataError(f"{path} not found: {rerun_hint('download')}") from None
-    if len(data) > MAX_TABLE_BYTES:
-        raise DataError(f"{path}: larger than {MAX_TABLE_BYTES:,} bytes")
-    try:
-        text = data.decode("utf-8")
+        text = _read_file(path, MAX_TABLE_BYTES).decode("utf-8")
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: not UTF-8 text ({error})") from None
     columns = max(*layout.feature_columns, layout.label_column) + 1
@@ -168,8 +149,7 @@ def read_csv_table(path: Path, layout: CsvLayout, num_classes: int) -> tuple[np.
                 continue
             if len(row) != columns:
                 raise DataError(f"{path}, line {line_number}: {len(row)} columns, expected {columns}")
-            values = [_number(path, line_number, row[column]) for column in layout.feature_columns]
-            features.append(values)
+            features.append([_number(path, line_number, row[column]) for column in layout.feature_columns])
             labels.append(_label(path, line_number, row[layout.label_column], num_classes))
     except csv.Error as error:
         raise DataError(f"{path}: malformed CSV ({error})") from None
@@ -178,19 +158,15 @@ def read_csv_table(path: Path, layout: CsvLayout, num_classes: int) -> tuple[np.
     return np.asarray(features, dtype=np.float64), np.asarray(labels, dtype=np.uint8)
 
 
-def _read_at_most(stream, limit: int) -> bytes:
-    """Up to `limit` bytes, in chunks: read(limit) would allocate all of `limit` up front."""
+def _read_at_most(stream, limit: int, source: str) -> bytes:
+    """All of `stream`, in chunks (read(limit) would allocate all of `limit` up front); DataError past `limit`."""
     chunks, total = [], 0
-    while total < limit and (chunk := stream.read(min(1 << 20, limit - total))):
+    while total <= limit and (chunk := stream.read(min(1 << 20, limit + 1 - total))):
         chunks.append(chunk)
         total += len(chunk)
+    if total > limit:
+        raise DataError(f"{source}: more than {limit:,} bytes")
     return b"".join(chunks)
-
-
-def _check_member_name(path: Path, name: str) -> None:
-    parts = PurePosixPath(name).parts
-    if name.startswith("/") or ".." in parts or "\\" in name:
-        raise DataError(f"{path}: unsafe member name {name!r} (absolute or leading outside the archive)")
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -213,7 +189,7 @@ class _CifarUnpickler(pickle.Unpickler):
 def _cifar_batch(source: str, data: bytes, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     try:
         batch = _CifarUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except Exception as error:  # noqa: BLE001 - any failure of a hostile pickle is a bad file
+    except Exception as error:  # any failure of a hostile pickle is a bad file
         raise DataError(f"{source}: not a CIFAR batch ({type(error).__name__}: {error})") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise DataError(f"{source}: expected a dict with keys b'data' and b'labels'")

@@ -1,12 +1,9 @@
-"""Writing the pipeline's files: atomically, as text or JSON.
-
-Every output is written to a temporary file beside its final name and renamed
-into place, so an interrupted stage never leaves a half-written file under a
-final name.
-"""
+"""Reading, hashing and writing the pipeline's files: every output is written beside its final
+name and renamed into place, so an interrupted stage never leaves a half-written file under it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -46,3 +43,8 @@ def read_json_object(path: Path) -> dict:
     except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    with path.open("rb") as stream:
+        return hashlib.file_digest(stream, algorithm).hexdigest()

@@ -1,14 +1,7 @@
-"""What produced a run: code, configuration, data, software and hardware.
+"""What produced a run (code, configuration, data, software, hardware), as `mlp reproduce <run id>` rebuilds it.
 
-One JSON artifact per run, `lineage/lineage.json`, is the record `mlp
-reproduce <run id>` rebuilds the run from: the train stage writes it when it
-creates the run (code, data, config, software, environment), the evaluate
-stage adds what dvc.lock records only once train has finished (`dvc`: the md5
-of every dependency and output of download, preprocess and train). The
-hardware and numerics fingerprint (pipeline.hardware) is its own artifact,
-`lineage/environment.json`. A few fields are tags as well, for filtering runs
-(run_tags): commit, dirtiness, DVC experiment, dataset, data digest, config
-overrides, environment digest and instruction sets.
+The train stage logs lineage/lineage.json and the fingerprint lineage/environment.json (pipeline.hardware) when
+it creates the run; the evaluate stage adds dvc.lock's md5s. The fields people filter runs by are tags too.
 """
 
 from __future__ import annotations
@@ -18,20 +11,17 @@ import hashlib
 import logging
 import os
 import platform
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import mlflow
 import yaml
 
 from pipeline import hardware
-from pipeline.checksums import file_digest
-from pipeline.dataset_config import FileSpec
-from pipeline.files import read_json_object, write_json
+from pipeline.config import FileSpec
+from pipeline.files import file_digest, read_json_object
 from pipeline.git import git_or_empty
 from pipeline.overrides import hydra_overrides
 from pipeline.paths import CONFIG_DIRECTORY, DATA_SOURCES_FILE, LOCK_FILE, PARAMS_FILE, RAW_DIRECTORY, REQUIREMENTS_LOCK
@@ -39,7 +29,6 @@ from pipeline.paths import CONFIG_DIRECTORY, DATA_SOURCES_FILE, LOCK_FILE, PARAM
 logger = logging.getLogger(__name__)
 
 PACKAGES = ("tensorflow-cpu", "keras", "dvc", "hydra-core", "mlflow", "numpy")
-# Where a run keeps its lineage: `mlp reproduce` reads both back.
 LINEAGE_ARTIFACT = "lineage/lineage.json"
 ENVIRONMENT_ARTIFACT = "lineage/environment.json"
 DIFF_ARTIFACT = "lineage/git_diff.patch"
@@ -63,7 +52,7 @@ class Lineage:
 def new_run_lineage(dataset_name: str, raw_files: dict[str, FileSpec]) -> Lineage:
     """The lineage of a run about to train on the dataset's `raw_files` with params.yaml."""
     code, diff = code_record()
-    environment = environment_record()
+    environment = {**hardware.fingerprint(), "packages": package_versions()}
     params = yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8"))
     record = {
         "code": code,
@@ -85,20 +74,21 @@ def new_run_lineage(dataset_name: str, raw_files: dict[str, FileSpec]) -> Lineag
 def run_tags(record: dict[str, Any]) -> dict[str, str]:
     """The fields of a lineage record people filter runs by, as one-line tags."""
     code = record["code"]
-    tags = {"git.commit": code["commit"], "git.dirty": str(code["dirty"]).lower()} if code.get("commit") else {}
-    if code.get("dvc_experiment", {}).get("name"):
-        tags["dvc.experiment_name"] = code["dvc_experiment"]["name"]
-    tags["dataset"] = record["data"]["dataset"]
-    tags["data.sha256"] = record["data"]["sha256"]
     overrides = " ".join(record["config"]["overrides"]) or "(none)"
     if len(overrides) > MAX_OVERRIDES_TAG:  # a tag is for reading and filtering; the record keeps the list
         overrides = overrides[: MAX_OVERRIDES_TAG - len(OVERRIDES_CUT)] + OVERRIDES_CUT
-    tags["config.overrides"] = overrides
-    tags["environment.sha256"] = record["environment"]["sha256"]
-    tags["cpu.isa"] = record["environment"]["cpu_isa"]
-    if record.get("reproduces"):
-        tags["reproduces"] = record["reproduces"]
-    return tags
+    tags = {
+        "git.commit": code["commit"],
+        "git.dirty": str(code["dirty"]).lower() if code["commit"] else None,
+        "dvc.experiment_name": code.get("dvc_experiment", {}).get("name"),
+        "dataset": record["data"]["dataset"],
+        "data.sha256": record["data"]["sha256"],
+        "config.overrides": overrides,
+        "environment.sha256": record["environment"]["sha256"],
+        "cpu.isa": record["environment"]["cpu_isa"],
+        "reproduces": record.get("reproduces"),
+    }
+    return {name: value for name, value in tags.items() if value}
 
 
 def code_record() -> tuple[dict[str, Any], str]:
@@ -108,9 +98,9 @@ def code_record() -> tuple[dict[str, Any], str]:
         return {"commit": None, "dirty": None}, ""
     # Tracked files only: untracked outputs (data, reports) are not code.
     diff = git_or_empty("diff", "HEAD", "--", ".", ":(exclude)params.yaml", ":(exclude)dvc.lock", ":(exclude)reports")
-    # Configuration is code too: a new conf/ file that is not committed makes the
-    # run impossible to re-run from its commit (train warns and stores the file).
-    untracked = [path.as_posix() for path in untracked_config_files()]
+    # Configuration is code too: an uncommitted conf/ file (not ignored) makes the run impossible to
+    # re-run from its commit (train warns and stores the file).
+    untracked = git_or_empty("ls-files", "--others", "--exclude-standard", "--", str(CONFIG_DIRECTORY)).splitlines()
     code: dict[str, Any] = {"commit": commit, "dirty": bool(diff or untracked), "diff": DIFF_ARTIFACT if diff else None}
     code["untracked_config_files"] = {path: f"{UNTRACKED_ARTIFACTS}/{path}" for path in untracked}
     experiment = {"name": os.environ.get("DVC_EXP_NAME"), "baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV")}
@@ -119,29 +109,13 @@ def code_record() -> tuple[dict[str, Any], str]:
     return code, diff
 
 
-def untracked_config_files() -> list[Path]:
-    """The files under conf/ that git does not track (and does not ignore)."""
-    listed = git_or_empty("ls-files", "--others", "--exclude-standard", "--", str(CONFIG_DIRECTORY))
-    return [Path(line) for line in listed.splitlines() if line]
-
-
 def data_record(raw_files: dict[str, FileSpec]) -> dict[str, Any]:
-    """Each raw file's sha256 and source, and one digest over them all."""
+    """Each raw file's sha256 and source, and one digest over them all: `sha256sum <files> | sha256sum`."""
     sources = data_sources(raw_files)
     names = sorted(spec.name for spec in raw_files.values())
     files = {name: {"sha256": file_digest(RAW_DIRECTORY / name), "source": sources[name]} for name in names}
-    return {"sha256": data_digest({name: entry["sha256"] for name, entry in files.items()}), "files": files}
-
-
-def data_digest(sha256s: dict[str, str]) -> str:
-    """sha256 of `sha256sum`'s listing of the files in name order: `sha256sum <files> | sha256sum` in data/raw."""
-    listing = "".join(f"{sha256}  {name}\n" for name, sha256 in sorted(sha256s.items()))
-    return hashlib.sha256(listing.encode("utf-8")).hexdigest()
-
-
-def environment_record() -> dict[str, Any]:
-    """The hardware and numerics fingerprint and the software versions, as lineage/environment.json holds them."""
-    return {**hardware.fingerprint(), "packages": package_versions()}
+    listing = "".join(f"{entry['sha256']}  {name}\n" for name, entry in files.items())
+    return {"sha256": hashlib.sha256(listing.encode("utf-8")).hexdigest(), "files": files}
 
 
 def package_versions() -> dict[str, str]:
@@ -154,53 +128,38 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def lock_md5s(
-    stages: tuple[str, ...] = LOCKED_STAGES, lock_file: Path = LOCK_FILE
-) -> dict[str, dict[str, dict[str, str]]]:
+def lock_md5s(stages: tuple[str, ...] = LOCKED_STAGES, lock_file: Path = LOCK_FILE) -> dict[str, dict]:
     """{stage: {"deps"|"outs": {path: md5}}} as `lock_file` records them."""
     if not lock_file.exists():
         return {}
-    lock = yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}
-    entries = {stage: lock.get("stages", {}).get(stage, {}) for stage in stages}
+    locked = (yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}).get("stages", {})
     return {
-        stage: {kind: {item["path"]: item.get("md5", "") for item in entry.get(kind, [])} for kind in ("deps", "outs")}
-        for stage, entry in entries.items()
+        stage: {
+            kind: {item["path"]: item.get("md5", "") for item in locked.get(stage, {}).get(kind, [])}
+            for kind in ("deps", "outs")
+        }
+        for stage in stages
     }
 
 
 def log_new_run_lineage(lineage: Lineage) -> None:
     """Log the record, the environment, the diff and the untracked conf/ files to the active run."""
-    log_json(lineage.environment, ENVIRONMENT_ARTIFACT)
+    mlflow.log_dict(lineage.environment, ENVIRONMENT_ARTIFACT)
     if lineage.diff:
         mlflow.log_text(lineage.diff, DIFF_ARTIFACT)
     for path, artifact in lineage.record["code"].get("untracked_config_files", {}).items():
         logger.warning("%s is not committed: the run is marked dirty and keeps a copy; `git add %s`", path, path)
         mlflow.log_artifact(path, artifact_path=artifact.rsplit("/", 1)[0])
-    log_json(lineage.record, LINEAGE_ARTIFACT)
+    mlflow.log_dict(lineage.record, LINEAGE_ARTIFACT)
 
 
 def add_lock_md5s(run_id: str) -> None:
     """Add dvc.lock's md5s for the stages that made the model to the run's lineage record."""
     try:
-        with tempfile.TemporaryDirectory() as directory:
-            path = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=LINEAGE_ARTIFACT, dst_path=directory
-            )
-            record = read_json_object(Path(path))
-    except (mlflow.exceptions.MlflowException, OSError):
+        record = mlflow.artifacts.load_dict(f"runs:/{run_id}/{LINEAGE_ARTIFACT}")
+    except (mlflow.exceptions.MlflowException, OSError, ValueError):
         record = {}  # a run its train stage made before the record existed: it gets this part alone
-    log_json({**record, "dvc": lock_md5s()}, LINEAGE_ARTIFACT)
-
-
-def log_json(value: Any, artifact_path: str) -> None:
-    """Log `value` as a JSON artifact of the active run; in a local artifact store, written atomically in place."""
-    location = urlparse(mlflow.get_artifact_uri(artifact_path))
-    if location.scheme in ("", "file"):
-        # MLflow copies a logged file into place, so a crash could leave half of
-        # it; a rename cannot. Other stores upload each file whole.
-        write_json(Path(unquote(location.path)), value)
-    else:
-        mlflow.log_dict(value, artifact_path)
+    mlflow.log_dict({**record, "dvc": lock_md5s()}, LINEAGE_ARTIFACT)
 
 
 def data_sources(raw_files: dict[str, FileSpec]) -> dict[str, str]:
@@ -211,5 +170,5 @@ def data_sources(raw_files: dict[str, FileSpec]) -> dict[str, str]:
 
 def dataset_source(raw_files: dict[str, FileSpec], urls: list[str]) -> str:
     """The source to show for the dataset in MLflow: the folder the first file came from, else the first URL."""
-    first = data_sources(raw_files).get(next(iter(raw_files.values())).name, "unknown")
+    first = next(iter(data_sources(raw_files).values()))
     return first.rsplit("/", 1)[0] + "/" if "/" in first else urls[0]

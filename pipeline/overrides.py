@@ -1,25 +1,21 @@
 """The Hydra overrides that compose conf/ into a given params.yaml, in the form a user types them.
 
-params.yaml is all a stage sees of `dvc exp run -S ...`: DVC does not pass the
-overrides on. They are found again by composing: first the config group
-choices (`dataset=pima`, `experiment=smoke`) that bring the composition
-closest to params.yaml, then only the keys that still differ from that
-composition (`model.dropout_rate=0.3`, `+key=value` for a key conf/ does not
-have, `~key` for one it has and params.yaml lacks). Composing conf/ with the
-result gives params.yaml again.
+DVC does not pass a stage the overrides of `dvc exp run -S ...`: they are found again by composing,
+first the group choices (`dataset=pima`, `experiment=smoke`) that bring the composition closest to
+params.yaml, then the keys that still differ (`model.dropout_rate=0.3`, `+key=value`, `~key`).
 """
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pipeline.config import flatten
+from pipeline.config import compose, flatten
+from pipeline.errors import ConfigError
 from pipeline.paths import CONFIG_DIRECTORY
 
 # The groups of conf/config.yaml's defaults list a user chooses from, in its order.
@@ -29,68 +25,42 @@ GROUPS = ("dataset", "model", "optimizer", "train", "experiment")
 PLAIN_STRING = re.compile(r"[A-Za-z_][\w\-./:@%]*")
 HYDRA_KEYWORDS = {"true", "false", "null", "inf", "nan"}
 
-Composer = Callable[[list[str]], dict[str, Any] | None]
-
 
 def hydra_overrides(params: dict[str, Any], config_directory: Path = CONFIG_DIRECTORY) -> list[str]:
     """The group choices and key overrides that turn conf/'s default composition into `params`."""
     target = flatten(params)
-    defaults = default_choices(config_directory)
-    with composer(config_directory) as compose:
-        choices: dict[str, str] = {}
-        best = key_overrides(compose([]) or {}, target)
-        for group in GROUPS:
-            for option in candidates(config_directory / group, group, target, best):
-                if option == defaults.get(group):
-                    continue
-                trial = {**choices, group: option}
-                composed = compose(choice_list(trial))
-                if composed is not None and len(differences := key_overrides(composed, target)) < len(best):
-                    choices, best = trial, differences
-        # A choice an experiment makes anyway (`experiment=brownlee_pima` brings `dataset=pima`) is left out.
-        for group in list(choices) if len(choices) > 1 else []:
-            trial = {name: option for name, option in choices.items() if name != group}
-            composed = compose(choice_list(trial))
-            if composed is not None and len(differences := key_overrides(composed, target)) <= len(best):
-                choices, best = trial, differences
-    return choice_list(choices) + best
 
+    @functools.cache
+    def differences(choices: tuple[str, ...]) -> list[str] | None:
+        """The key overrides `params` still needs after these choices; None when Hydra refuses them."""
+        try:
+            # Composed as params.yaml is, so that both hold the same YAML types.
+            composed = yaml.safe_load(compose(list(choices), config_directory))
+        except ConfigError:
+            return None
+        return key_overrides(flatten(composed), target)
 
-@contextmanager
-def composer(config_directory: Path) -> Iterator[Composer]:
-    """compose(overrides) -> the flattened, resolved composition, or None when Hydra refuses the overrides."""
-    # Imported here: Hydra takes a moment to import, and only the train stage composes.
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    known: dict[tuple[str, ...], dict[str, Any] | None] = {}
-
-    def composed(overrides: list[str]) -> dict[str, Any] | None:
-        if tuple(overrides) not in known:
-            try:
-                config = compose(config_name="config", overrides=overrides)
-                known[tuple(overrides)] = flatten(OmegaConf.to_container(config, resolve=True))
-            except (HydraException, OmegaConfBaseException):
-                known[tuple(overrides)] = None
-        return known[tuple(overrides)]
-
-    with initialize_config_dir(str(config_directory.resolve()), version_base=None):
-        yield composed
-
-
-def default_choices(config_directory: Path) -> dict[str, str]:
-    """{group: option} from the defaults list of config.yaml."""
-    config = yaml.safe_load((config_directory / "config.yaml").read_text(encoding="utf-8")) or {}
-    entries = [item for item in config.get("defaults", []) if isinstance(item, dict)]
-    return {key: str(value) for item in entries for key, value in item.items()}
+    choices: dict[str, str] = {}
+    best = differences(())
+    if best is None:  # conf/ alone does not compose: every key is an override
+        best = key_overrides({}, target)
+    for group in GROUPS:
+        for option in candidates(config_directory / group, group, target, best):
+            trial = {**choices, group: option}
+            found = differences(choice_overrides(trial))  # a default option composes as without it: not fewer
+            if found is not None and len(found) < len(best):
+                choices, best = trial, found
+    # A choice an experiment makes anyway (`experiment=brownlee_pima` brings `dataset=pima`) is left out.
+    for group in list(choices) if len(choices) > 1 else []:
+        trial = {name: option for name, option in choices.items() if name != group}
+        found = differences(choice_overrides(trial))
+        if found is not None and len(found) <= len(best):
+            choices, best = trial, found
+    return [*choice_overrides(choices), *best]
 
 
 def candidates(folder: Path, group: str, target: dict[str, Any], differences: list[str]) -> list[str]:
     """The options of `group` worth composing: those whose own file sets a differing key to its target value."""
-    if not differences:
-        return []
     differing = {override.lstrip("+~").split("=", 1)[0] for override in differences}
     found = []
     for path in sorted(folder.glob("*.yaml")):
@@ -103,8 +73,8 @@ def candidates(folder: Path, group: str, target: dict[str, Any], differences: li
     return found
 
 
-def choice_list(choices: dict[str, str]) -> list[str]:
-    return [f"{group}={choices[group]}" for group in GROUPS if group in choices]
+def choice_overrides(choices: dict[str, str]) -> tuple[str, ...]:
+    return tuple(f"{group}={choices[group]}" for group in GROUPS if group in choices)
 
 
 def key_overrides(composed: dict[str, Any], target: dict[str, Any]) -> list[str]:
@@ -119,7 +89,7 @@ def key_overrides(composed: dict[str, Any], target: dict[str, Any]) -> list[str]
 
 
 def hydra_value(value: Any) -> str:
-    """`value` in Hydra's override grammar, on one line: 0.3, null, [256,256], 'two words'."""
+    """A flattened params value (never a mapping) in Hydra's override grammar, on one line: 0.3, [256,256], 'a b'."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -128,8 +98,6 @@ def hydra_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list | tuple):
         return "[" + ",".join(hydra_value(item) for item in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{key}:{hydra_value(item)}" for key, item in value.items()) + "}"
     text = str(value)
     if PLAIN_STRING.fullmatch(text) and text.lower() not in HYDRA_KEYWORDS:
         return text

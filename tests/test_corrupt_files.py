@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import TINY_DATASET
 
-from pipeline.dataset_config import FileSpec
+from pipeline.config import FileSpec
 from pipeline.download import download
 from pipeline.errors import DataError, DownloadError
 from pipeline.evaluate import load_model

@@ -19,7 +19,7 @@ from conftest import idx_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.dataset_config import CsvLayout, FileSpec
+from pipeline.config import CsvLayout, FileSpec
 from pipeline.decoders import _cifar_batch, read_cifar_archive, read_csv_table, read_idx
 from pipeline.errors import DataError
 

@@ -10,7 +10,7 @@ import json
 import pytest
 from conftest import TINY_DATASET
 
-from pipeline.dataset_config import FileSpec
+from pipeline.config import FileSpec
 from pipeline.download import download
 from pipeline.errors import DownloadError
 

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from pipeline.dataset_config import FileSpec
+from pipeline.config import FileSpec
 from pipeline.download import download
 from pipeline.errors import DownloadError
 

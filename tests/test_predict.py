@@ -19,8 +19,7 @@ from conftest import REPOSITORY, TINY_DATASET, make_tiny_project, run, synthetic
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.commands.predict import predict
-from pipeline.commands.predict.inputs import read_image
+from pipeline.commands.predict import predict, read_image
 from pipeline.config import ModelConfig, compose, parse_params
 from pipeline.errors import DataError
 from pipeline.model import build_mlp

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -11,10 +12,12 @@ NAME = "digits-mlp"
 
 
 @pytest.fixture
-def client(tmp_path, monkeypatch):
+def client(tmp_path):
     # MLflow resolves a models:/<model id> source through the process's tracking URI.
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    return MlflowClient()
+    uri, previous = f"sqlite:///{tmp_path / 'mlflow.db'}", mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    yield MlflowClient(uri)
+    mlflow.set_tracking_uri(previous)
 
 
 def add_version(client, accuracy: float, *, test_set: str = "A", scope: str = "full", run=None) -> str:

@@ -3,7 +3,7 @@ rather than recomputed. The pull itself runs for real in tests/test_team.py."""
 
 from __future__ import annotations
 
-from pipeline.reproduce.data import blocking_changes
+from pipeline.reproduce.rerun import blocking_changes
 
 MISSING = {
     "download": [{"changed outs": {"data/raw": "deleted"}}],

@@ -80,7 +80,7 @@ def test_run_carries_the_environment_fingerprint(project, client):
     assert tags["cpu.isa"] == hardware.isa_summary(record)
     assert record["packages"] == lineage_of(client, run_id)["software"]
     assert record["cpu"]["isa_cpuid"] and record["cpu"]["caches"] is not None
-    assert record["threads"]["intra_op"] >= 1 and isinstance(record["onednn"]["enabled"], bool)
+    assert record["threads"]["intra_op"] >= 1 and record["tensorflow"]["version"]
 
 
 def test_training_twice_in_separate_processes_gives_the_same_weights(project, client):

@@ -8,7 +8,7 @@ import stat
 import pytest
 from conftest import REPOSITORY, run
 
-from pipeline.server import mlflow_server, stack
+from pipeline.server import stack
 from pipeline.server.state import ServerError, Settings, StateFolder, write_private
 
 
@@ -23,7 +23,7 @@ def mlp_server(*arguments: str, state_dir) -> tuple[int, str, str]:
      ("192.168.1.10", False), ("mlflow.example.org", False)],
 )  # fmt: skip
 def test_loopback_addresses_are_told_from_the_others(host, loopback):
-    assert mlflow_server.is_loopback(host) is loopback
+    assert stack.is_loopback(host) is loopback
 
 
 def test_a_server_without_passwords_may_listen_on_loopback_only(tmp_path):
@@ -39,7 +39,7 @@ def test_saved_settings_are_the_defaults_of_the_next_start(tmp_path):
     state.save_settings(Settings(port=5123, artifacts_destination="s3://bucket/mlflow"))
     settings = stack.resolve_settings(state, {"host": None, "workers": 3})
     assert (settings.port, settings.workers, settings.artifacts_destination) == (5123, 3, "s3://bucket/mlflow")
-    assert mlflow_server.client_url(Settings(host="0.0.0.0", port=5123)) == "http://127.0.0.1:5123"
+    assert stack.client_url(Settings(host="0.0.0.0", port=5123)) == "http://127.0.0.1:5123"
 
 
 def test_secrets_are_generated_once_and_readable_by_their_owner_only(tmp_path):

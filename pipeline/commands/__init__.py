@@ -1,5 +1,1 @@
-"""The project's commands beyond the DVC stages, each run as `mlp <command>`.
-
-Each module exposes `add_arguments(parser)` and `run(arguments)`; pipeline.cli
-lists them.
-"""
+"""The `mlp` commands beside the DVC stages: each module has `add_arguments(parser)` and `run(arguments)`."""

@@ -1,7 +1,5 @@
 """`mlp params`: compose conf/ into params.yaml, as `dvc exp run` does, without running anything."""
 
-from __future__ import annotations
-
 import argparse
 from pathlib import Path
 

@@ -1,39 +1,25 @@
 """`mlp reproduce`: re-run a recorded MLflow run from its lineage alone and judge the result.
 
-    mlp reproduce RUN_ID [--tolerance ACCURACY]
-        Reads the run's lineage record (lineage/lineage.json), checks out its
-        commit in a temporary git worktree (applying its recorded diff if the
-        tree was dirty), writes its recorded params.yaml, verifies the raw data
-        against the recorded sha256s, shares this repository's DVC cache, pulls
-        the data from DVC when it can (pipeline.reproduce.data), runs `dvc repro
-        --force` on the rest into the same MLflow store,
-        and compares every test metric, the weights' sha256 and the environment
-        (lineage/environment.json: CPU, thread counts, oneDNN, packages), and
-        names the stage inputs whose dvc.lock md5 is not the recorded one. The
-        verdict (pipeline.reproduce.verdict) is identical (exit status 0),
-        equivalent within tolerance in another environment (3) or mismatch (1);
-        the tolerance is the one `mlp tolerance` measured for the configuration
-        (reports/tolerance/), or --tolerance for the test accuracy. The
-        reproduction is an MLflow run tagged `reproduces` and `reproduction.verdict`.
-
-    mlp reproduce --repeatability
-        Trains the current configuration on data/processed twice, in separate
-        processes, and compares the weights' sha256.
-
-Not a DVC stage: it runs the pipeline rather than being part of it. The
-work is done in the package pipeline.reproduce.
+mlp reproduce RUN_ID [--tolerance ACCURACY]: rebuild the run (pipeline.reproduce.rerun) and judge it
+    identical (exit status 0), equivalent within tolerance in another environment (3) or mismatch (1)
+    (pipeline.reproduce.verdict); the reproduction is an MLflow run tagged `reproduces`.
+mlp reproduce --repeatability: train the current configuration twice, in separate processes, and
+    compare the weights' sha256.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import subprocess
 import sys
 
 from pipeline.errors import PipelineError
 from pipeline.git import repository_top
-from pipeline.reproduce.repeatability import check_repeatability
 from pipeline.reproduce.rerun import reproduce
 from pipeline.reproduce.verdict import EXIT_STATUS
+
+logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,13 +37,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(arguments: argparse.Namespace) -> None:
     if arguments.repeatability:
-        hashes = check_repeatability()
-        print("\n".join(f"training {index}: weights sha256 {value}" for index, value in enumerate(hashes, start=1)))
-        repeatable = len(set(hashes)) == 1
-        print("verdict: " + ("repeatable" if repeatable else "NOT repeatable"))
-        sys.exit(0 if repeatable else 1)
+        sys.exit(0 if check_repeatability() else 1)
     if arguments.tolerance is not None and not 0 <= arguments.tolerance <= 1:
         raise PipelineError(f"--tolerance {arguments.tolerance}: a difference of accuracy, between 0 and 1")
     reproduction = reproduce(arguments.run_id, repository_top(), arguments.tolerance)
     print(reproduction.report(arguments.run_id))
     sys.exit(EXIT_STATUS[reproduction.verdict])
+
+
+def check_repeatability(repetitions: int = 2) -> bool:
+    """Train the current configuration `repetitions` times in separate processes; print the weights' hashes."""
+    hashes = []
+    for attempt in range(1, repetitions + 1):
+        logger.info("training %d of %d", attempt, repetitions)
+        command = [sys.executable, "-m", "pipeline.train", "--hash-only"]
+        result = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+        if result.returncode != 0:
+            raise PipelineError(f"training {attempt} of {repetitions} failed (exit status {result.returncode})")
+        hashes.append(result.stdout.strip().splitlines()[-1])
+        print(f"training {attempt}: weights sha256 {hashes[-1]}")
+    repeatable = len(set(hashes)) == 1
+    print("verdict: " + ("repeatable" if repeatable else "NOT repeatable"))
+    return repeatable

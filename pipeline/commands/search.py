@@ -2,15 +2,16 @@
 
     mlp search mnist --workers 2 [--storage postgresql+psycopg://...] [--study NAME]
 
-The search itself is the package pipeline.search: its __init__ says how a
-search runs, where its study is kept and what the report holds.
+How a search runs, where its study is kept and what the report holds: pipeline.search, docs/search.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 
-from pipeline.search.coordinator import run_search
+from pipeline.errors import ConfigError
+from pipeline.search.schema import check_values, load_search, search_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,11 +35,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(arguments: argparse.Namespace) -> None:
     """Check the search, run its trials to the budget on `--workers` processes, write the report."""
-    run_search(
-        arguments.search,
-        workers=arguments.workers,
-        storage=arguments.storage,
-        study_name=arguments.study,
-        report_only=arguments.report_only,
-        no_report=arguments.no_report,
-    )
+    path = search_path(arguments.search)
+    search = load_search(path)
+    if arguments.workers < 0 or (arguments.workers == 0 and not arguments.report_only):
+        raise ConfigError(f"--workers {arguments.workers}: give 1 or more")
+    study_name = arguments.study or path.stem
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", study_name):
+        # It names a folder, DVC experiments and an experiment file.
+        raise ConfigError(f"study name {study_name!r}: use letters, digits, '_' and '-' only")
+    check_values(search, path)
+    # Only now: a refused file or name is told in a second, without loading Optuna, MLflow and TensorFlow.
+    from pipeline.search.coordinator import run_search
+
+    run_search(arguments, path, search, study_name)

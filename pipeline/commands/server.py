@@ -1,29 +1,18 @@
-"""`mlp server`: the team's tracking server, PostgreSQL and `mlflow server` with basic auth, on this machine.
+"""`mlp server start|stop|status|backup|restore`: the team's tracking server on this machine.
 
-    mlp server start [--host H] [--port P] [--workers N] [--artifacts-destination URI] [--no-auth]
-        Starts whatever is not running (a second start does nothing; after a crash it restarts what
-        died). Settings given once are kept in the state folder for the next start.
-    mlp server stop
-    mlp server status          exit status 0 when the whole stack runs and answers, 3 otherwise
-    mlp server backup [--output FILE]
-    mlp server restore ARCHIVE
-
-The state folder (`.server/`, git-ignored; --state-dir or MLP_SERVER_STATE elsewhere) holds the
-data, the logs and the generated passwords: pipeline/server/__init__.py lists its files.
+`start` starts whatever is not running (after a crash, what died) and keeps the settings it is given
+for the next start; `status` exits 3 unless the whole stack runs and answers. The state folder
+(`.server/`, or --state-dir, or $MLP_SERVER_STATE) is described in pipeline/server/__init__.py.
 """
 
-from __future__ import annotations
-
 import argparse
-import logging
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from pipeline.server import backup, stack
-from pipeline.server.state import ADMIN_USERNAME, STATE_DIRECTORY, StateFolder
-
-logger = logging.getLogger(__name__)
+from pipeline.server.state import ADMIN_USERNAME, STATE_DIRECTORY, Settings, StateFolder
 
 NOT_RUNNING = 3  # the LSB status code for "not running", as `systemctl status` uses
 
@@ -70,18 +59,15 @@ def run(arguments: argparse.Namespace) -> None:
             stopped = stack.stop(state)
             print("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
         elif arguments.action == "backup":
-            print(backup.backup(state, arguments.output).describe())
-        elif arguments.action == "restore":
-            print(backup.restore(state, arguments.archive).describe())
+            print(backup.backup(state, arguments.output))
+        else:
+            print(backup.restore(state, arguments.archive))
 
 
 def start(state: StateFolder, arguments: argparse.Namespace) -> None:
-    names = ("host", "port", "workers", "artifacts_destination", "allowed_hosts", "auth")
-    runtime, started = stack.start(state, {name: getattr(arguments, name) for name in names})
+    runtime, started = stack.start(state, {field.name: getattr(arguments, field.name) for field in fields(Settings)})
     print(f"MLflow server {'started' if started else 'already running'} at {runtime.url}")
-    settings = state.load_settings()
-    print("use it with:")
-    print(f"  export MLFLOW_TRACKING_URI={runtime.url}")
-    if settings.auth:
+    print(f"use it with:\n  export MLFLOW_TRACKING_URI={runtime.url}")
+    if state.load_settings().auth:
         print(f"  export MLFLOW_TRACKING_USERNAME={ADMIN_USERNAME}")
         print(f'  export MLFLOW_TRACKING_PASSWORD="$(cat {state.admin_password_file})"')

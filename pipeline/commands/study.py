@@ -1,29 +1,19 @@
-"""`mlp study`: re-run a published table of configurations through the pipeline and compare.
-
-    mlp study atienza_table_1_3_2
-
-A study (conf/study/<name>.yaml) lists rows in the publication's own notation
-(layers, regularizer, optimizer, ReLU or not) with the published training and
-test accuracy. Each row becomes one DVC experiment, queued with
-`dvc exp run --queue` and run by DVC's queue one at a time, so `dvc exp show`
-lists them and every row is an MLflow run in the study's MLflow experiment.
-The report (Markdown, CSV and a plot, in reports/studies/<name>/) puts the
-measured accuracies beside the published ones.
-
-Interrupted (Ctrl+C, SIGTERM), the study stops its queued and running rows;
-run the same command again and it continues: rows whose DVC experiment exists
-for the current commit are not trained again. Results belong to the commit
-they ran from, so after a new commit every row runs again.
-
-The study itself is the package pipeline.study: the study file (schema), the
-rows as DVC experiments (runner), the report (report).
-"""
+"""`mlp study NAME`: re-run a published table (conf/study/<name>.yaml) as DVC experiments, one queued row
+at a time, and write reports/studies/<name>/ (pipeline.study). Interrupted (Ctrl+C, SIGTERM), it stops its
+queued and running rows; run again, it trains only the rows with no DVC experiment from the current commit."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 
-from pipeline.study.coordinator import run_study
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.paths import STUDY_REPORTS_DIRECTORY
+from pipeline.study.report import write_report
+from pipeline.study.runner import current_commit, finished_experiments, resolve_baseline, row_result, run_rows
+from pipeline.study.schema import check_rows, experiment_name, load_study, study_path
+
+logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,4 +30,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(arguments: argparse.Namespace) -> None:
     """Run the study's rows not yet run from the current commit, then write its report."""
-    run_study(arguments.study, report_only=arguments.report_only, baseline=arguments.baseline)
+    path = study_path(arguments.study)
+    study, name = load_study(path), path.stem
+    check_rows(study)
+    commit = current_commit()
+    if arguments.baseline:
+        if not arguments.report_only:
+            raise ConfigError("--baseline reports earlier runs: use it with --report-only")
+        commit = resolve_baseline(arguments.baseline)
+
+    done = finished_experiments(commit)
+    pending = [row for row in study.rows if experiment_name(name, row) not in done]
+    rows = len(study.rows)
+    logger.info("%s: %d of %d rows already run from commit %s", name, rows - len(pending), rows, commit[:12])
+    if pending and not arguments.report_only:
+        run_rows(pending, study=study, study_name=name)
+        done = finished_experiments(commit)
+
+    results = [row_result(row, study_name=name, commit=done.get(experiment_name(name, row))) for row in study.rows]
+    directory = STUDY_REPORTS_DIRECTORY / name
+    facts = write_report(results, study=study, study_name=name, commit=commit, directory=directory)
+    logger.info("report: %s (%d of %d rows measured)", directory / "README.md", facts.measured, facts.rows)
+    missing = [result.experiment for result in results if not result.done]
+    if missing and not arguments.report_only:
+        raise PipelineError(f"rows not run: {', '.join(missing)}; run the same command again to retry them")

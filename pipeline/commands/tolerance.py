@@ -1,16 +1,5 @@
-"""`mlp tolerance`: how far the test metrics of a configuration move when only the seed changes.
-
-    mlp tolerance [--seeds N]
-        Trains the configuration of params.yaml on data/processed N times (seeds
-        seed, seed+1, ..., in one process, each as the train stage would, in its
-        train.determinism mode), scores each on the test split as the evaluate
-        stage does, and writes reports/tolerance/<configuration sha256>.json: the
-        metrics of every seed and, per metric, the tolerance: the range (largest
-        minus smallest) across the seeds.
-
-`mlp reproduce` judges a reproduction made in another environment against
-this file (pipeline.reproduce.tolerance holds both sides).
-"""
+"""`mlp tolerance [--seeds N]`: how far the test metrics of params.yaml's configuration move when only
+the seed changes, written to reports/tolerance/ for `mlp reproduce` (pipeline.reproduce.tolerance)."""
 
 from __future__ import annotations
 

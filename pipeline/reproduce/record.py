@@ -1,16 +1,11 @@
-"""What a recorded MLflow run says produced it, read back from its lineage artifacts.
+"""What a recorded MLflow run says produced it, read back from its lineage artifacts (pipeline.lineage).
 
-lineage/lineage.json (pipeline.lineage) holds the code, data, config, software
-and dvc.lock parts; lineage/environment.json the hardware fingerprint. Runs
-recorded before lineage.json existed kept the same facts as tags and in
-config/params.yaml: they are read into the same shape, so `mlp reproduce`
-rebuilds old runs too.
-"""
+Runs recorded before lineage/lineage.json kept the same facts as tags and config/params.yaml: they are
+read into the same shape, so old runs rebuild too."""
 
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +48,7 @@ def read_record(run_id: str) -> RecordedRun:
         raise PipelineError(f"run {run_id} not found in the MLflow store {tracking.tracking_uri()}") from None
     tags = original.data.tags
     test_metrics = {name: value for name, value in original.data.metrics.items() if name.startswith("test_")}
-    lineage = read_lineage(run_id) or lineage_from_tags(run_id, tags)
+    lineage = json_artifact(run_id, LINEAGE_ARTIFACT) or lineage_from_tags(run_id, tags)
     code = lineage.get("code") or {}
     scored = test_metrics or "search.trial" in tags  # a search trial never reads the test split: weights only
     if not code.get("commit") or not tags.get(WEIGHTS_TAG) or not scored:
@@ -62,9 +57,13 @@ def read_record(run_id: str) -> RecordedRun:
             "and test metrics are needed): it was not made by this pipeline, or its evaluate stage did not finish"
         )
     params_text = yaml.safe_dump((lineage.get("config") or {}).get("params"), sort_keys=False)
-    data = {name: entry["sha256"] for name, entry in (lineage.get("data") or {}).get("files", {}).items()}
     params = parse_params(params_text, Path(f"the recorded config of run {run_id}"))
-    _check_pins(params, data, run_id)
+    data = {name: entry["sha256"] for name, entry in (lineage.get("data") or {}).get("files", {}).items()}
+    pinned = {spec.name: spec.sha256 for spec in params.dataset.files.values() if spec.sha256}
+    if any(data.get(name) != sha256 for name, sha256 in pinned.items()):
+        raise PipelineError(
+            f"the recorded config of run {run_id} pins other data than the run recorded: {pinned} != {data}"
+        )
     return RecordedRun(
         run_id=run_id,
         commit=code["commit"],
@@ -77,28 +76,32 @@ def read_record(run_id: str) -> RecordedRun:
         data=data,
         lock=lineage.get("dvc") or {},
         tags=dict(tags),
-        environment=recorded_environment(run_id),
+        environment=json_artifact(run_id, ENVIRONMENT_ARTIFACT),
     )
 
 
-def read_lineage(run_id: str) -> dict[str, Any] | None:
-    """The run's lineage/lineage.json, or None when it has none."""
-    return _json_artifact(run_id, LINEAGE_ARTIFACT)
+def artifact_text(run_id: str, path: str) -> str | None:
+    """The text of the run's artifact `path`, or None when the run has none."""
+    try:
+        return mlflow.artifacts.load_text(f"runs:/{run_id}/{path}")
+    except (mlflow.exceptions.MlflowException, OSError):
+        return None
 
 
-def recorded_environment(run_id: str) -> dict | None:
-    """The run's lineage/environment.json, or None when it has none."""
-    return _json_artifact(run_id, ENVIRONMENT_ARTIFACT)
+def json_artifact(run_id: str, path: str) -> dict | None:
+    """The run's JSON artifact `path` (lineage/lineage.json, lineage/environment.json), or None."""
+    text = artifact_text(run_id, path)
+    try:
+        return None if text is None else json.loads(text)
+    except ValueError:
+        raise PipelineError(f"{path} of run {run_id} is not JSON: it was damaged") from None
 
 
 def lineage_from_tags(run_id: str, tags: dict[str, str]) -> dict[str, Any]:
     """A run recorded before lineage.json: git.*, data.<file>.sha256 and dvc.lock.* tags and config/params.yaml."""
-    with tempfile.TemporaryDirectory() as directory:
-        try:
-            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=PARAMS_ARTIFACT, dst_path=directory)
-        except (mlflow.exceptions.MlflowException, OSError):
-            return {}
-        params = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    params = artifact_text(run_id, PARAMS_ARTIFACT)
+    if params is None:
+        return {}
     dirty = tags.get("git.dirty") == "true"
     lock: dict[str, dict[str, dict[str, str]]] = {}
     for name, md5 in tags.items():
@@ -113,7 +116,7 @@ def lineage_from_tags(run_id: str, tags: dict[str, str]) -> dict[str, Any]:
     return {
         "code": {"commit": tags.get("git.commit"), "dirty": dirty, "diff": DIFF_ARTIFACT if dirty else None},
         "data": {"files": files},
-        "config": {"params": params},
+        "config": {"params": yaml.safe_load(params)},
         "dvc": lock,
     }
 
@@ -126,23 +129,3 @@ def lock_differences(recorded: dict, reproduced: dict) -> list[str]:
         for path, md5 in sorted(entry.get("deps", {}).items())
         if reproduced.get(stage, {}).get("deps", {}).get(path) != md5
     ]
-
-
-def _json_artifact(run_id: str, artifact_path: str) -> dict | None:
-    with tempfile.TemporaryDirectory() as directory:
-        try:
-            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=directory)
-        except (mlflow.exceptions.MlflowException, OSError):
-            return None
-        try:
-            return json.loads(Path(path).read_text(encoding="utf-8"))
-        except ValueError:
-            raise PipelineError(f"{artifact_path} of run {run_id} is not JSON: it was damaged") from None
-
-
-def _check_pins(params: Params, recorded_data: dict[str, str], run_id: str) -> None:
-    pinned = {spec.name: spec.sha256 for spec in params.dataset.files.values() if spec.sha256}
-    if any(recorded_data.get(name) != sha256 for name, sha256 in pinned.items()):
-        raise PipelineError(
-            f"the recorded config of run {run_id} pins other data than the run recorded: {pinned} != {recorded_data}"
-        )

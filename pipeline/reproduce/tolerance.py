@@ -1,13 +1,7 @@
-"""How far the test metrics of a configuration move when only the seed changes: measured by
-training it with several seeds, kept in reports/tolerance/<configuration sha256>.json.
-
-The file holds the metrics of every seed and, per metric, the tolerance: the
-range (largest minus smallest) across the seeds. `mlp reproduce` judges a
-reproduction made in another environment against it: another CPU or thread
-count rounds differently, which must not move a metric further than another
-seed does. The file is small and meant to be committed beside the
-configuration it measures.
-"""
+"""How far the test metrics of a configuration move when only the seed changes, measured by `mlp tolerance`
+into reports/tolerance/<configuration sha256>.json (small, meant to be committed). `mlp reproduce` judges
+a reproduction in another environment by it: another CPU or thread count rounds differently, which must
+not move a metric further than another seed does."""
 
 from __future__ import annotations
 
@@ -20,7 +14,7 @@ from pipeline import determinism
 from pipeline.config import MAX_SEED, Params, load_params
 from pipeline.errors import PipelineError
 from pipeline.files import write_json
-from pipeline.paths import REPORTS_DIRECTORY
+from pipeline.paths import PROCESSED_DIRECTORY, REPORTS_DIRECTORY
 
 logger = logging.getLogger(__name__)
 
@@ -52,17 +46,20 @@ def read_tolerances(params: Params, repository: Path = Path()) -> dict[str, floa
         ) from None
 
 
-def measure(params: Params, seeds: list[int]) -> dict[str, list[float]]:
-    """Test metric -> its value after training with each seed."""
-    # Imported here: `mlp reproduce` reads tolerance files through this module,
-    # and needs neither stage (nor their Matplotlib and scikit-learn) for that.
+def write_tolerance_file(seed_count: int) -> tuple[Path, dict]:
+    """Train the configuration of params.yaml with `seed_count` seeds (seed, seed+1, ...), each as the train
+    stage would, in its train.determinism mode, score each as the evaluate stage does, and write its tolerance
+    file; return the file and what it holds."""
+    params = load_params()
+    determinism.enter(params.train.determinism)
+    # Imported here: after determinism.enter, and `mlp reproduce` (which only reads tolerances) needs neither stage.
     import keras
 
     from pipeline.evaluate import evaluate
-    from pipeline.paths import PROCESSED_DIRECTORY
     from pipeline.splits import load_split, training_targets
     from pipeline.train import train_with_params
 
+    seeds = [(params.seed + offset) % (MAX_SEED + 1) for offset in range(seed_count)]
     training, validation, test = (load_split(PROCESSED_DIRECTORY, name) for name in ("train", "validation", "test"))
     dataset = params.dataset
     targets = training_targets(test.labels, loss=params.train.loss, task=dataset.task, num_classes=dataset.num_classes)
@@ -74,25 +71,13 @@ def measure(params: Params, seeds: list[int]) -> dict[str, list[float]]:
         for name, value in scores.items():
             metrics.setdefault(f"test_{name}", []).append(value)
         logger.info("seed %d (%d of %d): test accuracy %.4f", seed, index, len(seeds), scores["accuracy"])
-    return metrics
-
-
-def write_tolerance_file(seed_count: int) -> tuple[Path, dict]:
-    """Train the configuration of params.yaml with `seed_count` seeds (seed, seed+1, ...), each as the train
-    stage would, in its train.determinism mode, score each as the evaluate stage does, and write its tolerance
-    file; return the file and what it holds."""
-    params = load_params()
-    determinism.enter(params.train.determinism)
-    seeds = [(params.seed + offset) % (MAX_SEED + 1) for offset in range(seed_count)]
-    metrics = measure(params, seeds)
-    tolerance = {name: max(values) - min(values) for name, values in metrics.items()}
-    path = tolerance_file(params)
     measured = {
         "configuration_sha256": configuration_sha256(params),
         "what": "test metrics after training this configuration with each seed; tolerance: their range",
         "seeds": seeds,
         "metrics": metrics,
-        "tolerance": tolerance,
+        "tolerance": {name: max(values) - min(values) for name, values in metrics.items()},
     }
+    path = tolerance_file(params)
     write_json(path, measured)
     return path, measured

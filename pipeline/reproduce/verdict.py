@@ -1,13 +1,12 @@
-"""The three verdicts of `mlp reproduce`, and how a reproduction reaches one.
+"""The three verdicts of `mlp reproduce` and how a reproduction reaches one.
 
 identical (exit status 0): the weights' sha256, every test metric and the data are the recorded ones.
-equivalent (exit status 3): the weights differ, but so does the environment (the CPU's fingerprint,
-    the thread counts or the packages), where bitwise identity is not expected, and every test
-    metric lies within its tolerance: the spread across seeds that `mlp tolerance` measured for the
-    configuration, or the one given with --tolerance.
-mismatch (exit status 1): anything else. In an identical environment any difference is a
-    mismatch: the same operations in the same order give the same bits, so something else
-    changed (code, data, configuration) or training is not deterministic.
+equivalent (3): the weights differ, but so does the environment (CPU fingerprint, thread counts,
+    packages), where bitwise identity is not expected, and every test metric lies within its
+    tolerance (`mlp tolerance`'s spread across seeds, or --tolerance).
+mismatch (1): anything else. In an identical environment the same operations in the same order give
+    the same bits, so any difference means code, data or configuration changed, or training is not
+    deterministic.
 """
 
 from __future__ import annotations
@@ -32,9 +31,8 @@ class Comparison:
 
     @property
     def within_tolerance(self) -> bool:
-        if self.tolerance is None or not isinstance(self.reproduced, float | int):
-            return False
-        return abs(float(self.reproduced) - float(self.original)) <= self.tolerance
+        numeric = isinstance(self.reproduced, float | int) and self.tolerance is not None
+        return numeric and abs(float(self.reproduced) - float(self.original)) <= self.tolerance
 
     def verdict(self, environment_differs: bool) -> str:
         """This row's word: in another environment, the weights may differ and a metric may move a little."""
@@ -73,8 +71,7 @@ class Reproduction:
                 "MISMATCH in an identical environment: the result should have been bitwise identical, so code, "
                 "data or configuration changed, or training is not deterministic: a real problem"
             )
-        metrics = [comparison for comparison in self.comparisons if comparison.kind == "metric"]
-        judged = [comparison for comparison in metrics if comparison.tolerance is not None]
+        judged = [item for item in self.comparisons if item.kind == "metric" and item.tolerance is not None]
         if not judged:
             return MISMATCH, (
                 f"MISMATCH: the environment differs ({changed}), and no tolerance is known for this "
@@ -102,10 +99,9 @@ class Reproduction:
             lines.append(f"  the tolerance {self.tolerance_source or '(none known)'}")
         else:
             lines.append(f"  the environment is the recorded run's ({compared_by})")
-        for comparison in self.comparisons:
-            original, reproduced = str(comparison.original), str(comparison.reproduced)
-            verdict = comparison.verdict(bool(self.environment))
-            lines.append(f"  {comparison.name:<34} {original:<66} {reproduced:<66} {verdict}")
+        for item in self.comparisons:
+            verdict = item.verdict(bool(self.environment))
+            lines.append(f"  {item.name:<34} {item.original!s:<66} {item.reproduced!s:<66} {verdict}")
         if self.stage_inputs:
             lines.append(f"  dvc.lock: stage inputs not as recorded: {', '.join(self.stage_inputs)}")
         elif self.stage_inputs is not None:

@@ -1,13 +1,8 @@
 """The best trial, made a configuration of its own and scored once on the test split.
 
-The best configuration is written as conf/experiment/<study>_best.yaml, in the
-form of the other experiment files (`# @package _global_`, the group choices as
-defaults, then only the values that differ), and checked to compose to exactly
-the trial's params. The test split is read once, by the best trial only: a DVC
-experiment <study>-best-<NNN> runs the whole pipeline (train, evaluate) with
-the trial's overrides, which retrains it to the trial's weights (the train stage
-is deterministic: the report shows both sha256) and evaluates it. A best trial
-already evaluated that way is not run again.
+conf/experiment/<study>_best.yaml has the form of the other experiment files and is checked to compose to
+exactly the trial's params. A DVC experiment <study>-best-<NNN> retrains the trial (to its weights: the train
+stage is deterministic, the report compares both sha256) and evaluates it, once: it is not run again.
 """
 
 from __future__ import annotations
@@ -17,6 +12,7 @@ import logging
 from pathlib import Path
 
 import yaml
+from omegaconf import OmegaConf
 
 from pipeline.config import compose, flatten
 from pipeline.errors import PipelineError
@@ -29,26 +25,6 @@ from pipeline.tracking import client
 logger = logging.getLogger(__name__)
 
 GROUPS = ("dataset", "model", "optimizer", "train")
-
-
-def best_experiment_name(study_name: str) -> str:
-    return f"{study_name}_best"
-
-
-def experiment_file(study_name: str) -> Path:
-    return CONFIG_DIRECTORY / "experiment" / f"{best_experiment_name(study_name)}.yaml"
-
-
-def nested(flat: dict[str, object]) -> dict:
-    """{"a.b": 1} -> {"a": {"b": 1}}."""
-    tree: dict = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        node = tree
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = value
-    return tree
 
 
 class FlowListDumper(yaml.SafeDumper):
@@ -66,10 +42,11 @@ def write_best_experiment(search: Search, study_name: str, trial, metric: str) -
     groups = [item for item in overrides if "=" in item and item.split("=", 1)[0] in GROUPS]
     trial_params = flatten(yaml.safe_load(compose(overrides)))
     group_params = flatten(yaml.safe_load(compose(groups)))
-    changed = {key: value for key, value in trial_params.items() if group_params.get(key) != value}
-    body = {}
-    body |= nested(changed)
-    name = best_experiment_name(study_name)
+    changed = OmegaConf.create()
+    for key, value in trial_params.items():
+        if group_params.get(key) != value:
+            OmegaConf.update(changed, key, value)  # nested: {"a.b": 1} -> {"a": {"b": 1}}
+    name = f"{study_name}_best"
     header = (
         "# @package _global_\n"
         f"# The best trial of the search {study_name}: trial {trial.number}, {metric} {trial.value:.4f},\n"
@@ -77,8 +54,8 @@ def write_best_experiment(search: Search, study_name: str, trial, metric: str) -
     )
     # The group choices as defaults (the list of single-key mappings Hydra expects, one per line).
     defaults = "".join(f"  - override /{item.split('=', 1)[0]}: {item.split('=', 1)[1]}\n" for item in groups)
-    text = yaml.dump(body, Dumper=FlowListDumper, sort_keys=False, default_flow_style=False)
-    path = experiment_file(study_name)
+    text = yaml.dump(OmegaConf.to_container(changed), Dumper=FlowListDumper, sort_keys=False)
+    path = CONFIG_DIRECTORY / "experiment" / f"{name}.yaml"
     write_text(path, header + (f"defaults:\n{defaults}\n" if groups else "") + text)
     if flatten(yaml.safe_load(compose([f"experiment={name}"]))) != trial_params:
         raise PipelineError(f"{path} does not compose to trial {trial.number}'s params: {' '.join(overrides)}")
@@ -86,21 +63,21 @@ def write_best_experiment(search: Search, study_name: str, trial, metric: str) -
 
 
 def evaluate_best(search: Search, study_name: str, trial, *, parent_run_id: str) -> dict | None:
-    """The test metrics of the best trial, from one DVC experiment that retrains and evaluates it."""
+    """The test metrics and weights of the best trial, from one DVC experiment that retrains and evaluates it."""
     name = f"{study_name.replace('_', '-')}-best-{trial.number:03d}"
     commit = current_commit()
     done = finished_experiments(commit).get(name)
     if done is None:
         logger.info("best trial %d: retraining and evaluating it on the test split once (%s)", trial.number, name)
         settings = [argument for override in trial_overrides(search, trial.params) for argument in ("-S", override)]
-        if run_dvc("exp", "run", "--temp", "--name", name, *settings).returncode != 0:
-            logger.warning("the best trial's evaluation %s failed: the report has no test metrics", name)
-            return None
+        run_dvc("exp", "run", "--temp", "--name", name, *settings)
         done = finished_experiments(commit).get(name)
     if done is None:
+        logger.warning("the best trial's evaluation %s failed: the report has no test metrics", name)
         return None
     metrics = json.loads(committed_file(done, METRICS_FILE))
     # Beside the trials in the MLflow UI: a child of the study's run too, marked as the test evaluation.
     client().set_tag(metrics["mlflow_run_id"], "mlflow.parentRunId", parent_run_id)
     client().set_tag(metrics["mlflow_run_id"], "search.role", "best-trial-test")
-    return {"experiment": name, "commit": done, **metrics}
+    test = {key: metrics["test"][key] for key in ("accuracy", "loss")}
+    return {"experiment": name, **test, "weights_sha256": metrics["weights_sha256"]}

@@ -1,10 +1,7 @@
 """A search's report, in reports/search/<study>/: what was tried, what won, and what mattered.
 
-README.md (the best trial's params, validation and test metrics, the counts,
-the time per trial beside its fitting time), best.json (the same, for tools),
-trials.csv (every trial: number, state, value, params, times),
-optimization_history.png and param_importances.png (Optuna's matplotlib
-plots), and conf/experiment/<study>_best.yaml (pipeline.search.best).
+README.md, best.json (the same, for tools), trials.csv, optimization_history.png and param_importances.png
+(Optuna's matplotlib plots), and conf/experiment/<study>_best.yaml (pipeline.search.best); docs/search.md.
 """
 
 from __future__ import annotations
@@ -15,36 +12,37 @@ import warnings
 from datetime import date
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import optuna
+from optuna.importance import FanovaImportanceEvaluator
 from optuna.trial import TrialState
+from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
 
 from pipeline import hardware
 from pipeline.figures import save_figure
-from pipeline.files import atomic_path, write_json, write_text
+from pipeline.files import write_json, write_text
 from pipeline.paths import REPORTS_DIRECTORY
-from pipeline.search.best import best_experiment_name, evaluate_best, write_best_experiment
+from pipeline.search.best import evaluate_best, write_best_experiment
 from pipeline.search.schema import Search
-from pipeline.search.study import trial_name, trials_in
+from pipeline.search.storage import RUN_ATTRIBUTE
+from pipeline.search.study import trial_name
 from pipeline.tracking import client
 
 logger = logging.getLogger(__name__)
 
-SEARCH_REPORTS_DIRECTORY = REPORTS_DIRECTORY / "search"
-
 
 def write_report(study: optuna.Study, search: Search, path: Path, *, parent_run_id: str) -> Path:
-    directory = SEARCH_REPORTS_DIRECTORY / study.study_name
+    directory = REPORTS_DIRECTORY / "search" / study.study_name
     directory.mkdir(parents=True, exist_ok=True)
-    write_trials_csv(study, directory / "trials.csv")
-    completed = trials_in(study, TrialState.COMPLETE)
+    frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "user_attrs", "duration"))
+    write_text(directory / "trials.csv", frame.to_csv(index=False))
     facts = counts(study)
-    if completed:
-        best = study.best_trial
-        facts |= best_facts(study, search, best, parent_run_id=parent_run_id)
-        facts["param_importances"] = importances(study)
-        client().log_metric(parent_run_id, f"best_{search.objective.metric}", best.value)
-        draw_plots(study, directory, metric=search.objective.metric)
+    if facts["trials"]["complete"]:
+        facts |= best_facts(study, search, parent_run_id=parent_run_id)
+        with warnings.catch_warnings():  # Optuna's matplotlib plots are "experimental"
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            axes = plot_optimization_history(study, target_name=search.objective.metric)
+            save_figure(axes.figure, directory / "optimization_history.png")
+            facts["param_importances"] = importances(study, directory, metric=search.objective.metric)
     write_json(directory / "best.json", facts)
     write_text(directory / "README.md", readme(study.study_name, path, facts, plots=sorted(directory.glob("*.png"))))
     return directory
@@ -52,21 +50,21 @@ def write_report(study: optuna.Study, search: Search, path: Path, *, parent_run_
 
 def counts(study: optuna.Study) -> dict:
     trials = study.get_trials(deepcopy=False)
-    seconds = [
-        (trial.user_attrs["wall_seconds"], trial.user_attrs["fit_seconds"])
-        for trial in trials
-        if trial.state == TrialState.COMPLETE and "fit_seconds" in trial.user_attrs
+    timed = [
+        trial.user_attrs for trial in trials if trial.state == TrialState.COMPLETE and "fit_seconds" in trial.user_attrs
     ]
     return {
         "study": study.study_name,
         "trials": {state.name.lower(): sum(trial.state == state for trial in trials) for state in TrialState},
         "trials_wall_minutes": wall_minutes(trials),
         # Everything a trial costs beyond fitting: DVC, Python and TensorFlow start, MLflow logging.
-        "overhead_seconds_per_trial": round(statistics.median(wall - fit for wall, fit in seconds), 1)
-        if seconds
-        else None,
-        "median_trial_seconds": round(statistics.median(wall for wall, _ in seconds), 1) if seconds else None,
+        "overhead_seconds_per_trial": median([times["wall_seconds"] - times["fit_seconds"] for times in timed]),
+        "median_trial_seconds": median([times["wall_seconds"] for times in timed]),
     }
+
+
+def median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 1) if values else None
 
 
 def wall_minutes(trials: list) -> float | None:
@@ -78,11 +76,12 @@ def wall_minutes(trials: list) -> float | None:
     return round((last - first).total_seconds() / 60, 1)
 
 
-def best_facts(study: optuna.Study, search: Search, best, *, parent_run_id: str) -> dict:
-    metric = search.objective.metric
+def best_facts(study: optuna.Study, search: Search, *, parent_run_id: str) -> dict:
+    best, metric = study.best_trial, search.objective.metric
+    client().log_metric(parent_run_id, f"best_{metric}", best.value)
     experiment = write_best_experiment(search, study.study_name, best, metric)
     test = evaluate_best(search, study.study_name, best, parent_run_id=parent_run_id)
-    run_id = best.user_attrs.get("mlflow_run_id")
+    run_id = best.user_attrs.get(RUN_ATTRIBUTE)
     trial_sha = client().get_run(run_id).data.tags.get("model.weights_sha256") if run_id else None
     return {
         "best_trial": {
@@ -94,59 +93,23 @@ def best_facts(study: optuna.Study, search: Search, best, *, parent_run_id: str)
             "weights_sha256": trial_sha,
         },
         "best_experiment_file": str(experiment),
-        "test": None
-        if test is None
-        else {
-            "experiment": test["experiment"],
-            "accuracy": test["test"]["accuracy"],
-            "loss": test["test"]["loss"],
-            "weights_sha256": test["weights_sha256"],
-            "same_weights_as_the_trial": test["weights_sha256"] == trial_sha,
-        },
+        "test": None if test is None else test | {"same_weights_as_the_trial": test["weights_sha256"] == trial_sha},
     }
 
 
-def write_trials_csv(study: optuna.Study, path: Path) -> None:
-    frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "user_attrs", "duration"))
-    with atomic_path(path) as temporary:
-        frame.to_csv(temporary, index=False)
-
-
-def draw_plots(study: optuna.Study, directory: Path, *, metric: str) -> None:
-    from optuna.visualization import matplotlib as optuna_plots
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        axes = optuna_plots.plot_optimization_history(study, target_name=metric)
-        save_figure(axes.figure, directory / "optimization_history.png")
-        if len(trials_in(study, TrialState.COMPLETE)) >= 2:
-            try:
-                axes = optuna_plots.plot_param_importances(study, evaluator=evaluator(), target_name=metric)
-                save_figure(axes.figure, directory / "param_importances.png")
-            except (RuntimeError, ValueError) as error:  # e.g. every completed trial had the same params
-                logger.warning("no parameter importance plot: %s", error)
-                plt.close("all")
-
-
-def evaluator():
-    # fANOVA's random forest, seeded: the same trials give the same importances.
-    return optuna.importance.FanovaImportanceEvaluator(seed=0)
-
-
-def importances(study: optuna.Study) -> dict[str, float]:
-    """Each parameter's share of the objective's variance over the completed trials (fANOVA)."""
-    if len(trials_in(study, TrialState.COMPLETE)) < 2:
+def importances(study: optuna.Study, directory: Path, *, metric: str) -> dict[str, float]:
+    """Each parameter's share of the objective's variance over the completed trials (fANOVA, plotted too)."""
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
         return {}
+    evaluator = FanovaImportanceEvaluator(seed=0)  # its random forest seeded: the same trials, the same importances
     try:
-        found = optuna.importance.get_param_importances(study, evaluator=evaluator())
-    except (RuntimeError, ValueError):
+        found = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    except (RuntimeError, ValueError) as error:  # e.g. every completed trial had the same params
+        logger.warning("no parameter importances: %s", error)
         return {}
+    axes = plot_param_importances(study, evaluator=evaluator, target_name=metric)
+    save_figure(axes.figure, directory / "param_importances.png")
     return {name: round(value, 3) for name, value in found.items()}
-
-
-def machine() -> str:
-    """The CPU and cores of the machine writing the report (trials from other machines ran elsewhere)."""
-    return f"{hardware.cpu()['model_name']}, {hardware.schedulable_cores()} cores"
 
 
 def readme(study_name: str, path: Path, facts: dict, *, plots: list[Path]) -> str:
@@ -154,7 +117,9 @@ def readme(study_name: str, path: Path, facts: dict, *, plots: list[Path]) -> st
     lines = [
         f"# Search {study_name}",
         "",
-        f"Written by `mlp search` from `{path.as_posix()}` on {date.today().isoformat()}, on {machine()}.",
+        # The machine writing the report: trials from other machines ran elsewhere.
+        f"Written by `mlp search` from `{path.as_posix()}` on {date.today().isoformat()}, "
+        f"on {hardware.cpu()['model_name']}, {hardware.schedulable_cores()} cores.",
         "",
         f"Trials: {trials['complete']} complete, {trials['pruned']} pruned, {trials['fail']} failed, "
         f"{trials['running']} running, in {facts['trials_wall_minutes']} minutes from the first start to the last end.",
@@ -164,14 +129,8 @@ def readme(study_name: str, path: Path, facts: dict, *, plots: list[Path]) -> st
     best = facts.get("best_trial")
     if best:
         metric = next(key for key in best if key.startswith("val_"))
-        lines += [
-            "",
-            f"## Best trial: {best['number']} (`{best['experiment']}`)",
-            "",
-            "| parameter | value |",
-            "|---|---|",
-        ]
-        lines += [f"| `{name}` | {value} |" for name, value in best["params"].items()]
+        lines += ["", f"## Best trial: {best['number']} (`{best['experiment']}`)", "", "| parameter | value |"]
+        lines += ["|---|---|"] + [f"| `{name}` | {value} |" for name, value in best["params"].items()]
         lines += ["", f"- {metric}: {best[metric]:.4f}", f"- MLflow run: `{best['mlflow_run_id']}`"]
         test = facts.get("test")
         if test:
@@ -181,9 +140,7 @@ def readme(study_name: str, path: Path, facts: dict, *, plots: list[Path]) -> st
                 f"{100 * test['accuracy']:.2f}%",
                 f"- retrained weights sha256 `{test['weights_sha256'][:12]}`: {same} the trial's",
             ]
-        lines += [
-            f"- retrain it: `dvc exp run -S experiment={best_experiment_name(study_name)}`",
-        ]
+        lines.append(f"- retrain it: `dvc exp run -S experiment={Path(facts['best_experiment_file']).stem}`")
     if facts.get("param_importances"):
         lines += ["", "## What mattered (fANOVA importance)", "", "| parameter | importance |", "|---|---|"]
         lines += [f"| `{name}` | {value:.3f} |" for name, value in facts["param_importances"].items()]

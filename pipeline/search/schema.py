@@ -1,19 +1,6 @@
-"""A search file (conf/search/<name>.yaml): what is searched, for what, how, and for how long.
-
-    experiment: null              # a conf/experiment/ file every trial starts from (optional)
-    overrides: [dataset=mnist]    # Hydra overrides every trial gets, before its own
-    parameters:                   # config key -> its distribution
-      optimizer.learning_rate: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}
-      model.num_layers: {type: int, low: 2, high: 3}      # with model.units_per_layer:
-      model.units_per_layer: {type: int, low: 512, high: 1024, step: 128}  # hidden_units = [units] * layers
-      optimizer: {type: categorical, choices: [adam, rmsprop]}
-    objective: {metric: val_accuracy}   # never a test metric; direction follows the metric
-    sampler: {name: tpe, seed: 42}
-    pruner: {name: median}
-    budget: {n_trials: 40, timeout_minutes: 60}
-
-Everything is checked before any trial: the schema here, then every range end
-and every choice composed and validated as the train stage would.
+"""A search file, conf/search/<name>.yaml (its keys: docs/search.md): what is searched, for what, how, and
+for how long. Everything is checked before any trial: the schema here, then every range end and every
+choice composed and validated as the train stage would.
 """
 
 from __future__ import annotations
@@ -30,46 +17,37 @@ from pipeline.study.schema import read_yaml_file
 
 SEARCH_DIRECTORY = CONFIG_DIRECTORY / "search"
 LAYERS, UNITS = "model.num_layers", "model.units_per_layer"
-# What can be searched: a config key, a config group (optimizer), or the two
-# keys that together make model.hidden_units.
+# What can be searched: a config key, a config group (optimizer), or the two keys that make model.hidden_units.
 SEARCHABLE = (
-    "optimizer",
-    "optimizer.learning_rate",
-    "optimizer.momentum",
-    "model.dropout_rate",
-    "model.l2_weight_decay",
-    "model.activation",
-    "model.kernel_initializer",
-    LAYERS,
-    UNITS,
-    "train.batch_size",
-    "train.epochs",
-    "train.learning_rate_schedule",
-)
+    "optimizer optimizer.learning_rate optimizer.momentum model.dropout_rate model.l2_weight_decay model.activation "
+    f"model.kernel_initializer {LAYERS} {UNITS} train.batch_size train.epochs train.learning_rate_schedule"
+).split()
 METRIC_DIRECTIONS = {"val_accuracy": "maximize", "val_loss": "minimize"}
 
 
-class FloatParameter(StrictModel):
+class RangeParameter(StrictModel):
+    @model_validator(mode="after")
+    def not_empty(self):
+        if self.low > self.high:
+            raise ValueError(f"empty range: low {self.low} > high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, not {self.low}")
+        return self
+
+
+class FloatParameter(RangeParameter):
     type: Literal["float"]
     low: float
     high: float
     log: bool = False
 
-    @model_validator(mode="after")
-    def not_empty(self) -> FloatParameter:
-        return check_range(self)
 
-
-class IntParameter(StrictModel):
+class IntParameter(RangeParameter):
     type: Literal["int"]
     low: int
     high: int
     step: int = Field(default=1, ge=1)
     log: bool = False
-
-    @model_validator(mode="after")
-    def not_empty(self) -> IntParameter:
-        return check_range(self)
 
 
 class CategoricalParameter(StrictModel):
@@ -78,14 +56,6 @@ class CategoricalParameter(StrictModel):
 
 
 Parameter = Annotated[FloatParameter | IntParameter | CategoricalParameter, Field(discriminator="type")]
-
-
-def check_range(parameter: FloatParameter | IntParameter):
-    if parameter.low > parameter.high:
-        raise ValueError(f"empty range: low {parameter.low} > high {parameter.high}")
-    if parameter.log and parameter.low <= 0:
-        raise ValueError(f"a log range needs low > 0, not {parameter.low}")
-    return parameter
 
 
 class Objective(StrictModel):
@@ -104,13 +74,10 @@ class Objective(StrictModel):
 
     @model_validator(mode="after")
     def direction_of_the_metric(self) -> Objective:
-        if self.direction not in (None, self.goal):
-            raise ValueError(f"{self.metric} is to {self.goal}, not to {self.direction}")
+        goal = METRIC_DIRECTIONS[self.metric]
+        if self.direction not in (None, goal):
+            raise ValueError(f"{self.metric} is to {goal}, not to {self.direction}")
         return self
-
-    @property
-    def goal(self) -> str:
-        return METRIC_DIRECTIONS[self.metric]
 
 
 class Sampler(StrictModel):
@@ -131,13 +98,10 @@ class Pruner(StrictModel):
 
     def spec(self, max_epochs: int) -> dict:
         """The settings pipeline.search.storage.make_pruner builds it from."""
-        if self.name == "median":
-            return {"name": "median", "n_startup_trials": self.n_startup_trials, "n_warmup_steps": self.n_warmup_steps}
-        rungs = {"min_resource": self.min_resource, "reduction_factor": self.reduction_factor}
-        if self.name == "hyperband":
-            # Explicit: "auto" is inferred per process, and the trials' processes must agree.
-            return {"name": "hyperband", "max_resource": max_epochs, **rungs}
-        return {"name": self.name, **rungs} if self.name == "successive_halving" else {"name": "none"}
+        settings = {"median": {"n_startup_trials", "n_warmup_steps"}, "none": set()}
+        spec = self.model_dump(include={"name", *settings.get(self.name, {"min_resource", "reduction_factor"})})
+        # Hyperband's max_resource explicit: "auto" is inferred per process, and the trials' processes must agree.
+        return spec | {"max_resource": max_epochs} if self.name == "hyperband" else spec
 
 
 class Budget(StrictModel):
@@ -184,9 +148,8 @@ def search_path(name_or_path: str) -> Path:
 
 
 def load_search(path: Path) -> Search:
-    raw = read_yaml_file(path, SEARCH_DIRECTORY, "search")
     try:
-        return Search.model_validate(raw)
+        return Search.model_validate(read_yaml_file(path, SEARCH_DIRECTORY, "search"))
     except ValidationError as error:
         problems = [f"{path}: {describe(problem)}" for problem in error.errors()]
         raise ConfigError("\n".join(problems)) from None
@@ -214,17 +177,14 @@ def trial_overrides(search: Search, values: dict[str, object]) -> list[str]:
 
 def corners(search: Search) -> list[dict[str, object]]:
     """Parameter values that reach every range end and every choice: if these validate, all values do."""
-    low = {name: first_value(parameter, "low") for name, parameter in search.parameters.items()}
-    high = {name: first_value(parameter, "high") for name, parameter in search.parameters.items()}
-    points = [low, high]
+    low, high, choices = {}, {}, []
     for name, parameter in search.parameters.items():
         if isinstance(parameter, CategoricalParameter):
-            points += [low | {name: choice} for choice in parameter.choices[1:]]
-    return points
-
-
-def first_value(parameter, end: str) -> object:
-    return parameter.choices[0] if isinstance(parameter, CategoricalParameter) else getattr(parameter, end)
+            low[name] = high[name] = parameter.choices[0]
+            choices += [(name, choice) for choice in parameter.choices[1:]]
+        else:
+            low[name], high[name] = parameter.low, parameter.high
+    return [low, high] + [low | {name: choice} for name, choice in choices]
 
 
 def check_values(search: Search, path: Path) -> None:
@@ -233,10 +193,8 @@ def check_values(search: Search, path: Path) -> None:
         overrides = trial_overrides(search, values)
         try:
             parse_params(compose(overrides), path)
-        except ConfigError as error:
+        except ConfigError as error:  # compose's (Hydra's) or parse_params' words
             raise ConfigError(f"{error}\n(a trial's overrides: {' '.join(overrides)})") from None
-        except Exception as error:  # Hydra's own errors: an unknown group or key
-            raise ConfigError(f"{path}: {' '.join(overrides)} does not compose: {error}") from None
 
 
 def max_epochs(search: Search, base_epochs: int) -> int:

@@ -6,20 +6,18 @@ row counts at backup time, which restore checks against what it restored. The us
 password hashes, so the archive is written mode 0600.
 """
 
-from __future__ import annotations
-
 import json
 import logging
 import shutil
 import tarfile
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 from werkzeug.security import generate_password_hash
 
-from pipeline.server import mlflow_server, postgres, stack
+from pipeline.server import postgres, stack
 from pipeline.server.state import ADMIN_USERNAME, AUTH_DATABASE, TRACKING_DATABASE, ServerError, StateFolder
 
 logger = logging.getLogger(__name__)
@@ -32,20 +30,14 @@ COUNTED_TABLES = (
 DUMPS = {TRACKING_DATABASE: "tracking.dump", AUTH_DATABASE: "auth.dump"}
 
 
-@dataclass
-class Summary:
-    archive: str
-    counts: dict[str, int]  # table -> rows, and "artifact files"
-    verb: str = "backed up"
-
-    def describe(self) -> str:
-        counted = ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in self.counts.items())
-        return f"{self.verb} {self.archive}: {counted}"
+def describe(verb: str, archive: Path, counts: dict[str, int]) -> str:
+    counted = ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in counts.items())
+    return f"{verb} {archive}: {counted}"
 
 
-def row_counts(cursor) -> dict[str, int]:
-    cursor.execute(" UNION ALL ".join(f"SELECT '{table}', count(*) FROM {table}" for table in COUNTED_TABLES))
-    return {name: count for name, count in cursor.fetchall()}
+def row_counts(connection: psycopg.Connection) -> dict[str, int]:
+    query = " UNION ALL ".join(f"SELECT '{table}', count(*) FROM {table}" for table in COUNTED_TABLES)
+    return dict(connection.execute(query).fetchall())
 
 
 def count_files(folder: Path) -> int:
@@ -58,10 +50,10 @@ def local_artifacts(state: StateFolder) -> Path | None:
     return None if "://" in destination else Path(destination)
 
 
-def backup(state: StateFolder, output: Path | None) -> Summary:
+def backup(state: StateFolder, output: Path | None) -> str:
+    """Write the archive; what it holds."""
     if not postgres.initialized(state):
         raise ServerError(f"nothing to back up: {state.postgres_data} does not exist (`mlp server start` creates it)")
-    state.write_pgpass()
     was_running = postgres.running_port(state) is not None
     port = postgres.start(state)
     try:
@@ -72,9 +64,12 @@ def backup(state: StateFolder, output: Path | None) -> Summary:
             work = Path(folder)
             # The databases first, then the artifacts: a run logged in between has its files in the
             # archive without its rows, never rows pointing at missing files.
-            with postgres.snapshot(state, port, TRACKING_DATABASE) as (cursor, snapshot_id):
+            with postgres.connect(state, port, TRACKING_DATABASE) as connection:
                 # Counted and dumped in one snapshot: what restore must find is exactly what was dumped.
-                found = row_counts(cursor)
+                connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+                connection.read_only = True
+                snapshot_id = connection.execute("SELECT pg_export_snapshot()").fetchone()[0]
+                found = row_counts(connection)
                 postgres.dump(state, port, TRACKING_DATABASE, work / DUMPS[TRACKING_DATABASE], snapshot_id)
             postgres.dump(state, port, AUTH_DATABASE, work / DUMPS[AUTH_DATABASE])
             if artifacts is not None:
@@ -83,25 +78,21 @@ def backup(state: StateFolder, output: Path | None) -> Summary:
                     shutil.copytree(artifacts, work / "artifacts", dirs_exist_ok=True)
                 found["artifact_files"] = count_files(work / "artifacts")
             (work / "manifest.json").write_text(json.dumps({"created": stamp, "counts": found}, indent=2) + "\n")
-            write_archive(work, output)
+            output.parent.mkdir(parents=True, exist_ok=True)
+            partial = output.with_name(f".{output.name}.partial")
+            partial.touch(mode=0o600)
+            partial.chmod(0o600)
+            with tarfile.open(partial, "w:gz") as archive:
+                for path in sorted(work.iterdir()):
+                    archive.add(path, arcname=path.name)
+            partial.replace(output)
     finally:
         if not was_running:
             postgres.stop(state)
     if artifacts is None:
         destination = state.artifacts_destination(state.load_settings())
         logger.warning("artifacts are not in the archive: back up %s by its own means", destination)
-    return Summary(str(output), found)
-
-
-def write_archive(folder: Path, output: Path) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(f".{output.name}.partial")
-    partial.touch(mode=0o600)
-    partial.chmod(0o600)
-    with tarfile.open(partial, "w:gz") as archive:
-        for path in sorted(folder.iterdir()):
-            archive.add(path, arcname=path.name)
-    partial.replace(output)
+    return describe("backed up", output, found)
 
 
 def read_archive(archive: Path, destination: Path) -> dict:
@@ -121,19 +112,15 @@ def read_archive(archive: Path, destination: Path) -> dict:
     return manifest
 
 
-def restore(state: StateFolder, archive: Path) -> Summary:
+def restore(state: StateFolder, archive: Path) -> str:
     """Replace the databases and the local artifacts with the archive's; the MLflow server runs after if it ran."""
     archive = archive.resolve()
     with tempfile.TemporaryDirectory(dir=state.root, prefix=".restore.") as folder:
         work = Path(folder)
         manifest = read_archive(archive, work)
-        runtime = state.load_runtime()
-        was_serving = mlflow_server.is_running(runtime)
-        if runtime is not None:
-            mlflow_server.stop_process_group(runtime.mlflow_pid)
-            state.clear_runtime()
+        was_serving = stack.stop_mlflow(state) is not None
         was_running = postgres.running_port(state) is not None
-        port = prepare_database_server(state)
+        port = postgres.start(state)
         try:
             restored = restore_contents(state, port, work)
         finally:
@@ -146,17 +133,7 @@ def restore(state: StateFolder, archive: Path) -> Summary:
         logger.warning("the archive's artifacts were not restored: this server keeps its artifacts elsewhere")
     if restored != expected:
         raise ServerError(f"restored {restored}, but the archive recorded {expected}")
-    return Summary(str(archive), restored, verb="restored")
-
-
-def prepare_database_server(state: StateFolder) -> int:
-    state.admin_password()
-    state.write_pgpass()
-    if not postgres.initialized(state):
-        postgres.initialize(state)
-    port = postgres.start(state)
-    postgres.create_databases(state, port)
-    return port
+    return describe("restored", archive, restored)
 
 
 def restore_contents(state: StateFolder, port: int, work: Path) -> dict[str, int]:
@@ -166,29 +143,17 @@ def restore_contents(state: StateFolder, port: int, work: Path) -> dict[str, int
     # The archive's admin has the password of the state folder it came from; this folder's file
     # must keep working. (MLflow's users table: username, password_hash, hashed as MLflow does.)
     password_hash = generate_password_hash(state.admin_password())
-    sql = f"UPDATE users SET password_hash = '{password_hash}' WHERE username = '{ADMIN_USERNAME}'"
-    postgres.psql(state, port, sql, database=AUTH_DATABASE, user="mlflow")
-    with postgres.connect(state, port, TRACKING_DATABASE) as connection, connection.cursor() as cursor:
-        restored = row_counts(cursor)
+    with postgres.connect(state, port, AUTH_DATABASE) as connection:
+        update = "UPDATE users SET password_hash = %s WHERE username = %s"
+        connection.execute(update, (password_hash, ADMIN_USERNAME))
+    with postgres.connect(state, port, TRACKING_DATABASE) as connection:
+        restored = row_counts(connection)
     artifacts = local_artifacts(state)
     if artifacts is not None:
-        replace_folder(work / "artifacts", artifacts)
+        # The databases are replaced already: a restore that fails from here on is run again.
+        (work / "artifacts").mkdir(exist_ok=True)
+        shutil.rmtree(artifacts, ignore_errors=True)
+        artifacts.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(work / "artifacts", artifacts)
         restored["artifact_files"] = count_files(artifacts)
     return restored
-
-
-def replace_folder(source: Path, target: Path) -> None:
-    """Put `source` (or an empty folder) where `target` is, keeping the old one until the new one is in place."""
-    source.mkdir(exist_ok=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staged = target.with_name(f".{target.name}.restoring")
-    shutil.rmtree(staged, ignore_errors=True)
-    shutil.move(str(source), staged)
-    if target.exists():
-        retired = target.with_name(f".{target.name}.replaced")
-        shutil.rmtree(retired, ignore_errors=True)
-        target.rename(retired)
-        staged.rename(target)
-        shutil.rmtree(retired)
-    else:
-        staged.rename(target)

@@ -1,19 +1,31 @@
-"""Start, stop and describe the whole stack: PostgreSQL, then the MLflow server in front of it."""
+"""The whole stack: PostgreSQL, then `mlflow server` in front of it, launched detached; start, stop, status."""
 
-from __future__ import annotations
-
+import ipaddress
 import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 
+import psutil
 from filelock import FileLock, Timeout
 
-from pipeline.server import mlflow_server, postgres
-from pipeline.server.state import ADMIN_USERNAME, Runtime, ServerError, Settings, StateFolder
+from pipeline.server import postgres
+from pipeline.server.state import ADMIN_USERNAME, Runtime, ServerError, Settings, StateFolder, database_uri
 
 logger = logging.getLogger(__name__)
+
+START_TIMEOUT_SECONDS = 180  # workers import MLflow in parallel; on 2 busy cores that takes a while
+STOP_TIMEOUT_SECONDS = 30
+# The caller's own MLflow settings must not leak into the server (a tracking URI pointing at itself, a password).
+CLIENT_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PGPASSWORD")
 
 
 @contextmanager
@@ -27,11 +39,25 @@ def locked(state: StateFolder) -> Iterator[None]:
         raise ServerError(f"another `mlp server` command is running on {state.root} (lock {state.lock_file})") from None
 
 
+def is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def client_url(settings: Settings) -> str:
+    """The URL a client on this machine uses: a wildcard bind address is reached on loopback."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.port}"
+
+
 def resolve_settings(state: StateFolder, overrides: dict) -> Settings:
     """The saved settings with the given ones applied; checked: a server others can reach must ask for passwords."""
     given = {name: value for name, value in overrides.items() if value is not None}
     settings = replace(state.load_settings() or Settings(), **given)
-    if not settings.auth and not mlflow_server.is_loopback(settings.host):
+    if not settings.auth and not is_loopback(settings.host):
         raise ServerError(
             f"--host {settings.host} makes the server reachable from other machines, which needs authentication: "
             "drop --no-auth, or keep --host 127.0.0.1"
@@ -44,20 +70,18 @@ def resolve_settings(state: StateFolder, overrides: dict) -> Settings:
 def start(state: StateFolder, overrides: dict) -> tuple[Runtime, bool]:
     """Start what is not running (after a crash, only that); (what runs, whether anything was started)."""
     runtime = state.load_runtime()
-    running = mlflow_server.is_running(runtime)
+    running = is_running(runtime)
     settings = resolve_settings(state, overrides)
-    if running and postgres.running_port(state) and mlflow_server.healthy(runtime.url):
+    if running and postgres.running_port(state) and healthy(runtime.url):
         saved = state.load_settings()
-        if saved is not None and saved != settings:
+        if saved != settings:
             raise ServerError(f"the server runs with other settings ({saved}): `mlp server stop` first to change them")
         return runtime, False
-    if running:  # PostgreSQL died under it, or it stopped answering: restart it whole
-        logger.warning("MLflow server (pid %d) does not answer: restarting it", runtime.mlflow_pid)
-        mlflow_server.stop_process_group(runtime.mlflow_pid)
-    elif runtime is not None:
-        logger.warning("MLflow server (pid %d) is gone without `mlp server stop`: restarting it", runtime.mlflow_pid)
-        mlflow_server.stop_process_group(runtime.mlflow_pid)  # workers it may have left behind
-    if not mlflow_server.is_loopback(settings.host):
+    if runtime is not None:  # it crashed, or PostgreSQL died under it, or it stopped answering: restart it whole
+        what = "does not answer" if running else "is gone without `mlp server stop`"
+        logger.warning("MLflow server (pid %d) %s: restarting it", runtime.mlflow_pid, what)
+        stop_mlflow(state)  # also the workers a crashed server left behind
+    if not is_loopback(settings.host):
         logger.warning(
             "listening on %s: reachable from other machines, over plain HTTP: every request needs a user name and "
             "password (basic auth); put TLS in front of it (a reverse proxy) before using it across a network",
@@ -69,35 +93,133 @@ def start(state: StateFolder, overrides: dict) -> tuple[Runtime, bool]:
 
 
 def launch(state: StateFolder, settings: Settings) -> Runtime:
+    """Start PostgreSQL, then `mlflow server` in a session of its own (it outlives `mlp`); return once it answers."""
     began = time.monotonic()
     state.admin_password()  # generated now, so that it exists before anything can use it
-    state.write_pgpass()
-    if not postgres.initialized(state):
-        logger.info("creating the PostgreSQL data folder %s", state.postgres_data)
-        postgres.initialize(state)
     port = postgres.start(state)
-    postgres.create_databases(state, port)
     if settings.artifacts_destination is None:
         state.artifacts.mkdir(exist_ok=True)
     logger.info("PostgreSQL on 127.0.0.1:%d; starting the MLflow server", port)
-    runtime = mlflow_server.launch(state, settings, port)
+    check_port_free(settings)
+    environment = {name: value for name, value in os.environ.items() if name not in CLIENT_VARIABLES}
+    environment["PGPASSFILE"] = str(state.pgpass_file)
+    if settings.auth:
+        state.write_auth_config(port)
+        environment["MLFLOW_AUTH_CONFIG_PATH"] = str(state.auth_config_file)
+        environment["MLFLOW_FLASK_SERVER_SECRET_KEY"] = state.secrets()["flask_secret_key"]
+    log_path = state.logs / "mlflow.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            command(state, settings, port),
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: `stop` ends the workers with it
+            cwd=state.root,
+        )
+    runtime = Runtime(process.pid, psutil.Process(process.pid).create_time(), port, client_url(settings))
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while not healthy(runtime.url):
+        if process.poll() is not None:
+            raise ServerError(f"mlflow server exited during start-up (status {process.returncode}): see {log_path}")
+        if time.monotonic() > deadline:
+            stop_process_group(process.pid)
+            raise ServerError(f"mlflow server did not answer within {START_TIMEOUT_SECONDS} s: see {log_path}")
+        time.sleep(0.5)
     state.save_runtime(runtime)
     logger.info("MLflow server at %s, started in %.1f s", runtime.url, time.monotonic() - began)
     return runtime
 
 
+def check_port_free(settings: Settings) -> None:
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    with socket.socket(family) as probe:
+        # As uvicorn binds: connections of a previous server in TIME_WAIT do not make the port busy.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((settings.host, settings.port))
+        except OSError as error:
+            raise ServerError(
+                f"cannot listen on {settings.host}:{settings.port} ({error.strerror}): "
+                "choose another port with `mlp server start --port N`"
+            ) from None
+
+
+def command(state: StateFolder, settings: Settings, postgres_port: int) -> list[str]:
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    arguments = [mlflow, "server", "--backend-store-uri", database_uri(postgres_port)]
+    arguments += ["--artifacts-destination", state.artifacts_destination(settings), "--serve-artifacts"]
+    arguments += ["--host", settings.host, "--port", str(settings.port), "--workers", str(settings.workers)]
+    if settings.allowed_hosts:
+        arguments += ["--allowed-hosts", settings.allowed_hosts]
+    if settings.auth:
+        arguments += ["--app-name", "basic-auth"]
+    return arguments
+
+
+def healthy(url: str) -> bool:
+    # /health needs no credentials, also under basic auth.
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+            return response.status == 200
+    except OSError:  # urllib's errors too
+        return False
+
+
+def is_running(runtime: Runtime | None) -> bool:
+    """Whether the process `start` launched still runs (not another that got its pid since)."""
+    if runtime is None:
+        return False
+    try:
+        process = psutil.Process(runtime.mlflow_pid)
+        return abs(process.create_time() - runtime.mlflow_started) < 1 and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def stop_process_group(group: int) -> None:
+    """SIGTERM to the server's process group (the CLI and its uvicorn workers), SIGKILL after a grace period.
+
+    The group outlives the `mlflow server` process `launch` started while any worker does, and Linux
+    hands out no pid equal to a live group's id: the signal reaches only what `launch` started.
+    """
+    members = [process for process in psutil.process_iter() if group_of(process) == group]
+    for sent in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(group, sent)
+        except ProcessLookupError:
+            return
+        _, alive = psutil.wait_procs(members, timeout=STOP_TIMEOUT_SECONDS)
+        if not alive:
+            return
+
+
+def group_of(process: psutil.Process) -> int | None:
+    try:
+        return os.getpgid(process.pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
+def stop_mlflow(state: StateFolder) -> int | None:
+    """Stop the MLflow server `start` launched, and whatever of it is left after a crash; its pid if it ran."""
+    runtime = state.load_runtime()
+    state.clear_runtime()
+    if runtime is None:
+        return None
+    running = is_running(runtime)
+    stop_process_group(runtime.mlflow_pid)
+    return runtime.mlflow_pid if running else None
+
+
 def stop(state: StateFolder) -> list[str]:
     """Stop the MLflow server, then PostgreSQL; what was stopped."""
     stopped = []
-    runtime = state.load_runtime()
-    if runtime is not None:
-        if mlflow_server.is_running(runtime):
-            stopped.append(f"MLflow server (pid {runtime.mlflow_pid})")
-        mlflow_server.stop_process_group(runtime.mlflow_pid)  # also workers a crashed server left behind
-    state.clear_runtime()
-    running = postgres.running_port(state)
-    if running and postgres.stop(state):
-        stopped.append(f"PostgreSQL (pid {running[0]})")
+    if pid := stop_mlflow(state):
+        stopped.append(f"MLflow server (pid {pid})")
+    if pid := postgres.stop(state):
+        stopped.append(f"PostgreSQL (pid {pid})")
     return stopped
 
 
@@ -108,8 +230,8 @@ def status(state: StateFolder) -> tuple[list[str], bool]:
         return [f"no server here: {state.root} has none (`mlp server start` creates it)"], False
     settings = settings or Settings()
     runtime = state.load_runtime()
-    running = mlflow_server.is_running(runtime)
-    answers = running and mlflow_server.healthy(runtime.url)
+    running = is_running(runtime)
+    answers = running and healthy(runtime.url)
     if answers:
         mlflow_line = f"running, pid {runtime.mlflow_pid}, {runtime.url} (listening on {settings.host}:{settings.port})"
     elif running:

@@ -1,11 +1,9 @@
 """The state folder: where each file of the server lives, its settings, and its generated secrets."""
 
-from __future__ import annotations
-
 import json
 import os
 import secrets
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.errors import PipelineError
@@ -16,11 +14,11 @@ ADMIN_USERNAME = "admin"
 # the MLflow server connects as, owner of its databases (tracking, users, search studies) and nothing else.
 SUPERUSER = "postgres"
 DATABASE_ROLE = "mlflow"
-AUTH_CACHE_SECONDS = 60
 TRACKING_DATABASE = "mlflow"
 AUTH_DATABASE = "mlflow_auth"
-# Optuna's studies for `mlp search --storage postgresql+psycopg://mlflow@127.0.0.1:<port>/optuna`.
-SEARCH_DATABASE = "optuna"
+# The third: Optuna's studies, for `mlp search --storage postgresql+psycopg://mlflow@127.0.0.1:<port>/optuna`.
+DATABASES = (TRACKING_DATABASE, AUTH_DATABASE, "optuna")
+AUTH_CACHE_SECONDS = 60
 
 
 class ServerError(PipelineError):
@@ -32,10 +30,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 5000
     workers: int = 4
-    # None: the artifacts/ folder of the state folder.
-    artifacts_destination: str | None = None
-    # Host headers MLflow accepts besides localhost and private addresses (None: MLflow's default).
-    allowed_hosts: str | None = None
+    artifacts_destination: str | None = None  # None: the state folder's artifacts/
+    allowed_hosts: str | None = None  # Host headers MLflow accepts besides localhost and private addresses
     auth: bool = True
 
 
@@ -71,11 +67,10 @@ class StateFolder:
         self.logs.mkdir(exist_ok=True)
 
     def load_settings(self) -> Settings | None:
-        if not self.settings_file.is_file():
-            return None
         try:
-            values = json.loads(self.settings_file.read_text(encoding="utf-8"))
-            return Settings(**{field.name: values[field.name] for field in fields(Settings) if field.name in values})
+            return Settings(**json.loads(self.settings_file.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            return None
         except (json.JSONDecodeError, TypeError) as error:
             raise ServerError(f"{self.settings_file} is not valid ({error}): delete it and start again") from None
 
@@ -98,7 +93,7 @@ class StateFolder:
         self.runtime_file.unlink(missing_ok=True)
 
     def secrets(self) -> dict[str, str]:
-        """The generated PostgreSQL passwords and Flask secret key; generated on first use."""
+        """The PostgreSQL passwords and Flask's secret key, generated on first use."""
         if not self.secrets_file.is_file():
             values = {name: secrets.token_urlsafe(32) for name in ("superuser", "database_role", "flask_secret_key")}
             write_private(self.secrets_file, json.dumps(values, indent=2) + "\n")
@@ -112,16 +107,15 @@ class StateFolder:
     def write_pgpass(self) -> None:
         # libpq's format, host:port:database:user:password; any port, since PostgreSQL's changes per start.
         values = self.secrets()
-        lines = [f"127.0.0.1:*:*:{SUPERUSER}:{values['superuser']}\n"]
-        lines.append(f"127.0.0.1:*:*:{DATABASE_ROLE}:{values['database_role']}\n")
-        write_private(self.pgpass_file, "".join(lines))
+        roles = {SUPERUSER: values["superuser"], DATABASE_ROLE: values["database_role"]}
+        write_private(self.pgpass_file, "".join(f"127.0.0.1:*:*:{role}:{secret}\n" for role, secret in roles.items()))
 
     def write_auth_config(self, postgres_port: int) -> None:
-        # The users database lives in the same PostgreSQL; the password comes from pgpass, not the URI.
+        # The users database lives in the same PostgreSQL.
         text = (
             "[mlflow]\n"
             "default_permission = READ\n"
-            f"database_uri = postgresql://{DATABASE_ROLE}@127.0.0.1:{postgres_port}/{AUTH_DATABASE}\n"
+            f"database_uri = {database_uri(postgres_port, AUTH_DATABASE)}\n"
             f"admin_username = {ADMIN_USERNAME}\n"
             f"admin_password = {self.admin_password()}\n"
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
@@ -131,6 +125,11 @@ class StateFolder:
             f"auth_cache_ttl_seconds = {AUTH_CACHE_SECONDS}\n"
         )
         write_private(self.auth_config_file, text)
+
+
+def database_uri(port: int, database: str = TRACKING_DATABASE) -> str:
+    """The URI the MLflow server connects with: no password, libpq reads it from pgpass."""
+    return f"postgresql://{DATABASE_ROLE}@127.0.0.1:{port}/{database}"
 
 
 def write_private(path: Path, text: str) -> None:

@@ -1,14 +1,7 @@
-"""A study's rows as DVC experiments: queue them, run the queue, read what they measured.
+"""A study's rows as DVC experiments: queued, run one at a time, read back. A finished row is an experiment
+whose baseline is the study's commit; its figures come from its commit's reports and its MLflow run."""
 
-Each row is one `dvc exp run --queue`, run by DVC's queue one at a time. A
-finished row is a DVC experiment whose baseline is the commit the study ran
-from; its figures are read from the experiment commit's reports and from its
-MLflow run.
-"""
-
-# DVC and MLflow are imported in the functions that use them: pipeline.tracking
-# loads MLflow and TensorFlow (about 5 s), DVC adds 0.3 s, and neither is needed
-# by `mlp study --help`, by the schema checks or by the report writer.
+# DVC and MLflow (with TensorFlow) are imported where used: `mlp study --help` and the report need neither.
 
 from __future__ import annotations
 
@@ -57,9 +50,8 @@ def finished_experiments(baseline: str) -> dict[str, str]:
     # repository lock: a report can be written while a queue runs.
     from dvc.repo.experiments.refs import ExpRefInfo
 
-    listed = git("for-each-ref", "--format=%(refname) %(objectname)", "refs/exps/").splitlines()
     experiments = {}
-    for line in listed:
+    for line in git("for-each-ref", "--format=%(refname) %(objectname)", "refs/exps/").splitlines():
         reference, sha = line.split()
         with contextlib.suppress(ValueError):  # refs/exps/ also holds DVC's stashes
             info = ExpRefInfo.from_ref(reference)
@@ -83,35 +75,33 @@ def queue_entries(names: set[str]) -> dict[str, str]:
 def clear_queue(names: set[str]) -> None:
     """Stop and remove these experiments' queue entries (an earlier, interrupted attempt)."""
     entries = queue_entries(names)
-    running = sorted(name for name, state in entries.items() if state == "running")
-    if running:
+    if not entries:
+        return
+    if running := sorted(name for name, state in entries.items() if state == "running"):
         # SIGINT, not SIGKILL: the stage ends its MLflow run as KILLED instead of leaving it RUNNING.
         run_dvc("queue", "kill", *running)
-    if entries:
-        # A killed task becomes failed a moment later; wait so it can be removed too.
-        deadline = time.monotonic() + KILL_TIMEOUT_SECONDS
-        while any(state == "running" for state in queue_entries(names).values()) and time.monotonic() < deadline:
-            time.sleep(1)
-        leftover = sorted(queue_entries(names))
-        if leftover:
-            run_dvc("queue", "remove", *leftover)
+    # A killed task becomes failed a moment later; wait so it can be removed too.
+    deadline = time.monotonic() + KILL_TIMEOUT_SECONDS
+    while "running" in queue_entries(names).values() and time.monotonic() < deadline:
+        time.sleep(1)
+    if leftover := sorted(queue_entries(names)):
+        run_dvc("queue", "remove", *leftover)
 
 
 def run_rows(pending: list[StudyRow], *, study: Study, study_name: str) -> None:
     """Queue the pending rows as DVC experiments and run the queue, one row at a time."""
-    names = {experiment_name(study_name, row) for row in pending}
-    clear_queue(names)
-    for row in pending:
+    names = [experiment_name(study_name, row) for row in pending]
+    clear_queue(set(names))
+    for row, name in zip(pending, names, strict=True):
         settings = [argument for override in study.overrides + row.overrides() for argument in ("-S", override)]
-        result = run_dvc("exp", "run", "--queue", "--name", experiment_name(study_name, row), *settings)
-        if result.returncode != 0:
-            raise PipelineError(f"could not queue row {row.row} ({experiment_name(study_name, row)})")
+        if run_dvc("exp", "run", "--queue", "--name", name, *settings).returncode != 0:
+            raise PipelineError(f"could not queue row {row.row} ({name})")
     try:
         # One job: rows share the CPU otherwise, and their wall times would not compare.
         result = run_dvc("exp", "run", "--run-all", "--jobs", "1")
     except KeyboardInterrupt:
         logger.warning("interrupted: stopping the study's queued and running rows")
-        clear_queue(names)
+        clear_queue(set(names))
         raise
     if result.returncode != 0:
         logger.warning("some rows failed; the report lists them as missing")
@@ -123,17 +113,17 @@ def committed_file(commit: str, path: Path) -> str:
 
 def measure(row: StudyRow, commit: str) -> Measured:
     """Measured figures of a row from its experiment commit's metrics and its MLflow run."""
-    from pipeline.reproduce.record import recorded_environment
+    from pipeline.lineage import ENVIRONMENT_ARTIFACT
+    from pipeline.reproduce.record import json_artifact
     from pipeline.tracking import client
 
     metrics = json.loads(committed_file(commit, METRICS_FILE))
-    history = list(csv.DictReader(committed_file(commit, HISTORY_FILE).splitlines()))
+    history = csv.DictReader(committed_file(commit, HISTORY_FILE).splitlines())
     accuracy = [100 * float(epoch["accuracy"]) for epoch in history]
     run = client().get_run(metrics["mlflow_run_id"])
     # lineage/environment.json; runs recorded before it kept the same facts as tags.
-    environment = recorded_environment(metrics["mlflow_run_id"]) or {}
-    tags = run.data.tags
-    cpu = environment.get("cpu", {})
+    environment = json_artifact(metrics["mlflow_run_id"], ENVIRONMENT_ARTIFACT) or {}
+    tags, cpu = run.data.tags, environment.get("cpu", {})
     packages = environment.get("packages") or {
         name.removeprefix("package."): value for name, value in tags.items() if name.startswith("package.")
     }
@@ -155,9 +145,5 @@ def measure(row: StudyRow, commit: str) -> Measured:
 
 def row_result(row: StudyRow, *, study_name: str, commit: str | None) -> RowResult:
     """A row's result: measured if `commit` (its experiment's commit) is given, not run otherwise."""
-    return RowResult(
-        row=row,
-        experiment=experiment_name(study_name, row),
-        commit=commit,
-        measured=measure(row, commit) if commit is not None else None,
-    )
+    measured = measure(row, commit) if commit is not None else None
+    return RowResult(row=row, experiment=experiment_name(study_name, row), commit=commit, measured=measured)

@@ -1,10 +1,5 @@
-"""A study file (conf/study/<name>.yaml) and what one of its rows measured.
-
-A study lists rows in the publication's own notation (layers, regularizer,
-optimizer, ReLU or not) with the published training and test accuracy; each
-row becomes a set of Hydra overrides. Both the runner and the report read the
-result types defined here.
-"""
+"""A study file (conf/study/<name>.yaml): published rows in the publication's own notation, each row a set
+of Hydra overrides; and what a row measured."""
 
 from __future__ import annotations
 
@@ -23,7 +18,6 @@ from pipeline.paths import CONFIG_DIRECTORY
 STUDY_DIRECTORY = CONFIG_DIRECTORY / "study"
 # Training accuracy gained over the last epochs: near 0 once a row has converged.
 LATE_EPOCHS = 5
-
 OPTIMIZER_NAMES = {"SGD": "sgd", "Adam": "adam", "RMSprop": "rmsprop"}
 REGULARIZER = re.compile(r"^(none|L2\((?P<l2>[0-9.e-]+)\)|Dropout\((?P<dropout>0?\.[0-9]+)\))$")
 Percent = Annotated[float, Field(ge=0.0, le=100.0)]
@@ -49,10 +43,9 @@ class StudyRow(StrictModel):
     def overrides(self) -> list[str]:
         """The Hydra overrides (`dvc exp run -S`) that configure this row."""
         match = REGULARIZER.match(self.regularizer)
-        units = ",".join(self.layers.split("-"))
         return [
             f"optimizer={OPTIMIZER_NAMES[self.optimizer]}",
-            f"model.hidden_units=[{units}]",
+            f"model.hidden_units=[{self.layers.replace('-', ',')}]",
             f"model.activation={'relu' if self.relu else 'linear'}",
             f"model.dropout_rate={float(match['dropout'] or 0.0)}",
             f"model.l2_weight_decay={float(match['l2'] or 0.0)}",
@@ -61,11 +54,9 @@ class StudyRow(StrictModel):
 
 class Study(StrictModel):
     title: str
-    # Composed with every row, before the row's own overrides.
-    overrides: list[str]
+    overrides: list[str]  # composed with every row, before the row's own
     rows: list[StudyRow] = Field(min_length=1)
-    # Written into the report under the table: what explains the differences.
-    discussion: str | None = None
+    discussion: str | None = None  # written under the report's table: what explains the differences
 
     @field_validator("rows")
     @classmethod
@@ -109,9 +100,7 @@ class RowResult:
 def study_path(name_or_path: str) -> Path:
     """The file of a study named in conf/study/, or the path given if it ends in .yaml or .yml."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml"):
-        return path
-    return STUDY_DIRECTORY / f"{name_or_path}.yaml"
+    return path if path.suffix in (".yaml", ".yml") else STUDY_DIRECTORY / f"{name_or_path}.yaml"
 
 
 def read_yaml_file(path: Path, directory: Path, kind: str) -> object:
@@ -127,9 +116,8 @@ def read_yaml_file(path: Path, directory: Path, kind: str) -> object:
 
 
 def load_study(path: Path) -> Study:
-    raw = read_yaml_file(path, STUDY_DIRECTORY, "study")
     try:
-        return Study.model_validate(raw)
+        return Study.model_validate(read_yaml_file(path, STUDY_DIRECTORY, "study"))
     except ValidationError as error:
         problems = "\n".join(
             f"  {'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}" for problem in error.errors()
@@ -139,8 +127,7 @@ def load_study(path: Path) -> Study:
 
 def experiment_name(study_name: str, row: StudyRow) -> str:
     """The DVC experiment (and MLflow run) name of a row, e.g. atienza-table-1-3-2-row-07."""
-    prefix = study_name.replace("_", "-")
-    return f"{prefix}-row-{row.row.zfill(2)}"
+    return f"{study_name.replace('_', '-')}-row-{row.row.zfill(2)}"
 
 
 def check_rows(study: Study) -> None:

@@ -1,0 +1,229 @@
+"""Classify images or feature rows with a trained model, the Keras tutorials' last step.
+
+    mlp predict digit.png photo.jpg                        # data/model/model.keras, params.yaml's dataset
+    mlp predict --model models:/mnist-mlp@champion digit.png
+    mlp predict --model models:/pima-mlp/3 --json patients.csv
+
+A registered model (from the MLflow store at MLFLOW_TRACKING_URI, or mlflow.db) brings the dataset
+configuration its run recorded. Images (any format, size and mode Pillow reads) become the dataset's
+images: greyscale or RGB, resized, transparent pixels black; MNIST digits must be white on black,
+centred (--invert turns a black-on-white drawing into that). Feature rows, in an .npz file (array
+`inputs`, e.g. data/processed/test.npz) or a .csv file (a header line is skipped), are raw values in
+the units of the dataset's raw files: the model scales its inputs itself.
+"""
+
+import argparse
+import csv
+import json
+import re
+import tempfile
+import zipfile
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+import mlflow.tensorflow
+import numpy as np
+import yaml
+from PIL import Image, ImageOps
+from pydantic import ValidationError
+
+from pipeline.config import DatasetConfig, load_params
+from pipeline.decoders import MAX_TABLE_BYTES
+from pipeline.errors import ConfigError, DataError
+from pipeline.model import class_ids, class_probabilities
+from pipeline.paths import MODEL_FILE, rerun_hint
+from pipeline.tracking import tracking_uri
+
+
+@dataclass(frozen=True)
+class Prediction:
+    input: str
+    class_index: int
+    class_name: str
+    probability: float
+    probabilities: dict[str, float]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image, .npz or .csv files")
+    parser.add_argument(
+        "--model", default=str(MODEL_FILE), help="a .keras file, models:/<name>@<alias> or models:/<name>/<version>"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON list, with every class's probability")
+    parser.add_argument("--invert", action="store_true", help="invert images (255 - pixel)")
+
+
+def run(arguments: argparse.Namespace) -> None:
+    predictions = predict(arguments.inputs, model=arguments.model, invert=arguments.invert)
+    if arguments.json:
+        print(json.dumps([asdict(item) for item in predictions], indent=2))
+        return
+    rows = [("input", "class", "probability")]
+    rows += [(item.input, item.class_name, f"{item.probability:.4f}") for item in predictions]
+    widths = [max(len(row[column]) for row in rows) for column in range(2)]
+    print("\n".join(f"{name:<{widths[0]}}  {label:<{widths[1]}}  {p:>11}" for name, label, p in rows))
+
+
+def predict(inputs: list[Path], *, model: str, invert: bool = False) -> list[Prediction]:
+    """The predicted class of every example in `inputs`, with its probability."""
+    keras_model, dataset = load_model(model)
+    # Every input is read before anything is predicted: a bad one fails the whole call, with its name.
+    read = [read_inputs(path, dataset=dataset, invert=invert) for path in inputs]
+    names = [name for path_names, _ in read for name in path_names]
+    outputs = keras_model.predict(np.concatenate([rows for _, rows in read]).astype(np.float32), verbose=0)
+    classes = dataset.class_names
+    return [
+        Prediction(name, int(i), classes[i], float(probs[i]), dict(zip(classes, map(float, probs), strict=True)))
+        for name, i, probs in zip(names, class_ids(outputs), class_probabilities(outputs), strict=True)
+    ]
+
+
+def load_model(model: str) -> tuple[keras.Model, DatasetConfig]:
+    """The model (a .keras file or a models:/ URI) and the dataset configuration it was trained with."""
+    if model.startswith("models:/"):
+        return _registered_model(model)
+    path = Path(model)
+    if not path.exists():
+        raise DataError(f"{path} not found: {rerun_hint('train')}")
+    try:
+        keras_model = keras.models.load_model(path, safe_mode=True)
+    except Exception as error:  # any failure to rebuild the model means a damaged file
+        raise DataError(f"{path} is not a readable Keras model ({type(error).__name__}: {error})") from None
+    dataset, width = load_params().dataset, keras_model.input_shape[-1]
+    if width != dataset.num_features:  # params.yaml changed since the model was trained
+        raise ConfigError(
+            f"{model} takes {width} features, but dataset {dataset.name} has {dataset.num_features} "
+            f"(input_shape {dataset.input_shape}): run `dvc repro` for the current params.yaml"
+        )
+    return keras_model, dataset
+
+
+def _registered_model(uri: str) -> tuple[keras.Model, DatasetConfig]:
+    match = re.fullmatch(r"models:/(?P<name>[^/@]+)(?:/(?P<version>[0-9]+)|@(?P<alias>[^/@]+))", uri)
+    if match is None:
+        raise ConfigError(f"--model {uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    store = tracking_uri()
+    if store.startswith("sqlite:///") and not Path(store.removeprefix("sqlite:///")).exists():
+        # MLflow would create an empty store there and then report the model missing.
+        raise ConfigError(f"--model {uri}: no MLflow store at {store}: train a model first, or set MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(store)
+    client, (name, version, alias) = mlflow.MlflowClient(store), match.group("name", "version", "alias")
+    try:
+        found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+        params = yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{found.run_id}/config/params.yaml"))
+        with tempfile.TemporaryDirectory() as directory:
+            # The version just resolved, even if the alias moves meanwhile.
+            model = mlflow.tensorflow.load_model(f"models:/{name}/{found.version}", dst_path=directory)
+    except (mlflow.exceptions.MlflowException, OSError, yaml.YAMLError) as error:
+        shown = re.sub(r"//[^/@]*@", "//", store)  # a server URI may hold a password
+        raise ConfigError(f"--model {uri}: {str(error).splitlines()[0]} (MLflow store {shown})") from None
+    try:
+        return model, DatasetConfig.model_validate(params.get("dataset") if isinstance(params, dict) else None)
+    except ValidationError as error:
+        first = error.errors()[0]
+        problem = ".".join(["dataset", *map(str, first["loc"])]) + f": {first['msg']}"
+    raise ConfigError(f"--model {uri}: its run's config/params.yaml holds no valid dataset config ({problem})")
+
+
+def read_inputs(path: Path, *, dataset: DatasetConfig, invert: bool = False) -> tuple[list[str], np.ndarray]:
+    """(a name per example, float64 rows of the dataset's raw features)."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    reader = {".npz": _read_npz, ".csv": _read_csv}.get(path.suffix.lower())
+    if reader is not None:
+        return reader(path, dataset)
+    shape = dataset.input_shape
+    # Greyscale for (height, width[, 1]), RGB for (height, width, 3); other shapes are tables.
+    mode = {(2, 1): "L", (3, 1): "L", (3, 3): "RGB"}.get((len(shape), shape[2] if len(shape) == 3 else 1))
+    if mode is None:
+        raise DataError(
+            f"{path}: the model takes {dataset.num_features} features, not an image: give .npz or .csv rows"
+        )
+    pixels = read_image(path, mode=mode, height=shape[0], width=shape[1])
+    return [str(path)], (255.0 - pixels if invert else pixels).reshape(1, -1)
+
+
+def read_image(path: Path, *, mode: str, height: int, width: int) -> np.ndarray:
+    """Pixels 0 to 255 as float64 (height, width[, 3]), whatever the file's size, mode and orientation."""
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)  # phones store the rotation in EXIF, not in the pixels
+            if image.mode.startswith("I"):  # 16-bit grey: Pillow's conversion to 8 bits would clip at 255
+                image = Image.fromarray(np.clip(np.rint(np.asarray(image) / 257.0), 0, 255).astype(np.uint8))
+            if image.has_transparency_data:  # transparent pixels become black, MNIST's background
+                image = Image.alpha_composite(Image.new("RGBA", image.size, "black"), image.convert("RGBA"))
+            image = image.convert(mode)
+            # Shrinking averages what each output pixel covers (thin strokes survive, no ringing).
+            shrinking = image.width >= width and image.height >= height
+            resample = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
+            return np.asarray(image.resize((width, height), resample), dtype=np.float64)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+        raise DataError(f"{path}: not an image Pillow can read ({error})") from None
+
+
+def _read_npz(path: Path, dataset: DatasetConfig) -> tuple[list[str], np.ndarray]:
+    try:
+        with path.open("rb") as stream, np.lib.npyio.NpzFile(stream) as archive:
+            if "inputs" not in archive.files:
+                raise DataError(f"{path}: no array `inputs` (it holds {', '.join(archive.files) or 'nothing'})")
+            inputs = archive["inputs"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise DataError(f"{path}: not a readable .npz file ({error})") from None
+    if inputs.dtype.kind not in "biuf":
+        raise DataError(f"{path}: `inputs` holds {inputs.dtype} values, expected numbers")
+    if inputs.ndim > 2 and list(inputs.shape[1:]) == dataset.input_shape:
+        inputs = inputs.reshape(len(inputs), -1)  # whole images, as the preprocess stage flattens them
+    inputs = np.atleast_2d(inputs)  # a 1-D array is one example
+    if inputs.ndim != 2 or not len(inputs):
+        raise DataError(f"{path}: `inputs` has shape {inputs.shape}, expected (count, {dataset.num_features})")
+    rows = _features(path, inputs.astype(np.float64), dataset)
+    if not np.all(np.isfinite(rows)):
+        raise DataError(f"{path}: `inputs` holds NaN or infinite values")
+    return [f"{path}[{index}]" for index in range(len(rows))], rows
+
+
+def _read_csv(path: Path, dataset: DatasetConfig) -> tuple[list[str], np.ndarray]:
+    if path.stat().st_size > MAX_TABLE_BYTES:
+        raise DataError(f"{path}: larger than {MAX_TABLE_BYTES:,} bytes")
+    try:
+        with path.open(encoding="utf-8", newline="") as stream:
+            reader = csv.reader(stream, delimiter=dataset.csv.delimiter if dataset.csv else ",")
+            lines = [(number, row) for number, row in enumerate(reader, start=1) if any(cell.strip() for cell in row)]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path}: not a readable UTF-8 CSV file ({error})") from None
+    if lines and None in map(_number, lines[0][1]):
+        lines = lines[1:]  # a header line: column names
+    rows = []
+    for number, row in lines:
+        values = [_number(cell) for cell in row]
+        if None in values:
+            raise DataError(f"{path}, line {number}: {row[values.index(None)]!r} is not a finite number")
+        if rows and len(values) != len(rows[0]):
+            raise DataError(f"{path}, line {number}: {len(values)} columns, the lines above have {len(rows[0])}")
+        rows.append(values)
+    if not rows:
+        raise DataError(f"{path}: no rows of numbers")
+    return [f"{path}:{number}" for number, _ in lines], _features(path, np.asarray(rows, dtype=np.float64), dataset)
+
+
+def _number(cell: str) -> float | None:
+    try:
+        value = float(cell)
+    except ValueError:
+        return None
+    return value if np.isfinite(value) else None
+
+
+def _features(path: Path, rows: np.ndarray, dataset: DatasetConfig) -> np.ndarray:
+    """The model's features of each row; rows in a csv dataset's own layout (with the label) are accepted too."""
+    width = rows.shape[1]
+    if width == dataset.num_features:
+        return rows
+    layout = dataset.csv
+    if layout is not None and width == max(*layout.feature_columns, layout.label_column) + 1:
+        return rows[:, layout.feature_columns]
+    raise DataError(f"file {path} has {width} columns, the model takes {dataset.num_features}")
