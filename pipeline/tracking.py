@@ -143,9 +143,21 @@ def end_abandoned_runs(store: MlflowClient) -> None:
     for run in runs:
         pid = owner_of(run.data.tags)["pid"]
         reason = f"process {pid} on host {host} ended without finishing the run: killed or crashed"
-        logger.warning("MLflow run %s: %s; ending it FAILED", run.info.run_id, reason)
+        status = ended_status(store, run.info.run_id)
+        logger.warning("MLflow run %s: %s; ending it %s", run.info.run_id, reason, status)
         store.set_tag(run.info.run_id, FAILURE_REASON, reason)
-        store.set_terminated(run.info.run_id, "FAILED")
+        store.set_terminated(run.info.run_id, status)
+
+
+def ended_status(store: MlflowClient, run_id: str) -> str:
+    """How a run that failed or was killed ends: FAILED, unless its model is registered. A registered model's
+    run had finished its evaluation once; a later re-run of a stage that breaks off does not undo that, and no
+    registered version may point at a FAILED run."""
+    try:
+        registered = store.search_model_versions(f"run_id = '{run_id}'", max_results=1)
+    except MlflowException:  # the store itself is what failed
+        return "FAILED"
+    return "FINISHED" if registered else "FAILED"
 
 
 @contextmanager
@@ -168,8 +180,12 @@ def pipeline_run(
     except KeyboardInterrupt:
         mlflow.end_run("KILLED")
         raise
-    except BaseException:
-        mlflow.end_run("FAILED")
+    except BaseException as error:
+        status = ended_status(MlflowClient(tracking_uri()), run.info.run_id)
+        if status == "FINISHED":
+            reason = f"a re-run failed ({type(error).__name__}); its registered evaluation stands"
+            mlflow.set_tag(FAILURE_REASON, reason)
+        mlflow.end_run(status)
         raise
     mlflow.end_run("FINISHED")
 

@@ -189,6 +189,32 @@ def test_a_killed_stage_run_is_ended_failed_by_the_next_process(store, tmp_path)
     assert store.get_run(alive.info.run_id).info.status == "FINISHED"
 
 
+def test_a_killed_re_evaluation_leaves_a_registered_run_finished(store, tmp_path):
+    """No registered version ever points at a FAILED run: a run whose model is registered had finished once,
+    and a re-run killed midway (dvc repro --force evaluate) ends it FINISHED again, with the reason."""
+    with tracking.pipeline_run(experiment_name="test") as run:
+        model = store.create_logged_model(run.info.experiment_id, name="model", source_run_id=run.info.run_id)
+    store.create_registered_model("digits-mlp")
+    store.create_model_version("digits-mlp", f"models:/{model.model_id}", run_id=run.info.run_id)
+    stage = start_script(
+        "import time\n"
+        "from pipeline.tracking import pipeline_run\n"
+        f"with pipeline_run(run_id='{run.info.run_id}'):\n"
+        "    print('reopened', flush=True)\n"
+        "    time.sleep(60)\n",
+        cwd=tmp_path,
+    )
+    assert stage.stdout.readline().strip() == "reopened"
+    stage.kill()
+    stage.wait(timeout=60)
+    assert store.get_run(run.info.run_id).info.status == "RUNNING"
+    next_process = start_script("from pipeline import tracking\ntracking.client()\n", cwd=tmp_path)
+    assert next_process.wait(timeout=120) == 0, next_process.communicate()[1]
+    ended = store.get_run(run.info.run_id)
+    assert ended.info.status == "FINISHED"
+    assert f"process {stage.pid} on host {socket.gethostname()}" in ended.data.tags["failure.reason"]
+
+
 def owned_run(client: MlflowClient, experiment_id: str, host: str, pid: int, start_time: str) -> str:
     owner = f"host={host} pid={pid} start_time={start_time} boot_id={run_owner.boot_id()}"
     return client.create_run(experiment_id, tags={"process.owner": owner}).info.run_id

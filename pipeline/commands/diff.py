@@ -19,6 +19,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def run(arguments: argparse.Namespace) -> None:
 
 def compare(run_a: str, run_b: str) -> dict:
     """Everything `mlp diff` shows, as data."""
+    # Six small downloads: MLflow's progress bars would bury the comparison.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow.exceptions import MlflowException
 
     from pipeline.tracking import client
