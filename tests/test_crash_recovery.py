@@ -68,6 +68,8 @@ def test_a_killed_training_resumes_in_the_same_run_with_identical_weights(projec
     steps = [metric.step for metric in client.get_metric_history(killed.info.run_id, "loss")]
     assert sorted(steps) == list(range(1, EPOCHS + 1)), "every epoch's metrics once, none lost, none twice"
     assert not list((path / ".checkpoints").glob("train-*/checkpoint.npz")), "removed once the stage completed"
+    # Training registers nothing, crashed or resumed: only the evaluate stage registers, once per run.
+    assert not client.search_model_versions(f"run_id = '{killed.info.run_id}'")
 
 
 @pytest.mark.slow
