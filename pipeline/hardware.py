@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_info
 
+from pipeline.config import flatten
+
 # The instruction-set extensions that change which kernels run, as /proc/cpuinfo names them. Those
 # from avx512_vnni on also turn TensorFlow's oneDNN rewrites on by default (TF_ENABLE_ONEDNN_OPTS unset).
 KERNEL_FLAGS = (
@@ -130,7 +132,7 @@ def isa_summary(record: dict[str, Any]) -> str:
 
 def differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """One line per field that differs: `threads.intra_op 2 -> 1`, `cpu.isa -avx512f +amx_tile`."""
-    before, after = _flatten(recorded), _flatten(current)
+    before, after = flatten(recorded), flatten(current)
     lines = []
     for key in sorted(set(before) | set(after)):
         old, new = before.get(key), after.get(key)
@@ -140,13 +142,6 @@ def differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
         elif old != new:
             lines.append(f"{key} {_show(old)} -> {_show(new)}")
     return lines
-
-
-def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in record.items():
-        flat.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return flat
 
 
 def _show(value: Any) -> str:

@@ -20,8 +20,6 @@ import csv
 import io
 import json
 import os
-import tempfile
-from pathlib import Path
 
 from pipeline.errors import PipelineError
 
@@ -44,10 +42,11 @@ def run(arguments: argparse.Namespace) -> None:
 
 def compare(run_a: str, run_b: str) -> dict:
     """Everything `mlp diff` shows, as data."""
-    # Six small downloads: MLflow's progress bars would bury the comparison.
+    # Six small reads of artifacts: MLflow's progress bars would bury the comparison.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow.exceptions import MlflowException
 
+    from pipeline.config import flatten
     from pipeline.tracking import client
 
     store = client()
@@ -55,14 +54,13 @@ def compare(run_a: str, run_b: str) -> dict:
         a, b = store.get_run(run_a), store.get_run(run_b)
     except MlflowException as error:
         raise PipelineError(f"{error.message.splitlines()[0]}: give the ids of two runs of this store") from None
-    with tempfile.TemporaryDirectory() as directory:
-        artifacts = [_artifacts(store, run.info.run_id, Path(directory) / name) for name, run in (("a", a), ("b", b))]
+    artifacts = [_artifacts(run.info.run_id) for run in (a, b)]
     comparison = {
         "runs": {"a": run_a, "b": run_b},
         "params": changed(a.data.params, b.data.params),
         "code": code_difference(a.data.tags.get("git.commit"), b.data.tags.get("git.commit")),
         "data": changed(_data(a), _data(b)),
-        "environment": changed(_flatten(artifacts[0]["environment"]), _flatten(artifacts[1]["environment"])),
+        "environment": changed(flatten(artifacts[0]["environment"]), flatten(artifacts[1]["environment"])),
         "metrics": {
             name: {"a": a.data.metrics.get(name), "b": b.data.metrics.get(name), "delta": _delta(a, b, name)}
             for name in sorted(set(a.data.metrics) | set(b.data.metrics))
@@ -164,26 +162,16 @@ def format_text(comparison: dict) -> str:
     return "\n".join([*lines, "", comparison["verdict"]])
 
 
-def _artifacts(store, run_id: str, directory: Path) -> dict:
+def _artifacts(run_id: str) -> dict:
     """The run's predictions, environment fingerprint and configuration, where it logged them."""
-    from mlflow.exceptions import MlflowException
+    from pipeline.reproduce.record import artifact_text, json_artifact
 
-    directory.mkdir(parents=True)
-    found = {}
-    for name, path in (
-        ("predictions", PREDICTIONS_ARTIFACT),
-        ("environment", ENVIRONMENT_ARTIFACT),
-        ("params", "config/params.yaml"),
-    ):
-        try:
-            text = Path(store.download_artifacts(run_id, path, str(directory))).read_text(encoding="utf-8")
-        except (OSError, MlflowException):  # not logged: a run that never reached that point
-            text = None
-        found[name] = text
-    found["environment"] = json.loads(found["environment"]) if found["environment"] else {}
-    rows = list(csv.reader(io.StringIO(found["predictions"] or "")))[1:]
-    found["predictions"] = [(row[0], row[1]) for row in rows]
-    return found
+    rows = list(csv.reader(io.StringIO(artifact_text(run_id, PREDICTIONS_ARTIFACT) or "")))[1:]
+    return {
+        "predictions": [(row[0], row[1]) for row in rows],
+        "environment": json_artifact(run_id, ENVIRONMENT_ARTIFACT) or {},
+        "params": artifact_text(run_id, "config/params.yaml"),
+    }
 
 
 def _data(run) -> dict:
@@ -201,16 +189,6 @@ def _delta(a, b, name: str) -> float | None:
     if name in a.data.metrics and name in b.data.metrics:
         return b.data.metrics[name] - a.data.metrics[name]
     return None
-
-
-def _flatten(record: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in record.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list) else value
-    return flat
 
 
 def _number(value: float | None) -> str:
