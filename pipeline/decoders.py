@@ -169,7 +169,7 @@ def _read_at_most(stream, limit: int, source: str) -> bytes:
     return b"".join(chunks)
 
 
-class _CifarUnpickler(pickle.Unpickler):
+class CifarUnpickler(pickle.Unpickler):
     """Builds only what a CIFAR batch holds: dicts, lists, bytes, ints and NumPy arrays."""
 
     ALLOWED = {
@@ -188,7 +188,7 @@ class _CifarUnpickler(pickle.Unpickler):
 
 def _cifar_batch(source: str, data: bytes, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     try:
-        batch = _CifarUnpickler(io.BytesIO(data), encoding="bytes").load()
+        batch = CifarUnpickler(io.BytesIO(data), encoding="bytes").load()
     except Exception as error:  # any failure of a hostile pickle is a bad file
         raise DataError(f"{source}: not a CIFAR batch ({type(error).__name__}: {error})") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:

@@ -165,10 +165,14 @@ def add_dataset(
 
 def _describe_idx(paths: dict[str, Path], class_names: list[str] | None) -> dict:
     shape = decoders.read_idx(paths["train_images"], dimensions=3).shape[1:]
-    labels = [decoders.read_idx(paths[role], dimensions=1) for role in ("train_labels", "test_labels")]
+    # The stages' own checks (counts, shapes, label range); labels are bytes: at most 256 classes.
+    labels = [
+        decoders.read_idx_images_and_labels(
+            paths[f"{split}_images"], paths[f"{split}_labels"], shape, len(class_names) if class_names else 256
+        )[1]
+        for split in ("train", "test")
+    ]
     num_classes = len(class_names) if class_names else max(int(part.max(initial=0)) for part in labels) + 1
-    for split in ("train", "test"):  # the stages' own checks: counts, shapes, label range
-        decoders.read_idx_images_and_labels(paths[f"{split}_images"], paths[f"{split}_labels"], shape, num_classes)
     return {"input_shape": list(shape), "num_classes": num_classes}
 
 
@@ -180,7 +184,7 @@ def _cifar_label_names(path: Path) -> list[str] | None:
             return None
         data = archive.extractfile(member).read()
     try:
-        meta = decoders._CifarUnpickler(io.BytesIO(data), encoding="bytes").load()  # builds only plain data
+        meta = decoders.CifarUnpickler(io.BytesIO(data), encoding="bytes").load()  # builds only plain data
     except Exception as error:  # any failure of a hostile pickle is a bad file
         raise DataError(f"{path}:{member.name}: unreadable ({type(error).__name__}); give --class-names") from None
     names = meta.get(b"label_names") if isinstance(meta, dict) else None
@@ -190,26 +194,23 @@ def _cifar_label_names(path: Path) -> list[str] | None:
 
 
 def _describe_csv(path: Path, delimiter: str, label_column: int | None, class_names: list[str] | None) -> dict:
-    if path.stat().st_size > decoders.MAX_TABLE_BYTES:
-        raise DataError(f"{path}: larger than {decoders.MAX_TABLE_BYTES:,} bytes")
     try:
         with path.open(encoding="utf-8", newline="") as stream:
-            rows = list(csv.reader(stream, delimiter=delimiter, strict=True))
+            rows = enumerate(csv.reader(stream, delimiter=delimiter, strict=True))
+            # The lines before the first row of numbers are a header.
+            header_rows, first = next(((number, row) for number, row in rows if _numeric(row)), (0, None))
     except (UnicodeDecodeError, csv.Error, ValueError) as error:
         raise DataError(f"{path}: not a readable CSV table ({error})") from None
-    numeric = [_numeric(row) for row in rows]
-    if True not in numeric:
+    if first is None:
         raise DataError(f"{path}: no row of numbers separated by {delimiter!r}")
-    header_rows = numeric.index(True)  # the lines before the first row of numbers
-    columns = len(rows[header_rows])
-    label = columns - 1 if label_column is None else label_column
-    if not 0 <= label < columns:
-        raise ConfigError(f"--label-column {label_column}: {path} has columns 0 to {columns - 1}")
-    features = [column for column in range(columns) if column != label]
+    label = len(first) - 1 if label_column is None else label_column
+    if not 0 <= label < len(first):
+        raise ConfigError(f"--label-column {label_column}: {path} has columns 0 to {len(first) - 1}")
+    features = [column for column in range(len(first)) if column != label]
     layout = CsvLayout(delimiter=delimiter, header_rows=header_rows, feature_columns=features, label_column=label)
-    labels = [float(row[label]) for row, number in zip(rows, numeric, strict=True) if number and len(row) == columns]
-    num_classes = len(class_names) if class_names else int(max(labels)) + 1
-    decoders.read_csv_table(path, layout, num_classes)  # the stage's own checks: every row, every label
+    # The stage's own checks: every row, every label (bytes: at most 256 classes).
+    _, labels = decoders.read_csv_table(path, layout, len(class_names) if class_names else 256)
+    num_classes = len(class_names) if class_names else int(labels.max()) + 1
     return {"csv": layout.model_dump(), "input_shape": [len(features)], "num_classes": num_classes}
 
 
