@@ -21,7 +21,15 @@ import io
 import json
 import os
 
+from mlflow.exceptions import MlflowException
+from scipy.stats import binomtest
+
+from pipeline.config import flatten, parse_params
 from pipeline.errors import PipelineError
+from pipeline.git import git_or_empty
+from pipeline.reproduce.record import artifact_text, json_artifact
+from pipeline.reproduce.tolerance import read_tolerances
+from pipeline.tracking import TEST_SET_TAG, client
 
 PREDICTIONS_ARTIFACT = "evaluation/confusion_matrix.csv"
 ENVIRONMENT_ARTIFACT = "lineage/environment.json"
@@ -44,33 +52,30 @@ def compare(run_a: str, run_b: str) -> dict:
     """Everything `mlp diff` shows, as data."""
     # Six small reads of artifacts: MLflow's progress bars would bury the comparison.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from mlflow.exceptions import MlflowException
-
-    from pipeline.config import flatten
-    from pipeline.tracking import client
-
     store = client()
     try:
         a, b = store.get_run(run_a), store.get_run(run_b)
     except MlflowException as error:
         raise PipelineError(f"{error.message.splitlines()[0]}: give the ids of two runs of this store") from None
     artifacts = [_artifacts(run.info.run_id) for run in (a, b)]
+    data = [{key: run.data.tags.get(key) for key in ("dataset", "data.sha256")} for run in (a, b)]
+    metrics = {}
+    for name in sorted(key for key in {*a.data.metrics, *b.data.metrics} if key.startswith("test_")):
+        values = {"a": a.data.metrics.get(name), "b": b.data.metrics.get(name)}
+        metrics[name] = {**values, "delta": None if None in values.values() else values["b"] - values["a"]}
+    # The digests of the test sets the evaluate stage scored the runs on.
+    test_sets = [run.data.tags.get(TEST_SET_TAG) for run in (a, b)]
+    same_test_set = test_sets[0] is not None and test_sets[0] == test_sets[1]
     comparison = {
         "runs": {"a": run_a, "b": run_b},
         "params": changed(a.data.params, b.data.params),
         "code": code_difference(a.data.tags.get("git.commit"), b.data.tags.get("git.commit")),
-        "data": changed(_data(a), _data(b)),
+        "data": changed(*data),
         "environment": changed(flatten(artifacts[0]["environment"]), flatten(artifacts[1]["environment"])),
-        "metrics": {
-            name: {"a": a.data.metrics.get(name), "b": b.data.metrics.get(name), "delta": _delta(a, b, name)}
-            for name in sorted(set(a.data.metrics) | set(b.data.metrics))
-            if name.startswith("test_")
-        },
+        "metrics": metrics,
+        "significance": mcnemar(artifacts[0]["predictions"], artifacts[1]["predictions"]) if same_test_set else None,
+        "seed_spread": seed_spread(artifacts[0]["params"]),
     }
-    same_test_set = _test_set(a) is not None and _test_set(a) == _test_set(b)
-    test = mcnemar(artifacts[0]["predictions"], artifacts[1]["predictions"]) if same_test_set else None
-    comparison["significance"] = test
-    comparison["seed_spread"] = seed_spread(artifacts[0]["params"])
     comparison["verdict"] = verdict(comparison, same_test_set=same_test_set)
     return comparison
 
@@ -83,8 +88,6 @@ def changed(before: dict, after: dict) -> dict:
 
 def code_difference(commit_a: str | None, commit_b: str | None) -> dict:
     """The two commits and, when this repository has both, the files changed between them."""
-    from pipeline.git import git_or_empty
-
     difference = {"a": commit_a, "b": commit_b, "files": []}
     if commit_a and commit_b and commit_a != commit_b:
         difference["files"] = git_or_empty("diff", "--name-only", commit_a, commit_b).splitlines()
@@ -94,14 +97,11 @@ def code_difference(commit_a: str | None, commit_b: str | None) -> dict:
 def mcnemar(predictions_a: list[tuple[str, str]], predictions_b: list[tuple[str, str]]) -> dict:
     """McNemar's exact test on paired (actual, predicted) rows: only the examples one run gets right and the
     other wrong count; under "equally accurate" each such example is a fair coin's toss."""
-    from scipy.stats import binomtest
-
-    if len(predictions_a) != len(predictions_b) or any(
-        row_a[0] != row_b[0] for row_a, row_b in zip(predictions_a, predictions_b, strict=False)
-    ):
+    if [actual for actual, _ in predictions_a] != [actual for actual, _ in predictions_b]:
         raise PipelineError("the two runs' predictions do not pair: their test examples differ")
-    only_a = sum(a[0] == a[1] and b[0] != b[1] for a, b in zip(predictions_a, predictions_b, strict=True))
-    only_b = sum(a[0] != a[1] and b[0] == b[1] for a, b in zip(predictions_a, predictions_b, strict=True))
+    right = [[actual == predicted for actual, predicted in rows] for rows in (predictions_a, predictions_b)]
+    only_a = sum(a and not b for a, b in zip(*right, strict=True))
+    only_b = sum(b and not a for a, b in zip(*right, strict=True))
     discordant = only_a + only_b
     p_value = binomtest(min(only_a, only_b), discordant, 0.5).pvalue if discordant else 1.0
     return {"examples": len(predictions_a), "only_a_right": only_a, "only_b_right": only_b, "p_value": float(p_value)}
@@ -111,9 +111,6 @@ def seed_spread(params_text: str | None) -> float | None:
     """The test-accuracy range `mlp tolerance` measured across seeds for this configuration, if it has."""
     if params_text is None:
         return None
-    from pipeline.config import parse_params
-    from pipeline.reproduce.tolerance import read_tolerances
-
     try:
         tolerances = read_tolerances(parse_params(params_text))
     except PipelineError:
@@ -130,12 +127,9 @@ def verdict(comparison: dict, *, same_test_set: bool) -> str:
         return f"B - A = {points:+.2f} points, but on different test sets: not comparable, no p-value"
     p_value = comparison["significance"]["p_value"]
     spread = comparison["seed_spread"]
-    beyond = (
-        ""
-        if spread is None
-        else (f"; {'beyond' if abs(accuracy['delta']) > spread else 'within'} the seed spread of {100 * spread:.2f}")
-    )
-    if p_value >= SIGNIFICANCE or (spread is not None and abs(accuracy["delta"]) <= spread):
+    within = spread is not None and abs(accuracy["delta"]) <= spread
+    beyond = "" if spread is None else f"; {'within' if within else 'beyond'} the seed spread of {100 * spread:.2f}"
+    if p_value >= SIGNIFICANCE or within:
         return f"not distinguishable from seed noise: B - A = {points:+.2f} points (McNemar p = {p_value:.3g}{beyond})"
     better, worse = ("B", "A") if points > 0 else ("A", "B")
     return f"{better} is better than {worse} by {abs(points):.2f} points (McNemar p = {p_value:.3g}{beyond})"
@@ -152,7 +146,8 @@ def format_text(comparison: dict) -> str:
     lines.append("test metrics:")
     for name, values in comparison["metrics"].items():
         delta = "" if values["delta"] is None else f" ({values['delta']:+.4f})"
-        lines.append(f"  {name}: {_number(values['a'])} -> {_number(values['b'])}{delta}")
+        shown = ["-" if value is None else f"{value:.4f}" for value in (values["a"], values["b"])]
+        lines.append(f"  {name}: {shown[0]} -> {shown[1]}{delta}")
     test = comparison["significance"]
     if test:
         lines.append(
@@ -164,32 +159,9 @@ def format_text(comparison: dict) -> str:
 
 def _artifacts(run_id: str) -> dict:
     """The run's predictions, environment fingerprint and configuration, where it logged them."""
-    from pipeline.reproduce.record import artifact_text, json_artifact
-
     rows = list(csv.reader(io.StringIO(artifact_text(run_id, PREDICTIONS_ARTIFACT) or "")))[1:]
     return {
         "predictions": [(row[0], row[1]) for row in rows],
         "environment": json_artifact(run_id, ENVIRONMENT_ARTIFACT) or {},
         "params": artifact_text(run_id, "config/params.yaml"),
     }
-
-
-def _data(run) -> dict:
-    return {key: run.data.tags.get(key) for key in ("dataset", "data.sha256")}
-
-
-def _test_set(run) -> str | None:
-    """The digest of the test set the evaluate stage scored the run on."""
-    from pipeline.tracking import TEST_SET_TAG
-
-    return run.data.tags.get(TEST_SET_TAG)
-
-
-def _delta(a, b, name: str) -> float | None:
-    if name in a.data.metrics and name in b.data.metrics:
-        return b.data.metrics[name] - a.data.metrics[name]
-    return None
-
-
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
