@@ -19,13 +19,10 @@ from pipeline.errors import ConfigError, DataError
 from pipeline.files import file_digest
 from pipeline.paths import CONFIG_DIRECTORY, PARAMS_FILE, rerun_hint
 
-ACTIVATIONS = ("relu", "tanh", "sigmoid", "softmax", "elu", "gelu", "linear")
 KERNEL_INITIALIZERS = (  # Keras' names: the variance-scaling families, then plain distributions
     *("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_uniform", "lecun_normal"),
     *("uniform", "normal", "zeros"),
 )
-OPTIMIZERS = ("adam", "sgd", "rmsprop")
-LOSSES = ("categorical_crossentropy", "binary_crossentropy", "mse")
 # The files each dataset format reads, by role.
 FORMAT_FILES = {
     "idx": ("train_images", "train_labels", "test_images", "test_labels"),
@@ -146,14 +143,14 @@ class DatasetConfig(StrictModel):
 
 class ModelConfig(StrictModel):
     hidden_units: list[PositiveInt]
-    activation: Literal[ACTIVATIONS]  # type: ignore[valid-type]
+    activation: Literal["relu", "tanh", "sigmoid", "softmax", "elu", "gelu", "linear"]
     dropout_rate: float = Field(ge=0.0, lt=1.0)
     kernel_initializer: Literal[KERNEL_INITIALIZERS]  # type: ignore[valid-type]
     l2_weight_decay: float = Field(ge=0.0)
 
 
 class OptimizerConfig(StrictModel):
-    name: Literal[OPTIMIZERS]  # type: ignore[valid-type]
+    name: Literal["adam", "sgd", "rmsprop"]
     learning_rate: float = Field(gt=0.0)
     # Only sgd and rmsprop have momentum; Keras' default is 0.
     momentum: float | None = Field(default=None, ge=0.0, lt=1.0)
@@ -168,7 +165,7 @@ class OptimizerConfig(StrictModel):
 class TrainConfig(StrictModel):
     # categorical_crossentropy for a softmax over classes, binary_crossentropy
     # for one sigmoid unit; mse works with either.
-    loss: Literal[LOSSES]  # type: ignore[valid-type]
+    loss: Literal["categorical_crossentropy", "binary_crossentropy", "mse"]
     batch_size: PositiveInt
     epochs: PositiveInt
     early_stopping_patience: PositiveInt | None
