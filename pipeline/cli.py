@@ -26,28 +26,20 @@ COMMANDS = {
 }
 
 
-def parser_for(command: str | None) -> argparse.ArgumentParser:
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(
         prog="mlp", description="Keras MLP pipeline: commands beside the DVC stages (`dvc repro` runs those)."
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # The subcommand is the first word that is not an option: only its module is imported.
+    command = next((argument for argument in argv if not argument.startswith("-")), None)
     for name, summary in COMMANDS.items():
         subparser = subparsers.add_parser(name, help=summary, description=summary)
         if name == command:
-            _command_module(name).add_arguments(subparser)
-    return parser
-
-
-def _command_module(name: str):
-    return importlib.import_module(f"pipeline.commands.{name}")
-
-
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    # The subcommand is the first word that is not an option.
-    command = next((argument for argument in argv if not argument.startswith("-")), None)
-    arguments = parser_for(command).parse_args(argv)
-    run_stage(lambda: _command_module(arguments.command).run(arguments))
+            importlib.import_module(f"pipeline.commands.{name}").add_arguments(subparser)
+    arguments = parser.parse_args(argv)
+    run_stage(lambda: importlib.import_module(f"pipeline.commands.{arguments.command}").run(arguments))
 
 
 if __name__ == "__main__":
