@@ -32,8 +32,9 @@ from pydantic import ValidationError
 from pipeline.config import DatasetConfig, load_params
 from pipeline.decoders import MAX_TABLE_BYTES
 from pipeline.errors import ConfigError, DataError
+from pipeline.evaluate import load_model as load_keras_model
 from pipeline.model import class_ids, class_probabilities
-from pipeline.paths import MODEL_FILE, rerun_hint
+from pipeline.paths import MODEL_FILE
 from pipeline.tracking import tracking_uri
 
 
@@ -86,13 +87,7 @@ def load_model(model: str) -> tuple[keras.Model, DatasetConfig]:
     """The model (a .keras file or a models:/ URI) and the dataset configuration it was trained with."""
     if model.startswith("models:/"):
         return _registered_model(model)
-    path = Path(model)
-    if not path.exists():
-        raise DataError(f"{path} not found: {rerun_hint('train')}")
-    try:
-        keras_model = keras.models.load_model(path, safe_mode=True)
-    except Exception as error:  # any failure to rebuild the model means a damaged file
-        raise DataError(f"{path} is not a readable Keras model ({type(error).__name__}: {error})") from None
+    keras_model = load_keras_model(Path(model))
     dataset, width = load_params().dataset, keras_model.input_shape[-1]
     if width != dataset.num_features:  # params.yaml changed since the model was trained
         raise ConfigError(
