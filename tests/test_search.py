@@ -13,13 +13,7 @@ import yaml
 from conftest import REPOSITORY, run
 
 from pipeline.errors import ConfigError
-from pipeline.search.schema import (
-    SEARCH_DIRECTORY,
-    check_values,
-    corners,
-    load_search,
-    trial_overrides,
-)
+from pipeline.search.schema import SEARCH_DIRECTORY, Search, check_values, corners, trial_overrides
 
 VALID = {
     "overrides": ["dataset=mnist"],
@@ -93,7 +87,7 @@ def changed(**sections) -> dict:
 def test_bad_search_files_are_refused_naming_the_key_and_what_is_allowed(tmp_path, content, message):
     path = write(tmp_path, content)
     with pytest.raises(ConfigError) as caught:
-        load_search(path)
+        Search.load(path)
     first_line = str(caught.value).splitlines()[0]
     assert first_line.startswith(f"{path}: ")
     assert message.replace("Value error, ", "") in first_line
@@ -103,11 +97,11 @@ def test_a_value_no_stage_accepts_is_refused_before_any_trial(tmp_path):
     content = changed(parameters={"model.dropout_rate": {"type": "float", "low": 0.2, "high": 1.5}})
     path = write(tmp_path, content)
     with pytest.raises(ConfigError, match=r"model.dropout_rate = 1.5: Input should be less than 1"):
-        check_values(load_search(path), path)
+        check_values(Search.load(path), path)
 
 
 def test_trial_values_become_the_overrides_dvc_exp_run_takes(tmp_path):
-    search = load_search(write(tmp_path, changed(experiment="smoke")))
+    search = Search.load(write(tmp_path, changed(experiment="smoke")))
     values = {
         "optimizer.learning_rate": 0.001,
         "model.num_layers": 3,
@@ -129,7 +123,7 @@ def test_trial_values_become_the_overrides_dvc_exp_run_takes(tmp_path):
 @pytest.mark.parametrize("name", sorted(path.stem for path in SEARCH_DIRECTORY.glob("*.yaml")))
 def test_every_search_file_validates_at_every_range_end(name):
     path = SEARCH_DIRECTORY / f"{name}.yaml"
-    check_values(load_search(path), path)
+    check_values(Search.load(path), path)
 
 
 def test_mlp_search_refuses_a_bad_file_in_one_line_and_exits_1(tmp_path):
@@ -151,7 +145,7 @@ def test_the_train_stage_finds_its_trial_and_the_study_pruner(tmp_path, monkeypa
     from pipeline.search.schema import Pruner
     from pipeline.search.study import create_study
 
-    search = load_search(write(tmp_path, changed(pruner={"name": pruner})))
+    search = Search.load(write(tmp_path, changed(pruner={"name": pruner})))
     location = str(tmp_path / "study.journal")
     study = create_study("tiny", location, search, max_epochs=4)
     study.set_user_attr("mlflow_parent_run_id", "parent-run")

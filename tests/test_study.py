@@ -18,16 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.config import ConfigError
 from pipeline.study.report import CSV_COLUMNS, write_report
-from pipeline.study.schema import (
-    Measured,
-    RowResult,
-    Study,
-    StudyRow,
-    check_rows,
-    experiment_name,
-    load_study,
-    study_path,
-)
+from pipeline.study.schema import Measured, Study, StudyRow, check_rows, experiment_name
 
 TINY_STUDY = {
     "title": "Tiny study",
@@ -95,16 +86,16 @@ def test_bad_study_rows_are_refused_with_the_reason(tmp_path, change, message):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(study))
     with pytest.raises(ConfigError, match=message):
-        load_study(path)
+        Study.load(path)
 
 
 def test_unknown_study_names_the_known_ones():
     with pytest.raises(ConfigError, match="atienza_table_1_3_2"):
-        load_study(study_path("no_such_study"))
+        Study.load(Study.path_of("no_such_study"))
 
 
 def test_atienza_table_lists_all_18_rows_and_the_listing():
-    study = load_study(study_path("atienza_table_1_3_2"))
+    study = Study.load(Study.path_of("atienza_table_1_3_2"))
     assert [row.row for row in study.rows] == [str(number) for number in range(1, 19)] + ["listing"]
     rows = {row.row: row for row in study.rows}
     assert rows["1"].relu is False and rows["1"].published_test == 92.5
@@ -118,12 +109,12 @@ def test_atienza_table_lists_all_18_rows_and_the_listing():
 
 @pytest.mark.parametrize("name", sorted(path.stem for path in (REPOSITORY / "conf/study").glob("*.yaml")))
 def test_every_study_row_composes_and_validates(name):
-    check_rows(load_study(study_path(name)))
+    check_rows(Study.load(Study.path_of(name)))
 
 
 def test_the_longer_sgd_study_repeats_rows_of_the_table():
-    table = {row.row: row for row in load_study(study_path("atienza_table_1_3_2")).rows}
-    longer = load_study(study_path("atienza_table_1_3_2_sgd_100_epochs"))
+    table = {row.row: row for row in Study.load(Study.path_of("atienza_table_1_3_2")).rows}
+    longer = Study.load(Study.path_of("atienza_table_1_3_2_sgd_100_epochs"))
     assert "train.epochs=100" in longer.overrides
     for row in longer.rows:
         assert row == table[row.row]
@@ -144,14 +135,8 @@ def test_report_puts_a_measured_row_beside_the_published_figures_and_marks_a_row
         machine="Test CPU, 4 cores",
         versions="tensorflow-cpu 2.0, keras 3.0",
     )
-    done, not_run = (
-        RowResult(row=row, experiment=experiment_name("tiny", row), commit=commit, measured=result)
-        for row, commit, result in zip(study.rows, ("1234abcd", None), (measured, None), strict=True)
-    )
-    assert done.done and not not_run.done
-
-    facts = write_report([done, not_run], study=study, study_name="tiny", commit="0123456789abcdef", directory=tmp_path)
-    assert (facts.rows, facts.measured) == (2, 1)
+    done, not_run = (study.rows[0], measured), (study.rows[1], None)
+    write_report([done, not_run], study=study, study_name="tiny", commit="0123456789abcdef", directory=tmp_path)
 
     with (tmp_path / "table.csv").open(newline="") as stream:
         reader = csv.DictReader(stream)
@@ -222,7 +207,7 @@ def test_study_runs_rows_as_experiments_and_resumes_after_an_interruption(tmp_pa
     git = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com"]
     run(["git", "add", "-A"], cwd=path)
     run([*git, "commit", "-qm", "tiny study"], cwd=path)
-    first, second = (experiment_name("tiny", row) for row in load_study(path / "conf/study/tiny.yaml").rows)
+    first, second = (experiment_name("tiny", row) for row in Study.load(path / "conf/study/tiny.yaml").rows)
 
     # An existing store, so that polling it below never races the first stage creating it.
     client = MlflowClient(f"sqlite:///{path / 'mlflow.db'}")

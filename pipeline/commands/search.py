@@ -11,7 +11,7 @@ import argparse
 import re
 
 from pipeline.errors import ConfigError
-from pipeline.search.schema import check_values, load_search, search_path
+from pipeline.search.schema import Search, check_values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(arguments: argparse.Namespace) -> None:
     """Check the search, run its trials to the budget on `--workers` processes, write the report."""
-    path = search_path(arguments.search)
-    search = load_search(path)
+    path = Search.path_of(arguments.search)
+    search = Search.load(path)
     if arguments.workers < 0 or (arguments.workers == 0 and not arguments.report_only):
         raise ConfigError(f"--workers {arguments.workers}: give 1 or more")
     study_name = arguments.study or path.stem

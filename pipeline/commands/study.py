@@ -10,8 +10,8 @@ import logging
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.paths import STUDY_REPORTS_DIRECTORY
 from pipeline.study.report import write_report
-from pipeline.study.runner import current_commit, finished_experiments, resolve_baseline, row_result, run_rows
-from pipeline.study.schema import check_rows, experiment_name, load_study, study_path
+from pipeline.study.runner import current_commit, finished_experiments, measure, resolve_baseline, run_rows
+from pipeline.study.schema import Study, check_rows, experiment_name
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(arguments: argparse.Namespace) -> None:
     """Run the study's rows not yet run from the current commit, then write its report."""
-    path = study_path(arguments.study)
-    study, name = load_study(path), path.stem
+    path = Study.path_of(arguments.study)
+    study, name = Study.load(path), path.stem
     check_rows(study)
     commit = current_commit()
     if arguments.baseline:
@@ -47,10 +47,10 @@ def run(arguments: argparse.Namespace) -> None:
         run_rows(pending, study=study, study_name=name)
         done = finished_experiments(commit)
 
-    results = [row_result(row, study_name=name, commit=done.get(experiment_name(name, row))) for row in study.rows]
+    results = [(row, measure(row, done.get(experiment_name(name, row)))) for row in study.rows]
     directory = STUDY_REPORTS_DIRECTORY / name
-    facts = write_report(results, study=study, study_name=name, commit=commit, directory=directory)
-    logger.info("report: %s (%d of %d rows measured)", directory / "README.md", facts.measured, facts.rows)
-    missing = [result.experiment for result in results if not result.done]
+    write_report(results, study=study, study_name=name, commit=commit, directory=directory)
+    missing = [experiment_name(name, row) for row, measured in results if measured is None]
+    logger.info("report: %s (%d of %d rows measured)", directory / "README.md", rows - len(missing), rows)
     if missing and not arguments.report_only:
         raise PipelineError(f"rows not run: {', '.join(missing)}; run the same command again to retry them")

@@ -8,12 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from pipeline.config import StrictModel, compose, parse_params
-from pipeline.errors import ConfigError
+from pipeline.config import StrictModel
 from pipeline.paths import CONFIG_DIRECTORY
-from pipeline.study.schema import read_yaml_file
+from pipeline.study.schema import ConfigFile, check_overrides
 
 SEARCH_DIRECTORY = CONFIG_DIRECTORY / "search"
 LAYERS, UNITS = "model.num_layers", "model.units_per_layer"
@@ -117,7 +116,8 @@ class Budget(StrictModel):
         return self
 
 
-class Search(StrictModel):
+class Search(ConfigFile):
+    directory = SEARCH_DIRECTORY
     description: str | None = None
     experiment: str | None = None
     overrides: list[str] = []
@@ -139,28 +139,6 @@ class Search(StrictModel):
 
     def base_overrides(self) -> list[str]:
         return ([f"experiment={self.experiment}"] if self.experiment else []) + self.overrides
-
-
-def search_path(name_or_path: str) -> Path:
-    """The file of a search named in conf/search/, or the path given if it ends in .yaml or .yml."""
-    path = Path(name_or_path)
-    return path if path.suffix in (".yaml", ".yml") else SEARCH_DIRECTORY / f"{name_or_path}.yaml"
-
-
-def load_search(path: Path) -> Search:
-    try:
-        return Search.model_validate(read_yaml_file(path, SEARCH_DIRECTORY, "search"))
-    except ValidationError as error:
-        problems = [f"{path}: {describe(problem)}" for problem in error.errors()]
-        raise ConfigError("\n".join(problems)) from None
-
-
-def describe(problem: dict) -> str:
-    """`parameters.model.dropout_rate: empty range ...`: the key, then pydantic's reason without its prefix."""
-    # A discriminated union adds the variant (e.g. "float") to the location: it names no key.
-    location = [str(part) for part in problem["loc"] if part not in ("float", "int", "categorical")]
-    message = problem["msg"].removeprefix("Value error, ")
-    return f"{'.'.join(location)}: {message}" if location else message
 
 
 def trial_overrides(search: Search, values: dict[str, object]) -> list[str]:
@@ -190,11 +168,7 @@ def corners(search: Search) -> list[dict[str, object]]:
 def check_values(search: Search, path: Path) -> None:
     """Compose and validate the corners before any trial: a value no stage accepts fails the search at once."""
     for values in corners(search):
-        overrides = trial_overrides(search, values)
-        try:
-            parse_params(compose(overrides), path)
-        except ConfigError as error:  # compose's (Hydra's) or parse_params' words
-            raise ConfigError(f"{error}\n(a trial's overrides: {' '.join(overrides)})") from None
+        check_overrides(trial_overrides(search, values), path)
 
 
 def max_epochs(search: Search, base_epochs: int) -> int:

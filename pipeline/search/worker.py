@@ -26,7 +26,7 @@ from pipeline.errors import PipelineError
 from pipeline.git import git
 from pipeline.run_owner import owner_of, owner_tags
 from pipeline.search import storage as search_storage
-from pipeline.search.schema import CategoricalParameter, FloatParameter, Search, load_search, trial_overrides
+from pipeline.search.schema import CategoricalParameter, FloatParameter, Search, trial_overrides
 from pipeline.search.study import PARENT_RUN_ATTRIBUTE, log_directory, open_study, record_owner, tag_run, trial_name
 from pipeline.stage import run_stage
 
@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("study")
     parser.add_argument("deadline", type=float, help="no trial starts after this time (seconds since the epoch)")
     arguments = parser.parse_args()
-    search = load_search(arguments.search_file)
+    search = Search.load(arguments.search_file)
     study = open_study(arguments.study, os.environ[search_storage.STORAGE_VARIABLE])
     states: list[TrialState] = []
 

@@ -4,16 +4,16 @@ table.csv, as README.md (with a summary, the rows' notes and the discussion) and
 from __future__ import annotations
 
 import csv
+import io
 from datetime import UTC, datetime
 from pathlib import Path
 from statistics import mean
-from typing import NamedTuple
 
 import matplotlib.pyplot as plt
 
 from pipeline.figures import save_figure
-from pipeline.files import atomic_path, write_text
-from pipeline.study.schema import LATE_EPOCHS, Measured, RowResult, Study, StudyRow
+from pipeline.files import write_text
+from pipeline.study.schema import LATE_EPOCHS, Measured, Study, StudyRow, experiment_name
 
 # CSV column -> its header in the Markdown table, which leaves out the run identifiers.
 COLUMNS = {
@@ -42,14 +42,8 @@ TABLE_HEADER = "| " + " | ".join(header for header in COLUMNS.values() if header
 TABLE_ALIGNMENT = "|" + "---|" * 5 + "---:|" * (len(TABLE_COLUMNS) - 5) + "---|"
 
 
-class Summary(NamedTuple):
-    rows: int
-    measured: int
-
-
-def csv_record(result: RowResult) -> dict[str, str]:
+def csv_record(row: StudyRow, measured: Measured | None, study_name: str) -> dict[str, str]:
     """A row's CSV record: every column, "" for the figures of a row not run."""
-    row, measured = result.row, result.measured
     record = dict.fromkeys(CSV_COLUMNS, "")
     record.update(
         row=row.row,
@@ -59,7 +53,7 @@ def csv_record(result: RowResult) -> dict[str, str]:
         relu="yes" if row.relu else "none",
         published_train=f"{row.published_train:.2f}",
         published_test=f"{row.published_test:.2f}",
-        experiment=result.experiment,
+        experiment=experiment_name(study_name, row),
     )
     if measured is not None:
         record.update(
@@ -130,15 +124,18 @@ def plot(done: list[tuple[StudyRow, Measured]], *, title: str, path: Path) -> No
     save_figure(figure, path)
 
 
-def write_report(results: list[RowResult], *, study: Study, study_name: str, commit: str, directory: Path) -> Summary:
-    """Write table.csv, README.md and test_accuracy.png into `directory`; return how many rows were measured."""
-    records = [csv_record(result) for result in results]
-    with atomic_path(directory / "table.csv") as temporary, temporary.open("w", newline="", encoding="utf-8") as file:
-        writer = csv.DictWriter(file, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(records)
-    done = [(result.row, result.measured) for result in results if result.measured is not None]
-    notes = [f"- Row {result.row.row}: {result.row.note}" for result in results if result.row.note]
+def write_report(
+    results: list[tuple[StudyRow, Measured | None]], *, study: Study, study_name: str, commit: str, directory: Path
+) -> None:
+    """Write table.csv, README.md and test_accuracy.png into `directory`: each row's figures, None if not run."""
+    records = [csv_record(row, measured, study_name) for row, measured in results]
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    writer.writerows(records)
+    write_text(directory / "table.csv", table.getvalue())
+    done = [(row, measured) for row, measured in results if measured is not None]
+    notes = [f"- Row {row.row}: {row.note}" for row, _ in results if row.note]
     lines = [
         f"# {study.title}",
         "",
@@ -157,4 +154,3 @@ def write_report(results: list[RowResult], *, study: Study, study_name: str, com
         lines += ["## Discussion", "", study.discussion.strip(), ""]
     write_text(directory / "README.md", "\n".join(lines))
     plot(done, title=study.title, path=directory / "test_accuracy.png")
-    return Summary(rows=len(results), measured=len(done))

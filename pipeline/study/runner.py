@@ -17,7 +17,7 @@ from pathlib import Path
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.git import git, git_or_empty, is_commit
 from pipeline.paths import HISTORY_FILE, METRICS_FILE
-from pipeline.study.schema import LATE_EPOCHS, Measured, RowResult, Study, StudyRow, experiment_name
+from pipeline.study.schema import LATE_EPOCHS, Measured, Study, StudyRow, experiment_name
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +111,10 @@ def committed_file(commit: str, path: Path) -> str:
     return git("show", f"{commit}:{path.as_posix()}")
 
 
-def measure(row: StudyRow, commit: str) -> Measured:
-    """Measured figures of a row from its experiment commit's metrics and its MLflow run."""
+def measure(row: StudyRow, commit: str | None) -> Measured | None:
+    """Measured figures of a row from its experiment commit's metrics and its MLflow run; None if not run."""
+    if commit is None:
+        return None
     from pipeline.lineage import ENVIRONMENT_ARTIFACT
     from pipeline.reproduce.record import json_artifact
     from pipeline.tracking import client
@@ -141,9 +143,3 @@ def measure(row: StudyRow, commit: str) -> Measured:
         f"{cpu.get('logical_cores', tags.get('cpu.count', '?'))} cores",
         versions=", ".join(f"{name} {packages[name]}" for name in ("tensorflow-cpu", "keras") if name in packages),
     )
-
-
-def row_result(row: StudyRow, *, study_name: str, commit: str | None) -> RowResult:
-    """A row's result: measured if `commit` (its experiment's commit) is given, not run otherwise."""
-    measured = measure(row, commit) if commit is not None else None
-    return RowResult(row=row, experiment=experiment_name(study_name, row), commit=commit, measured=measured)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal, Self
 
 import yaml
 from pydantic import Field, ValidationError, field_validator
@@ -21,6 +21,33 @@ LATE_EPOCHS = 5
 OPTIMIZER_NAMES = {"SGD": "sgd", "Adam": "adam", "RMSprop": "rmsprop"}
 REGULARIZER = re.compile(r"^(none|L2\((?P<l2>[0-9.e-]+)\)|Dropout\((?P<dropout>0?\.[0-9]+)\))$")
 Percent = Annotated[float, Field(ge=0.0, le=100.0)]
+
+
+class ConfigFile(StrictModel):
+    """A file of conf/study/ or conf/search/, validated as a whole before anything runs."""
+
+    directory: ClassVar[Path]
+
+    @classmethod
+    def path_of(cls, name_or_path: str) -> Path:
+        """The file of a name in the model's directory, or the path given if it ends in .yaml or .yml."""
+        path = Path(name_or_path)
+        return path if path.suffix in (".yaml", ".yml") else cls.directory / f"{name_or_path}.yaml"
+
+    @classmethod
+    def load(cls, path: Path) -> Self:
+        """The file validated; a ConfigError with a line per problem (`path: key: reason`), or naming the
+        directory's files if it is missing."""
+        kind = cls.directory.name
+        try:
+            return cls.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            known = ", ".join(sorted(item.stem for item in cls.directory.glob("*.yaml"))) or "none"
+            raise ConfigError(f"{kind} {path} not found; {kind} files in {cls.directory}/: {known}") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path} is not valid YAML: {error}") from None
+        except ValidationError as error:
+            raise ConfigError("\n".join(f"{path}: {describe(problem)}" for problem in error.errors())) from None
 
 
 class StudyRow(StrictModel):
@@ -52,7 +79,8 @@ class StudyRow(StrictModel):
         ]
 
 
-class Study(StrictModel):
+class Study(ConfigFile):
+    directory = STUDY_DIRECTORY
     title: str
     overrides: list[str]  # composed with every row, before the row's own
     rows: list[StudyRow] = Field(min_length=1)
@@ -85,44 +113,20 @@ class Measured:
     versions: str
 
 
-@dataclass(frozen=True)
-class RowResult:
-    row: StudyRow
-    experiment: str  # the DVC experiment (and MLflow run) name
-    commit: str | None  # the experiment's commit; None: not run
-    measured: Measured | None
-
-    @property
-    def done(self) -> bool:
-        return self.measured is not None
+def describe(problem: dict) -> str:
+    """`parameters.model.dropout_rate: empty range ...`: the key, then pydantic's reason without its prefix."""
+    # A discriminated union adds the variant (e.g. "float") to the location: it names no key.
+    location = [str(part) for part in problem["loc"] if part not in ("float", "int", "categorical")]
+    message = problem["msg"].removeprefix("Value error, ")
+    return f"{'.'.join(location)}: {message}" if location else message
 
 
-def study_path(name_or_path: str) -> Path:
-    """The file of a study named in conf/study/, or the path given if it ends in .yaml or .yml."""
-    path = Path(name_or_path)
-    return path if path.suffix in (".yaml", ".yml") else STUDY_DIRECTORY / f"{name_or_path}.yaml"
-
-
-def read_yaml_file(path: Path, directory: Path, kind: str) -> object:
-    """The YAML in `path`, a `kind` ("study", "search") whose files live in `directory`; a ConfigError naming
-    the ones there if it is missing, or the parser's words if it is not YAML."""
+def check_overrides(overrides: list[str], path: Path) -> None:
+    """Compose and validate `overrides` as the train stage would; the ConfigError names them."""
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        known = ", ".join(sorted(item.stem for item in directory.glob("*.yaml"))) or "none"
-        raise ConfigError(f"{kind} {path} not found; {kind} files in {directory}/: {known}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from None
-
-
-def load_study(path: Path) -> Study:
-    try:
-        return Study.model_validate(read_yaml_file(path, STUDY_DIRECTORY, "study"))
-    except ValidationError as error:
-        problems = "\n".join(
-            f"  {'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}" for problem in error.errors()
-        )
-        raise ConfigError(f"{path} is not a valid study:\n{problems}") from None
+        parse_params(compose(overrides), path)
+    except ConfigError as error:  # compose's (Hydra's) or parse_params' words
+        raise ConfigError(f"{error}\n(overrides: {' '.join(overrides)})") from None
 
 
 def experiment_name(study_name: str, row: StudyRow) -> str:
@@ -133,10 +137,4 @@ def experiment_name(study_name: str, row: StudyRow) -> str:
 def check_rows(study: Study) -> None:
     """Compose and validate every row before anything is queued: a bad row fails the study at once."""
     for row in study.rows:
-        overrides = study.overrides + row.overrides()
-        try:
-            parse_params(compose(overrides), Path(f"row {row.row}"))
-        except ConfigError as error:
-            raise ConfigError(f"{error}\n(overrides: {' '.join(overrides)})") from None
-        except Exception as error:  # Hydra's own errors: an unknown group or key
-            raise ConfigError(f"row {row.row}: {' '.join(overrides)} does not compose: {error}") from None
+        check_overrides(study.overrides + row.overrides(), Path(f"row {row.row}"))
