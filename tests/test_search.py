@@ -143,6 +143,7 @@ def test_the_train_stage_finds_its_trial_and_the_study_pruner(tmp_path, monkeypa
 
     from pipeline.search import trial as search_trial
     from pipeline.search.schema import Pruner
+    from pipeline.search.storage import make_pruner
     from pipeline.search.study import create_study
 
     search = Search.load(write(tmp_path, changed(pruner={"name": pruner})))
@@ -160,7 +161,7 @@ def test_the_train_stage_finds_its_trial_and_the_study_pruner(tmp_path, monkeypa
         monkeypatch.setenv(variable, value)
     trial, metric = search_trial.current_trial()
     assert (trial.number, metric) == (asked.number, "val_accuracy")
-    assert type(trial.study.pruner).__name__ == type(search_trial.make_pruner(Pruner(name=pruner).spec(4))).__name__
+    assert type(trial.study.pruner).__name__ == type(make_pruner(Pruner(name=pruner).spec(4))).__name__
     trial.report(0.5, step=1)
     assert trial.should_prune() is False  # the first trial: nothing to compare with
     tags = search_trial.run_tags()

@@ -1,8 +1,7 @@
 """What `mlp search` and a trial's train stage share: the environment variables that make a run a trial,
-the study and trial attributes each side writes for the other, the study's storage and its pruner.
+the study and trial attributes each side writes for the other, and how each side opens the study.
 
-Kept apart from pipeline.search.trial (the train stage's Keras callback) so that `mlp search` and its
-workers read and write the study without starting TensorFlow.
+Optuna is imported where used: a train stage that is no trial never loads it.
 """
 
 from __future__ import annotations
@@ -52,3 +51,12 @@ def make_pruner(spec: dict):
         "none": optuna.pruners.NopPruner,
     }
     return pruners[spec["name"]](**settings)
+
+
+def open_study(study_name: str, storage):
+    """Load the study pipeline.search.study created, with its pruner (Hyperband's brackets steer the sampler)."""
+    import optuna
+
+    attributes = storage.get_study_user_attrs(storage.get_study_id_from_name(study_name))
+    pruner = make_pruner(attributes[PRUNER_ATTRIBUTE])
+    return optuna.load_study(study_name=study_name, storage=storage, pruner=pruner)

@@ -39,14 +39,6 @@ def trial_name(study_name: str, number: int) -> str:
     return f"{study_name.replace('_', '-')}-trial-{number:03d}"
 
 
-def open_study(study_name: str, location: str) -> optuna.Study:
-    """Load the study create_study made, with its pruner (Hyperband's brackets steer the sampler)."""
-    storage = search_storage.open_storage(location)
-    attributes = storage.get_study_user_attrs(storage.get_study_id_from_name(study_name))
-    pruner = search_storage.make_pruner(attributes[search_storage.PRUNER_ATTRIBUTE])
-    return optuna.load_study(study_name=study_name, storage=storage, pruner=pruner)
-
-
 def create_study(study_name: str, location: str, search: Search, *, max_epochs: int) -> optuna.Study:
     """Create the study or join it; refuse to join one started from another search file."""
     pruner_spec = search.pruner.spec(max_epochs)

@@ -1,16 +1,10 @@
-"""The train stage's side of a search trial: report each epoch's validation metric to Optuna, stop when pruned.
+"""The train stage's side of a search trial: tags for its MLflow run, and a Keras callback that reports each
+epoch's validation metric to Optuna and stops the training when the trial is pruned. Both are empty when no
+trial runs (the variables of pipeline.search.storage unset), so a plain run never imports Optuna.
 
-`mlp search` runs every trial as `dvc exp run --temp ... train` with the
-environment variables below set. The train stage asks this module for extra
-run tags and callbacks; both are empty when no trial is running, so a plain
-run never imports Optuna.
-
-A pruned trial stops after the epoch its pruner judged, ends its MLflow run
-KILLED with the tag `search.state=pruned` and exits 1, so DVC records no
-experiment for it (its model did not train the epochs its params say); the
-worker reads the trial's `pruned_at_epoch` attribute and marks it PRUNED. The
-trial also stops, KILLED, when the worker that started it is gone (kill -9):
-its result could not be recorded.
+A pruned trial ends its MLflow run KILLED with the tag `search.state=pruned` and exits 1, so DVC records no
+experiment for a model that did not train the epochs its params say; the worker reads `pruned_at_epoch` and
+marks the trial PRUNED. A trial whose worker is gone (kill -9) stops too: its result could not be recorded.
 """
 
 from __future__ import annotations
@@ -27,7 +21,6 @@ from pipeline.search.storage import (
     METRIC_ATTRIBUTE,
     PARENT_RUN_VARIABLE,
     PRUNED_ATTRIBUTE,
-    PRUNER_ATTRIBUTE,
     RUN_ATTRIBUTE,
     STATE_TAG,
     STORAGE_VARIABLE,
@@ -35,8 +28,8 @@ from pipeline.search.storage import (
     TRIAL_VARIABLE,
     WORKER_VARIABLE,
     is_trial,
-    make_pruner,
     open_storage,
+    open_study,
 )
 
 
@@ -73,12 +66,10 @@ def current_trial():
     import optuna
 
     storage = open_storage(os.environ[STORAGE_VARIABLE])
-    name = os.environ[STUDY_VARIABLE]
-    study_id = storage.get_study_id_from_name(name)
-    attributes = storage.get_study_user_attrs(study_id)
-    study = optuna.load_study(study_name=name, storage=storage, pruner=make_pruner(attributes[PRUNER_ATTRIBUTE]))
+    study = open_study(os.environ[STUDY_VARIABLE], storage)
+    study_id = storage.get_study_id_from_name(study.study_name)
     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, int(os.environ[TRIAL_VARIABLE]))
-    return optuna.trial.Trial(study, trial_id), attributes[METRIC_ATTRIBUTE]
+    return optuna.trial.Trial(study, trial_id), study.user_attrs[METRIC_ATTRIBUTE]
 
 
 def worker_is_alive() -> bool:

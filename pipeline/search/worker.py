@@ -27,7 +27,7 @@ from pipeline.git import git
 from pipeline.run_owner import owner_of, owner_tags
 from pipeline.search import storage as search_storage
 from pipeline.search.schema import CategoricalParameter, FloatParameter, Search, trial_overrides
-from pipeline.search.study import PARENT_RUN_ATTRIBUTE, log_directory, open_study, record_owner, tag_run, trial_name
+from pipeline.search.study import PARENT_RUN_ATTRIBUTE, log_directory, record_owner, tag_run, trial_name
 from pipeline.stage import run_stage
 
 # A stopped trial's DVC and train processes get this long to end their MLflow run before SIGKILL.
@@ -130,7 +130,8 @@ def main() -> None:
     parser.add_argument("deadline", type=float, help="no trial starts after this time (seconds since the epoch)")
     arguments = parser.parse_args()
     search = Search.load(arguments.search_file)
-    study = open_study(arguments.study, os.environ[search_storage.STORAGE_VARIABLE])
+    storage = search_storage.open_storage(os.environ[search_storage.STORAGE_VARIABLE])
+    study = search_storage.open_study(arguments.study, storage)
     states: list[TrialState] = []
 
     def ended(study: optuna.Study, trial: FrozenTrial) -> None:
