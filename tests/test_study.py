@@ -1,5 +1,5 @@
 """The study command (`mlp study`, pipeline/study/): the rows of a published
-table as queued DVC experiments, compared with the published figures, resumable
+table as DVC experiments run one at a time, compared with the published figures, resumable
 after an interruption."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""`mlp study NAME`: re-run a published table (conf/study/<name>.yaml) as DVC experiments, one queued row
-at a time, and write reports/studies/<name>/ (pipeline.study). Interrupted (Ctrl+C, SIGTERM), it stops its
-queued and running rows; run again, it trains only the rows with no DVC experiment from the current commit."""
+"""`mlp study NAME`: re-run a published table (conf/study/<name>.yaml) as DVC experiments, one row at a
+time, and write reports/studies/<name>/ (pipeline.study). Interrupted (Ctrl+C, SIGTERM), it stops its
+running row; run again, it trains only the rows with no DVC experiment from the current commit."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from pipeline.errors import PipelineError
 from pipeline.files import write_text
 from pipeline.paths import CONFIG_DIRECTORY, METRICS_FILE
 from pipeline.search.schema import Search, trial_overrides
-from pipeline.study.runner import committed_file, current_commit, finished_experiments, run_dvc
+from pipeline.study.runner import committed_file, current_commit, finished_experiments, run_experiment
 from pipeline.tracking import client
 
 logger = logging.getLogger(__name__)
@@ -69,8 +69,7 @@ def evaluate_best(search: Search, study_name: str, trial, *, parent_run_id: str)
     done = finished_experiments(commit).get(name)
     if done is None:
         logger.info("best trial %d: retraining and evaluating it on the test split once (%s)", trial.number, name)
-        settings = [argument for override in trial_overrides(search, trial.params) for argument in ("-S", override)]
-        run_dvc("exp", "run", "--temp", "--name", name, *settings)
+        run_experiment(name, trial_overrides(search, trial.params))
         done = finished_experiments(commit).get(name)
     if done is None:
         logger.warning("the best trial's evaluation %s failed: the report has no test metrics", name)

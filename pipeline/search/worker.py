@@ -9,13 +9,9 @@ The storage's location comes in MLP_SEARCH_STORAGE (a PostgreSQL URL holds a pas
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -29,9 +25,8 @@ from pipeline.search import storage as search_storage
 from pipeline.search.schema import CategoricalParameter, FloatParameter, Search, trial_overrides
 from pipeline.search.study import PARENT_RUN_ATTRIBUTE, log_directory, record_owner, tag_run, trial_name
 from pipeline.stage import run_stage
+from pipeline.study.runner import run_experiment
 
-# A stopped trial's DVC and train processes get this long to end their MLflow run before SIGKILL.
-STOP_TIMEOUT_SECONDS = 60
 # Trials failing one after another: a broken setup, not bad luck with parameters.
 MAX_FAILURES_IN_A_ROW = 3
 FITTED = re.compile(r"fitted in ([0-9.]+) s")
@@ -65,33 +60,15 @@ def budget_left(study: optuna.Study, search: Search, deadline: float) -> bool:
     return time.time() < deadline and (search.budget.n_trials is None or len(counted) < search.budget.n_trials)
 
 
-def start_trial(trial: optuna.Trial, overrides: list[str], log: Path) -> subprocess.Popen:
-    """Start the trial's DVC experiment, training only: the test split is never read by a trial."""
-    study_name = trial.study.study_name
+def trial_environment(trial: optuna.Trial) -> dict[str, str]:
+    """What makes the train stage a trial of this study, and lets it find this worker gone."""
     owner = owner_of(owner_tags())
-    environment = os.environ | {
+    return os.environ | {
         search_storage.TRIAL_VARIABLE: str(trial.number),
-        search_storage.STUDY_VARIABLE: study_name,
+        search_storage.STUDY_VARIABLE: trial.study.study_name,
         search_storage.PARENT_RUN_VARIABLE: trial.study.user_attrs[PARENT_RUN_ATTRIBUTE],
         search_storage.WORKER_VARIABLE: " ".join(owner[key] for key in ("pid", "start_time", "boot_id")),
     }
-    settings = [argument for override in overrides for argument in ("-S", override)]
-    name = trial_name(study_name, trial.number)
-    command = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "--name", name, "train", *settings]
-    with log.open("w", encoding="utf-8") as stream:
-        # A group of its own: DVC ignores SIGINT while its stage runs, so a stop reaches the stage through the group.
-        return subprocess.Popen(command, env=environment, stdout=stream, stderr=subprocess.STDOUT, process_group=0)
-
-
-def stop(process: subprocess.Popen) -> None:
-    """SIGINT to the trial's process group (the train stage ends its MLflow run KILLED), SIGKILL if it lingers."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def objective(trial: optuna.Trial, search: Search) -> float:
@@ -102,13 +79,15 @@ def objective(trial: optuna.Trial, search: Search) -> float:
     trial.study.sampler = make_sampler(search, trial.number)
     suggest(trial, search)
     trial.set_user_attr("commit", git("rev-parse", "HEAD"))
-    log = log_directory(study_name) / f"{trial_name(study_name, trial.number)}.log"
+    name = trial_name(study_name, trial.number)
+    log = log_directory(study_name) / f"{name}.log"
     start = time.monotonic()
-    process = start_trial(trial, trial_overrides(search, trial.params), log)
+    # Training only: a trial never reads the test split.
     try:
-        returncode = process.wait()
+        with log.open("w", encoding="utf-8") as output:
+            overrides = trial_overrides(search, trial.params)
+            returncode = run_experiment(name, overrides, "train", output=output, env=trial_environment(trial))
     except KeyboardInterrupt:
-        stop(process)
         tag_run(trial.study.get_trials(deepcopy=False)[trial.number], "failed")
         raise  # optimize() marks the trial FAIL
     trial.set_user_attr("wall_seconds", round(time.monotonic() - start, 2))

@@ -1,5 +1,6 @@
-"""A study's rows as DVC experiments: queued, run one at a time, read back. A finished row is an experiment
-whose baseline is the study's commit; its figures come from its commit's reports and its MLflow run."""
+"""A study's rows as DVC experiments, run one at a time and read back; `dvc exp run --temp` as the search
+runs it too. A finished row is an experiment whose baseline is the study's commit; its figures come from its
+commit's reports and its MLflow run."""
 
 # DVC and MLflow (with TensorFlow) are imported where used: `mlp study --help` and the report need neither.
 
@@ -9,10 +10,12 @@ import contextlib
 import csv
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import IO
 
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.git import git, git_or_empty, is_commit
@@ -21,13 +24,33 @@ from pipeline.study.schema import LATE_EPOCHS, Measured, Study, StudyRow, experi
 
 logger = logging.getLogger(__name__)
 
-# How long a killed queue task may take to be marked failed, so that it can be removed.
-KILL_TIMEOUT_SECONDS = 60
+# A stopped experiment's DVC and stage processes get this long to end their MLflow run before SIGKILL.
+STOP_TIMEOUT_SECONDS = 60
 
 
-def run_dvc(*arguments: str) -> subprocess.CompletedProcess:
-    """Run a DVC command with this interpreter's DVC, output streamed to ours."""
-    return subprocess.run([sys.executable, "-m", "dvc", *arguments], check=False)
+def run_experiment(
+    name: str, overrides: list[str], *stages: str, output: IO | None = None, env: dict[str, str] | None = None
+) -> int:
+    """Run `dvc exp run --temp --name NAME [STAGES] -S OVERRIDE...` to its end; return its exit status.
+
+    Interrupted (KeyboardInterrupt here), it stops the experiment by SIGINT to its process group, so that the
+    stage ends its MLflow run KILLED, and by SIGKILL if it lingers; then the interruption goes on."""
+    settings = [argument for override in overrides for argument in ("-S", override)]
+    command = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "--name", name, *stages, *settings]
+    # A group of its own: DVC ignores SIGINT while its stage runs, so a stop reaches the stage through the group.
+    stderr = subprocess.STDOUT if output else None
+    process = subprocess.Popen(command, env=env, stdout=output, stderr=stderr, process_group=0)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGINT)
+            try:
+                process.wait(timeout=STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        raise
 
 
 def current_commit() -> str:
@@ -47,7 +70,7 @@ def resolve_baseline(revision: str) -> str:
 def finished_experiments(baseline: str) -> dict[str, str]:
     """{experiment name: experiment commit} of the DVC experiments run from `baseline`."""
     # Read from git's refs, as `dvc exp list` does, but without taking DVC's
-    # repository lock: a report can be written while a queue runs.
+    # repository lock: a report can be written while experiments run.
     from dvc.repo.experiments.refs import ExpRefInfo
 
     experiments = {}
@@ -60,51 +83,11 @@ def finished_experiments(baseline: str) -> dict[str, str]:
     return experiments
 
 
-def queue_entries(names: set[str]) -> dict[str, str]:
-    """{name: state} of these experiments' entries in DVC's queue: queued, running or failed."""
-    from dvc.repo import Repo
-
-    with Repo(".") as repo:
-        queue = repo.experiments.celery_queue
-        states = {entry.name: "queued" for entry in queue.iter_queued()}
-        states.update({entry.name: "running" for entry in queue.iter_active()})
-        states.update({result.entry.name: "failed" for result in queue.iter_failed()})
-    return {name: state for name, state in states.items() if name in names}
-
-
-def clear_queue(names: set[str]) -> None:
-    """Stop and remove these experiments' queue entries (an earlier, interrupted attempt)."""
-    entries = queue_entries(names)
-    if not entries:
-        return
-    if running := sorted(name for name, state in entries.items() if state == "running"):
-        # SIGINT, not SIGKILL: the stage ends its MLflow run as KILLED instead of leaving it RUNNING.
-        run_dvc("queue", "kill", *running)
-    # A killed task becomes failed a moment later; wait so it can be removed too.
-    deadline = time.monotonic() + KILL_TIMEOUT_SECONDS
-    while "running" in queue_entries(names).values() and time.monotonic() < deadline:
-        time.sleep(1)
-    if leftover := sorted(queue_entries(names)):
-        run_dvc("queue", "remove", *leftover)
-
-
 def run_rows(pending: list[StudyRow], *, study: Study, study_name: str) -> None:
-    """Queue the pending rows as DVC experiments and run the queue, one row at a time."""
-    names = [experiment_name(study_name, row) for row in pending]
-    clear_queue(set(names))
-    for row, name in zip(pending, names, strict=True):
-        settings = [argument for override in study.overrides + row.overrides() for argument in ("-S", override)]
-        if run_dvc("exp", "run", "--queue", "--name", name, *settings).returncode != 0:
-            raise PipelineError(f"could not queue row {row.row} ({name})")
-    try:
-        # One job: rows share the CPU otherwise, and their wall times would not compare.
-        result = run_dvc("exp", "run", "--run-all", "--jobs", "1")
-    except KeyboardInterrupt:
-        logger.warning("interrupted: stopping the study's queued and running rows")
-        clear_queue(set(names))
-        raise
-    if result.returncode != 0:
-        logger.warning("some rows failed; the report lists them as missing")
+    """Run the pending rows as DVC experiments, one at a time: rows sharing the CPU would not compare by wall time."""
+    for row in pending:
+        if run_experiment(experiment_name(study_name, row), study.overrides + row.overrides()) != 0:
+            logger.warning("row %s failed; the report lists it as missing", row.row)
 
 
 def committed_file(commit: str, path: Path) -> str:

@@ -135,6 +135,6 @@ def experiment_name(study_name: str, row: StudyRow) -> str:
 
 
 def check_rows(study: Study) -> None:
-    """Compose and validate every row before anything is queued: a bad row fails the study at once."""
+    """Compose and validate every row before any row runs: a bad row fails the study at once."""
     for row in study.rows:
         check_overrides(study.overrides + row.overrides(), Path(f"row {row.row}"))
