@@ -72,11 +72,6 @@ def current_trial():
     return optuna.trial.Trial(study, trial_id), study.user_attrs[METRIC_ATTRIBUTE]
 
 
-def worker_is_alive() -> bool:
-    pid, start_time, boot = (os.environ[WORKER_VARIABLE].split(" ") + ["", "", ""])[:3]
-    return owner_is_alive({"pid": pid, "start_time": start_time, "boot_id": boot})
-
-
 class TrialReporter(keras.callbacks.Callback):
     """Reports the objective metric at every epoch end (step = epoch) and stops the training when pruned."""
 
@@ -88,7 +83,7 @@ class TrialReporter(keras.callbacks.Callback):
         self.trial.set_user_attr(RUN_ATTRIBUTE, mlflow.active_run().info.run_id)
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        if not worker_is_alive():
+        if not owner_is_alive(json.loads(os.environ[WORKER_VARIABLE])):
             mlflow.set_tag(STATE_TAG, "failed")
             raise KeyboardInterrupt("the search worker that started this trial is gone")
         metric = self.metric

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import re
 import time
@@ -62,12 +63,11 @@ def budget_left(study: optuna.Study, search: Search, deadline: float) -> bool:
 
 def trial_environment(trial: optuna.Trial) -> dict[str, str]:
     """What makes the train stage a trial of this study, and lets it find this worker gone."""
-    owner = owner_of(owner_tags())
     return os.environ | {
         search_storage.TRIAL_VARIABLE: str(trial.number),
         search_storage.STUDY_VARIABLE: trial.study.study_name,
         search_storage.PARENT_RUN_VARIABLE: trial.study.user_attrs[PARENT_RUN_ATTRIBUTE],
-        search_storage.WORKER_VARIABLE: " ".join(owner[key] for key in ("pid", "start_time", "boot_id")),
+        search_storage.WORKER_VARIABLE: json.dumps(owner_of(owner_tags())),
     }
 
 
