@@ -172,7 +172,5 @@ def check_values(search: Search, path: Path) -> None:
 
 
 def max_epochs(search: Search, base_epochs: int) -> int:
-    epochs = search.parameters.get("train.epochs")
-    if epochs is None:
-        return base_epochs
-    return max(epochs.choices) if isinstance(epochs, CategoricalParameter) else int(epochs.high)
+    """The most epochs a trial may train: Hyperband's maximum resource."""
+    return max(int(values.get("train.epochs", base_epochs)) for values in corners(search))
