@@ -1,5 +1,5 @@
 """A study file (conf/study/<name>.yaml): published rows in the publication's own notation, each row a set
-of Hydra overrides; and what a row measured."""
+of Hydra overrides; and what a row measured. ConfigFile and check_overrides serve search files too."""
 
 from __future__ import annotations
 
