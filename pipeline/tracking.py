@@ -229,10 +229,6 @@ def read_run_file() -> dict:
     return record
 
 
-def read_run_id() -> str:
-    return read_run_file()["run_id"]
-
-
 def client() -> MlflowClient:
     return MlflowClient(open_store())
 
@@ -288,21 +284,15 @@ def run_exists(run_id: str | None) -> bool:
     return True
 
 
-def epoch_logger(run_id: str) -> Callable[[int, dict], None]:
-    """A Keras `on_epoch_end` hook logging each epoch's metrics with the epoch as step, once: after a
-    resume, epochs already logged are skipped."""
+def epoch_logger(run_id: str, *, checkpointed: dict[str, list[float]]) -> Callable[[int, dict], None]:
+    """A Keras `on_epoch_end` hook logging each epoch's metrics with the epoch as step, once. After a
+    crash, the epochs its process checkpointed but did not get to log are logged now; those it logged are not."""
     logged = {metric.step for metric in client().get_metric_history(run_id, "loss")}
 
     def log(epoch: int, logs: dict) -> None:
         if epoch + 1 not in logged:
             mlflow.log_metrics({name: float(value) for name, value in logs.items()}, step=epoch + 1)
 
+    for epoch, values in enumerate(zip(*checkpointed.values(), strict=True)):
+        log(epoch, dict(zip(checkpointed, values, strict=True)))
     return log
-
-
-def backfill_epochs(run_id: str, history: dict[str, list[float]]) -> None:
-    """Log the epochs a crashed process checkpointed but did not get to log."""
-    logged = {metric.step for metric in client().get_metric_history(run_id, "loss")}
-    for epoch in range(1, len(history.get("loss", [])) + 1):
-        if epoch not in logged:
-            mlflow.log_metrics({name: values[epoch - 1] for name, values in history.items()}, step=epoch)

@@ -22,22 +22,22 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import logging
+import math
 import os
 import time
 from pathlib import Path
 
 import keras
 import mlflow
+import numpy as np
 import tensorflow as tf
+from mlflow.models import infer_signature
 
 from pipeline import determinism, lineage
-from pipeline.checkpoints import Checkpoint, TrainingState, best_weights, fingerprint, restore_variables
 from pipeline.config import ModelConfig, OptimizerConfig, Params, TrainConfig, flatten, load_params
 from pipeline.files import atomic_path, write_json, write_text
 from pipeline.model import build_mlp, draw_architecture, keras_loss, make_optimizer, weights_sha256
-from pipeline.model_logging import log_model
 from pipeline.paths import (
     ARCHITECTURE_FILE,
     HISTORY_FILE,
@@ -51,7 +51,6 @@ from pipeline.search import trial as search_trial
 from pipeline.splits import Split, load_split, training_targets
 from pipeline.stage import run_stage
 from pipeline.tracking import (
-    backfill_epochs,
     epoch_logger,
     log_datasets,
     mark_model_development,
@@ -60,7 +59,7 @@ from pipeline.tracking import (
     run_exists,
     write_run_file,
 )
-from pipeline.training import EpochCheckpointer, ResumableEarlyStopping, check_finite, fit, steps_per_epoch
+from pipeline.training import Checkpoint, EpochCheckpointer, TrainingState, check_finite, fingerprint, fit
 
 logger = logging.getLogger(__name__)
 
@@ -96,12 +95,18 @@ def train(
     determinism.require(train_config.determinism)
     seed_everything(seed)
     model = build_mlp(training.inputs, num_classes=num_classes, task=task, config=model_config, scaling=scaling)
-    total_steps = steps_per_epoch(len(training.labels), train_config.batch_size) * train_config.epochs
+    total_steps = math.ceil(len(training.labels) / train_config.batch_size) * train_config.epochs
     optimizer = make_optimizer(optimizer_config, schedule=train_config.learning_rate_schedule, total_steps=total_steps)
-    loss = keras_loss(train_config.loss)
-    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
-    state, saved = resume(model, checkpoint, run_id=run_id, epochs=train_config.epochs)
-    early_stopping = early_stopping_for(train_config, state, saved)
+    model.compile(optimizer=optimizer, loss=keras_loss(train_config.loss), metrics=["accuracy"])
+    state = checkpoint.restore(model) if checkpoint else TrainingState()
+    if state.epochs_done:
+        logger.info("resuming after epoch %d of %d from %s", state.epochs_done, train_config.epochs, checkpoint.path)
+    state.run_id = run_id
+    early_stopping = None
+    if train_config.early_stopping_patience:
+        early_stopping = keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=train_config.early_stopping_patience, restore_best_weights=True
+        )
     # Order matters: NaN and early stopping decide before the checkpoint is saved, the caller's callbacks see it saved.
     checkpointer = EpochCheckpointer(checkpoint, state, early_stopping)
     targets = {"loss": train_config.loss, "task": task, "num_classes": num_classes}
@@ -120,34 +125,8 @@ def train(
         jit_compile=train_config.jit_compile and train_config.determinism == "host",
     )
     logger.info("fitted in %.1f s", time.perf_counter() - start)  # benchmarks/training_speed.py reads it
-    check_finite(checkpointer.history, learning_rate=optimizer_config.learning_rate)
-    return model, checkpointer.history
-
-
-def early_stopping_for(train_config: TrainConfig, state: TrainingState, saved: dict) -> ResumableEarlyStopping | None:
-    if not train_config.early_stopping_patience:
-        return None
-    return ResumableEarlyStopping(
-        monitor="val_loss",
-        patience=train_config.early_stopping_patience,
-        restore_best_weights=True,
-        restored=state.early_stopping,
-        best_weights=best_weights(saved),
-    )
-
-
-def resume(
-    model: keras.Model, checkpoint: Checkpoint | None, *, run_id: str | None, epochs: int
-) -> tuple[TrainingState, dict]:
-    """The state to start from: the checkpoint's, its variables put back into `model`, or a fresh one."""
-    fresh = TrainingState(epochs_done=0, history={}, run_id=run_id, early_stopping=None)
-    resumed = checkpoint.load() if checkpoint is not None else None
-    if resumed is None:
-        return fresh, {}
-    state, saved = resumed
-    restore_variables(model, saved)
-    logger.info("resuming after epoch %d of %d from %s", state.epochs_done, epochs, checkpoint.directory)
-    return dataclasses.replace(state, run_id=run_id or state.run_id), saved
+    check_finite(state.history, learning_rate=optimizer_config.learning_rate)
+    return model, state.history
 
 
 def train_with_params(params: Params, training: Split, validation: Split, **options):
@@ -181,12 +160,6 @@ def model_summary(model: keras.Model) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_model(model: keras.Model, path) -> None:
-    """Save to a temporary .keras file beside `path`, then rename: never a half-written model."""
-    with atomic_path(path) as temporary:
-        model.save(temporary)
-
-
 def write_architecture(model: keras.Model) -> None:
     """The summary, the layer-by-layer definition Keras can rebuild the network from
     (keras.Sequential.from_config), and a diagram; logged to the run too."""
@@ -195,6 +168,32 @@ def write_architecture(model: keras.Model) -> None:
     draw_architecture(model, ARCHITECTURE_FILE)
     for path in (SUMMARY_FILE, MODEL_CONFIG_FILE, ARCHITECTURE_FILE):
         mlflow.log_artifact(str(path), artifact_path="architecture")
+
+
+def log_model(model: keras.Model, example_inputs: np.ndarray) -> str:
+    """Log the model with its signature and an input example; return its URI (models:/<model id>).
+
+    The model scales its raw inputs itself: the served model takes what the dataset's files hold.
+    Registering it is the evaluate stage's part, once the model's test metrics are logged."""
+    # The example's type is the signature's: uint8 pixels, or a table's float32 values, as the data holds them.
+    # Calling the model: `predict` would build and trace a prediction function for five rows.
+    signature = infer_signature(example_inputs, model(example_inputs, training=False).numpy())
+    # The tensorflow flavor: it saves Keras 3 models as .keras files too, and
+    # (unlike mlflow.keras in this release) stores the input example correctly.
+    info = mlflow.tensorflow.log_model(
+        model,
+        name="model",
+        signature=signature,
+        input_example=example_inputs,
+        # Listed rather than inferred: inference re-loads the model in a
+        # subprocess, and would pick the GPU build of TensorFlow.
+        pip_requirements=[
+            f"tensorflow-cpu=={tf.__version__}",
+            f"keras=={keras.__version__}",
+            f"mlflow=={mlflow.__version__}",
+        ],
+    )
+    return info.model_uri
 
 
 def run_name(params: Params) -> str:
@@ -238,11 +237,11 @@ def train_and_log(params: Params, training: Split, validation: Split) -> keras.M
         with context as run:
             run_id = run.info.run_id
             logger.info("MLflow run %s%s", run_id, " (continued after a crash)" if resumed_run else "")
-            if resumed_run:
-                backfill_epochs(run_id, saved[0].history)
-            else:
+            if not resumed_run:
                 record_inputs(run, params, splits, run_lineage)
-            log_epoch = keras.callbacks.LambdaCallback(on_epoch_end=epoch_logger(run_id))
+            log_epoch = keras.callbacks.LambdaCallback(
+                on_epoch_end=epoch_logger(run_id, checkpointed=saved[0].history if resumed_run else {})
+            )
             model, history = train_with_params(
                 params,
                 training,
@@ -251,7 +250,8 @@ def train_and_log(params: Params, training: Split, validation: Split) -> keras.M
                 checkpoint=checkpoint,
                 run_id=run_id,
             )
-            save_model(model, MODEL_FILE)
+            with atomic_path(MODEL_FILE) as temporary:  # never a half-written model
+                model.save(temporary)
             write_history(history, HISTORY_FILE)
             write_architecture(model)
             mlflow.log_param("model.parameter_count", model.count_params())
