@@ -142,8 +142,8 @@ def ended_status(store: MlflowClient, run_id: str) -> str:
 def pipeline_run(
     experiment_name: str | None = None, run_id: str | None = None, tags: dict[str, str] | None = None
 ) -> Iterator[mlflow.ActiveRun]:
-    """Start a new run in `experiment_name`, or reopen `run_id` (also one ended FAILED because its process
-    was killed); the current process owns it until it ends, always with a final status."""
+    """Start a new run in `experiment_name` with `tags`, or reopen `run_id` (also one ended FAILED because its
+    process was killed); the current process owns it until it ends, always with a final status."""
     if run_id is None:
         run = mlflow.start_run(
             experiment_id=experiment_id(experiment_name),

@@ -1,21 +1,15 @@
 """Stage `train`: fit the MLP on the training split and log the run to MLflow.
 
-Reads params `seed`, `dataset.name`, `dataset.urls`, `dataset.files`,
-`dataset.num_classes`, `dataset.task`, `dataset.scaling`, `model`, `optimizer`,
-`train`, `mlflow.experiment_name` and data/processed/; writes data/model/model.keras,
-data/model/mlflow_run.json (the MLflow run and logged model the evaluate stage
-scores and registers), reports/training_history.csv (one
-row per epoch, for `dvc plots`), and the architecture: reports/model_summary.txt
-(Keras' summary), reports/model_config.json (the model's get_config()) and
-reports/architecture.png (a diagram).
+Reads params `seed`, `dataset` (name, urls, files, num_classes, task, scaling), `model`, `optimizer`, `train`,
+`mlflow.experiment_name` and data/processed/; writes data/model/model.keras, data/model/mlflow_run.json (the MLflow
+run and logged model, which the evaluate stage scores and registers), reports/training_history.csv (one row per
+epoch, for `dvc plots`) and the architecture: reports/model_summary.txt (Keras' summary), reports/model_config.json
+(the model's get_config()) and reports/architecture.png (a diagram).
 
-The MLflow run gets every composed parameter (flattened), per-epoch metrics with
-the epoch as step, the model with a signature and an input example (the evaluate
-stage registers it once scored), the run's lineage (pipeline.lineage), and the
-sha256 of the trained weights.
-
-`python -m pipeline.train --hash-only` trains without writing anything and
-prints the weights' sha256: the repeatability check runs it twice.
+The MLflow run gets every composed parameter (flattened), per-epoch metrics with the epoch as step, the model with
+a signature and an input example, the run's lineage (pipeline.lineage) and the sha256 of the trained weights.
+`python -m pipeline.train --hash-only` trains without writing anything and prints the weights' sha256: the
+repeatability check runs it twice.
 """
 
 from __future__ import annotations
@@ -205,14 +199,12 @@ def run_name(params: Params) -> str:
     return f"{experiment} ({what})" if experiment else what
 
 
-def record_inputs(
-    run: mlflow.ActiveRun, params: Params, splits: dict[str, Split], run_lineage: lineage.Lineage
-) -> None:
+def record_inputs(run: mlflow.ActiveRun, params: Params, splits: dict[str, Split]) -> None:
     """What a new run records before training: the params, the config file, the lineage and the datasets."""
     mark_model_development(run.info.experiment_id)
     mlflow.log_params(flatten(params.model_dump()))
     mlflow.log_artifact(str(PARAMS_FILE), artifact_path="config")
-    lineage.log_new_run_lineage(run_lineage)
+    lineage.log_new_run_lineage(params.dataset.name, params.dataset.files)
     source = lineage.dataset_source(params.dataset.files, params.dataset.urls)
     log_datasets(splits, dataset_name=params.dataset.name, source=source, context="training")
 
@@ -227,21 +219,15 @@ def train_and_log(params: Params, training: Split, validation: Split) -> keras.M
     with Checkpoint(repository_root(), key) as checkpoint:
         saved = checkpoint.load()
         resumed_run = saved[0].run_id if saved and run_exists(saved[0].run_id) else None
-        if resumed_run:
-            context = pipeline_run(run_id=resumed_run)
-        else:
-            run_lineage = lineage.new_run_lineage(params.dataset.name, params.dataset.files)
-            tags = {**lineage.run_tags(run_lineage.record), "mlflow.runName": run_name(params)}
-            tags |= search_trial.run_tags()  # empty unless `mlp search` runs this as a trial
-            context = pipeline_run(experiment_name=params.mlflow.experiment_name, tags=tags)
-        with context as run:
+        # A search trial's tags (none unless `mlp search` runs this) make a new run the study run's child.
+        tags = {"mlflow.runName": run_name(params), **search_trial.run_tags()}
+        with pipeline_run(params.mlflow.experiment_name, run_id=resumed_run, tags=tags) as run:
             run_id = run.info.run_id
             logger.info("MLflow run %s%s", run_id, " (continued after a crash)" if resumed_run else "")
             if not resumed_run:
-                record_inputs(run, params, splits, run_lineage)
-            log_epoch = keras.callbacks.LambdaCallback(
-                on_epoch_end=epoch_logger(run_id, checkpointed=saved[0].history if resumed_run else {})
-            )
+                record_inputs(run, params, splits)
+            checkpointed = saved[0].history if resumed_run else {}
+            log_epoch = keras.callbacks.LambdaCallback(on_epoch_end=epoch_logger(run_id, checkpointed=checkpointed))
             model, history = train_with_params(
                 params,
                 training,

@@ -1,30 +1,21 @@
 """Deterministic, resumable training: the loop that fits the model, and the checkpoint it resumes from.
 
-Why not `model.fit`: the train stage needs TensorFlow's op determinism (the same
-weights run after run), and with it on Keras compiles without XLA
-(`Model.compile` warns and sets jit_compile=False). This loop runs the model's
-own `train_step` and `test_step` under XLA, 64 steps per call, with Keras'
-callbacks and logs. benchmarks/training_speed.py puts it beside `model.fit` at
-its fastest (XLA, 64 steps per execution, op determinism off) in one run: 35,094
-against 27,994 images per second (+25%) on a 2-core AMD EPYC, 2026-12-06.
+Why not `model.fit`: with TensorFlow's op determinism on (the same weights run after run), Keras compiles
+without XLA (`Model.compile` warns and sets jit_compile=False). This loop runs the model's own `train_step` and
+`test_step` under XLA, 64 steps per call, with Keras' callbacks and logs. benchmarks/training_speed.py puts it
+beside `model.fit` at its fastest (XLA, 64 steps per execution, op determinism off) in one run: 35,094 against
+27,994 images per second (+25%) on a 2-core AMD EPYC, 2026-12-06.
 
-The training data is shuffled with a permutation seeded by (seed, epoch), not by
-a random stream that runs on from epoch to epoch: epoch k sees the same order
-whether training started at epoch 1 or resumed at epoch k. The checkpoint saved
-at every epoch end holds every variable of the model (weights, and the dropout
-layers' random-seed state) and of the optimizer (moments, iteration count): a
-training resumed from epoch k ends with exactly the weights of an uninterrupted one.
+Resumed training ends bitwise identical to uninterrupted training: each epoch's order is a permutation seeded by
+(seed, epoch), not a random stream that runs on from epoch to epoch, and the checkpoint saved at every epoch end
+holds every variable of the model (weights, the dropout layers' seed state) and of the optimizer (moments,
+iteration count). Checkpoints live in .checkpoints/ at the repository root (DVC deletes a stage's outputs before
+running it), each named by a fingerprint of the train params, the training data, the code and the packages, so
+one made for another configuration or other data is never resumed; a lock keeps two processes from sharing one.
 
-Checkpoints live in .checkpoints/ at the repository root: DVC deletes a stage's
-outputs before it runs the stage. Each is named by a fingerprint of what the
-training depends on (the train params, the training data, the code and the
-packages), so one made for another configuration or other data is never
-resumed; a lock file keeps two processes from sharing one. Why not
-`keras.callbacks.BackupAndRestore`: it hands the epoch to `model.fit` alone;
-it writes the weights and then the epoch in a second file, so a kill between
-the two resumes epoch k's count with epoch k+1's weights; and it holds none of
-the rest a resume needs: the history, early stopping's counters and best
-weights, the MLflow run and the fingerprint.
+Why not `keras.callbacks.BackupAndRestore`: it hands the epoch to `model.fit` alone; it writes the weights, then
+the epoch in a second file, so a kill between the two resumes epoch k's count with epoch k+1's weights; and it
+holds none of the rest a resume needs: the history, early stopping's counters and best weights, the MLflow run.
 """
 
 from __future__ import annotations
