@@ -1,8 +1,4 @@
-"""The errors a user can cause: bad config, bad file, unreachable mirror.
-
-Every stage and command runs under pipeline.stage.run_stage, which reports one
-as one or two lines on stderr and exit status 1, without a traceback.
-"""
+"""The errors a user can cause, which pipeline.stage.run_stage reports in one or two lines, without a traceback."""
 
 
 class PipelineError(Exception):

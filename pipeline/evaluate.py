@@ -1,30 +1,20 @@
 """Stage `evaluate`: score the trained Keras model on the test split and finish the MLflow run.
 
-Reads params `dataset.name`, `dataset.urls`, `dataset.files`, `dataset.num_classes`,
-`dataset.class_names`, `dataset.task`, `train.loss`, data/model/,
-data/processed/test.npz and reports/training_history.csv; writes
-reports/metrics.json (DVC metrics: test loss and accuracy, macro
-precision/recall/F1, the final epoch's training metrics, the sha256 of the
-model's weights and the MLflow run id), reports/per_class_metrics.json
-(DVC metrics: precision/recall/F1 of each class), reports/confusion_matrix.csv
-(one row per test example, for `dvc plots`' confusion template),
-reports/confusion_matrix.png and reports/learning_curves.png.
+Reads params `dataset.name`, `dataset.urls`, `dataset.files`, `dataset.num_classes`, `dataset.class_names`,
+`dataset.task`, `dataset.max_test_samples`, `train.loss`, `mlflow.registered_model_name`, data/model/,
+data/processed/test.npz and reports/training_history.csv; writes reports/metrics.json (DVC metrics: the test
+scores, the final epoch's training metrics, the weights' sha256, the MLflow run id), reports/per_class_metrics.json,
+reports/confusion_matrix.csv (for `dvc plots`' confusion template), reports/confusion_matrix.png,
+reports/learning_curves.png and reports/classification_report.txt.
 
-The scores come from the saved model itself (the file that is logged,
-registered and served), loaded and run by Keras; the per-class scores, the
-confusion matrix and the report from scikit-learn's metrics.
-
-Reopens the MLflow run the train stage created and adds the test metrics, the
-plots, the classification report, and to its lineage record
-(lineage/lineage.json) the md5s dvc.lock records for the stages that produced
-the model. Once the run has finished, registers its model and decides the
-champion (pipeline.registry; params `mlflow.registered_model_name` and
-`dataset.max_test_samples`).
+The saved model itself (the file that is logged, registered and served) is scored, by Keras; the per-class
+scores, the confusion matrix and the report come from scikit-learn. The train stage's MLflow run gets the test
+metrics, the reports, and in its lineage record the md5s dvc.lock holds for the stages that made the model.
+Once the run has finished, its model is registered and the champion decided (pipeline.registry).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import os
@@ -34,6 +24,7 @@ import keras
 import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
+import pandas as pd
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import (
     ConfusionMatrixDisplay,
@@ -111,12 +102,9 @@ def evaluate(
 
 def write_confusion_csv(labels: np.ndarray, predictions: np.ndarray, path: Path, *, class_names: list[str]) -> None:
     """One row per test example, actual and predicted class by name (`dvc plots`' confusion template)."""
-    with atomic_path(path) as temporary, temporary.open("w", newline="", encoding="utf-8") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(["actual", "predicted"])
-        writer.writerows(
-            (class_names[actual], class_names[predicted]) for actual, predicted in zip(labels, predictions, strict=True)
-        )
+    names = np.array(class_names)
+    with atomic_path(path) as temporary:
+        pd.DataFrame({"actual": names[labels], "predicted": names[predictions]}).to_csv(temporary, index=False)
 
 
 def plot_confusion_matrix(matrix: np.ndarray, path: Path, *, class_names: list[str]) -> None:
@@ -129,31 +117,15 @@ def plot_confusion_matrix(matrix: np.ndarray, path: Path, *, class_names: list[s
     save_figure(figure, path)
 
 
-def read_history(history_file: Path) -> list[dict[str, str]]:
-    with history_file.open(encoding="utf-8") as stream:
-        rows = list(csv.DictReader(stream))
-    if not rows:
-        raise DataError(f"{history_file} holds no epochs: {rerun_hint('train')}")
-    return rows
-
-
-def final_epoch(rows: list[dict[str, str]]) -> dict[str, float | int]:
-    """The last epoch's training (and validation) metrics: what a tutorial reports as "training accuracy"."""
-    last = rows[-1]
-    return {"epochs": int(last["epoch"]), **{name: float(value) for name, value in last.items() if name != "epoch"}}
-
-
-def plot_learning_curves(rows: list[dict[str, str]], path: Path) -> None:
+def plot_learning_curves(history: pd.DataFrame, path: Path) -> None:
     """Loss and accuracy per epoch, training and validation, from the train stage's history."""
-    epochs = [int(row["epoch"]) for row in rows]
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
-        for prefix, label in (("", "training"), ("val_", "validation")):
-            if prefix + metric in rows[0]:
-                axis.plot(epochs, [float(row[prefix + metric]) for row in rows], marker="o", label=label)
-        axis.set_xlabel("epoch")
+        for name, label in ((metric, "training"), (f"val_{metric}", "validation")):
+            if name in history:
+                axis.plot(history.index, history[name], marker="o", label=label)
+        axis.set(xlabel="epoch", ylabel=metric)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.set_ylabel(metric)
         axis.grid(alpha=0.3)
         axis.legend()
     figure.suptitle("Learning curves")
@@ -170,27 +142,17 @@ def load_model(path: Path) -> keras.Model:
         raise DataError(f"{path} is corrupt ({type(error).__name__}: {error}); {repair_hint('train')}") from None
 
 
-def write_reports(
-    results: dict, labels: np.ndarray, history: list[dict[str, str]], metrics: dict, *, class_names: list[str]
-) -> None:
+def write_reports(results: dict, labels: np.ndarray, history: pd.DataFrame, metrics: dict, *, class_names) -> None:
+    """The metrics and the reports, each logged to the open MLflow run under evaluation/."""
     write_json(METRICS_FILE, metrics)
+    # Per-class scores as one file, not 3 metrics per class: the metrics tab keeps the curves people look at.
     write_json(PER_CLASS_METRICS_FILE, results["per_class"])
     write_confusion_csv(labels, results["predictions"], CONFUSION_CSV, class_names=class_names)
     plot_confusion_matrix(results["confusion_matrix"], CONFUSION_PNG, class_names=class_names)
     plot_learning_curves(history, LEARNING_CURVES_PNG)
     write_text(CLASSIFICATION_REPORT_FILE, results["report_text"])
-
-
-def log_evaluation(results: dict, *, test_split, dataset_name: str, source: str) -> None:
-    """Add the test metrics, lineage of the upstream stages and the reports to the open MLflow run."""
-    mlflow.log_metrics({f"test_{name}": value for name, value in results["test"].items()})
-    # dvc.lock now holds the upstream stages as they ran for this model.
-    add_lock_md5s(mlflow.active_run().info.run_id)
-    log_datasets({"test": test_split}, dataset_name=dataset_name, source=source, context="test")
-    # Per-class scores as one file, not 3 metrics per class: the metrics tab keeps the curves people look at.
-    for path in (CONFUSION_PNG, LEARNING_CURVES_PNG, CONFUSION_CSV, CLASSIFICATION_REPORT_FILE):
-        mlflow.log_artifact(str(path), artifact_path="evaluation")
-    for path in (METRICS_FILE, PER_CLASS_METRICS_FILE):
+    reports = (METRICS_FILE, PER_CLASS_METRICS_FILE, CONFUSION_CSV, CONFUSION_PNG, LEARNING_CURVES_PNG)
+    for path in (*reports, CLASSIFICATION_REPORT_FILE):
         mlflow.log_artifact(str(path), artifact_path="evaluation")
 
 
@@ -209,7 +171,7 @@ def run_summary(model: keras.Model, run_id: str, *, dataset_name: str, accuracy:
     )
 
 
-def register_model(record: dict, summary: str, *, name: str, test_split, dataset_name: str, scope: str) -> None:
+def register_model(record: dict, summary: str, *, name: str, dataset_name: str, scope: str) -> None:
     """Register the run's model (once per run) and decide the champion; a reproduction registers nothing."""
     reproduces = os.environ.get(REPRODUCES_VARIABLE)
     if reproduces:
@@ -237,48 +199,38 @@ def main() -> None:
     run_id = record["run_id"]
     test_split = load_split(PROCESSED_DIRECTORY, "test")
     model = load_model(MODEL_FILE)
+    targets = training_targets(
+        test_split.labels, loss=params.train.loss, task=dataset.task, num_classes=dataset.num_classes
+    )
     # dataset.max_test_samples scores a subset: its accuracy is not the dataset's.
     scope = "full" if dataset.max_test_samples is None else "subset"
 
     with pipeline_run(run_id=run_id):
-        targets = training_targets(
-            test_split.labels, loss=params.train.loss, task=dataset.task, num_classes=dataset.num_classes
-        )
-        results = evaluate(
-            model, test_split.inputs, test_split.labels, class_names=dataset.class_names, targets=targets
-        )
-        history = read_history(HISTORY_FILE)
+        history = pd.read_csv(HISTORY_FILE, index_col="epoch")
+        if history.empty:
+            raise DataError(f"{HISTORY_FILE} holds no epochs: {rerun_hint('train')}")
+        results = evaluate(model, *test_split, class_names=dataset.class_names, targets=targets)
+        accuracy = results["test"]["accuracy"]
         metrics = {
             "test": results["test"],
-            # With dropout, Keras' training accuracy is measured with the dropout on, as published tables report it.
-            "final_epoch": final_epoch(history),
+            # The last epoch's training (and validation) metrics: what a tutorial reports as "training accuracy".
+            # With dropout, Keras measures it with the dropout on, as published tables report it.
+            "final_epoch": {"epochs": int(history.index[-1]), **history.iloc[-1].to_dict()},
             "weights_sha256": weights_sha256(model),
             "mlflow_run_id": run_id,
         }
         write_reports(results, test_split.labels, history, metrics, class_names=dataset.class_names)
-        log_evaluation(
-            results,
-            test_split=test_split,
-            dataset_name=dataset.name,
-            source=dataset_source(dataset.files, dataset.urls),
-        )
-        accuracy = results["test"]["accuracy"]
-        # What `mlp diff` and the registry compare runs by: their examples pair only on the same test set.
-        mlflow.set_tag(
-            TEST_SET_TAG, hashlib.sha256(test_split.inputs.tobytes() + test_split.labels.tobytes()).hexdigest()
-        )
+        mlflow.log_metrics({f"test_{name}": value for name, value in results["test"].items()})
+        add_lock_md5s(run_id)  # dvc.lock now holds the upstream stages as they ran for this model
+        source = dataset_source(dataset.files, dataset.urls)
+        log_datasets({"test": test_split}, dataset_name=dataset.name, source=source, context="test")
         summary = run_summary(model, run_id, dataset_name=dataset.name, accuracy=accuracy, scope=scope)
-        mlflow.set_tag("mlflow.note.content", summary)  # the run's description in the MLflow UI
+        # What `mlp diff` and the registry compare runs by: their examples pair only on the same test set.
+        test_set = hashlib.sha256(test_split.inputs.tobytes() + test_split.labels.tobytes()).hexdigest()
+        mlflow.set_tags({TEST_SET_TAG: test_set, "mlflow.note.content": summary})  # the note: the run's description
     # Registered once the run has FINISHED with its test metrics: no version points at an unfinished run,
     # and a crash before this leaves none (dvc repro then runs this stage again).
-    register_model(
-        record,
-        summary,
-        name=params.mlflow.registered_model_name,
-        test_split=test_split,
-        dataset_name=dataset.name,
-        scope=scope,
-    )
+    register_model(record, summary, name=params.mlflow.registered_model_name, dataset_name=dataset.name, scope=scope)
     logger.info("test accuracy %.4f, test loss %.4f", results["test"]["accuracy"], results["test"]["loss"])
 
 

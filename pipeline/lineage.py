@@ -11,7 +11,6 @@ import hashlib
 import logging
 import os
 import platform
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -42,15 +41,9 @@ OVERRIDES_CUT = f" ... (all of them in {LINEAGE_ARTIFACT})"
 REPRODUCES_VARIABLE = "MLP_REPRODUCES_RUN"
 
 
-@dataclass(frozen=True)
-class Lineage:
-    record: dict[str, Any]  # lineage/lineage.json
-    environment: dict[str, Any]  # lineage/environment.json
-    diff: str  # the uncommitted diff, "" when clean
-
-
-def new_run_lineage(dataset_name: str, raw_files: dict[str, FileSpec]) -> Lineage:
-    """The lineage of a run about to train on the dataset's `raw_files` with params.yaml."""
+def log_new_run_lineage(dataset_name: str, raw_files: dict[str, FileSpec]) -> None:
+    """Log the lineage of the active run, about to train on the dataset's `raw_files` with params.yaml: the record,
+    the environment, the uncommitted diff and conf/ files, and the record's fields people filter runs by as tags."""
     code, diff = code_record()
     environment = {**hardware.fingerprint(), "packages": package_versions()}
     params = yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8"))
@@ -68,7 +61,14 @@ def new_run_lineage(dataset_name: str, raw_files: dict[str, FileSpec]) -> Lineag
     }
     if os.environ.get(REPRODUCES_VARIABLE):
         record["reproduces"] = os.environ[REPRODUCES_VARIABLE]
-    return Lineage(record, environment, diff)
+    mlflow.log_dict(environment, ENVIRONMENT_ARTIFACT)
+    if diff:
+        mlflow.log_text(diff, DIFF_ARTIFACT)
+    for path, artifact in code.get("untracked_config_files", {}).items():
+        logger.warning("%s is not committed: the run is marked dirty and keeps a copy; `git add %s`", path, path)
+        mlflow.log_artifact(path, artifact_path=artifact.rsplit("/", 1)[0])
+    mlflow.log_dict(record, LINEAGE_ARTIFACT)
+    mlflow.set_tags(run_tags(record))
 
 
 def run_tags(record: dict[str, Any]) -> dict[str, str]:
@@ -140,17 +140,6 @@ def lock_md5s(stages: tuple[str, ...] = LOCKED_STAGES, lock_file: Path = LOCK_FI
         }
         for stage in stages
     }
-
-
-def log_new_run_lineage(lineage: Lineage) -> None:
-    """Log the record, the environment, the diff and the untracked conf/ files to the active run."""
-    mlflow.log_dict(lineage.environment, ENVIRONMENT_ARTIFACT)
-    if lineage.diff:
-        mlflow.log_text(lineage.diff, DIFF_ARTIFACT)
-    for path, artifact in lineage.record["code"].get("untracked_config_files", {}).items():
-        logger.warning("%s is not committed: the run is marked dirty and keeps a copy; `git add %s`", path, path)
-        mlflow.log_artifact(path, artifact_path=artifact.rsplit("/", 1)[0])
-    mlflow.log_dict(lineage.record, LINEAGE_ARTIFACT)
 
 
 def add_lock_md5s(run_id: str) -> None:

@@ -118,36 +118,25 @@ def keras_loss(loss: str) -> str:
 
 def draw_architecture(model: keras.Model, path: Path) -> None:
     """A diagram of the network: one box per layer, top to bottom, with its output size and parameters."""
-    boxes = [f"input: {model.input_shape[-1]} features"]
+    boxes = [(f"input: {model.input_shape[-1]} features", "#dddddd")]
     for layer in model.layers:
         config = layer.get_config()
         if "units" in config:
-            text = f"{layer.name}: Dense {config['units']}, {config['activation']}"
+            text, color = f"Dense {config['units']}, {config['activation']}", "#cfe2f3"
         elif "rate" in config:
-            text = f"{layer.name}: Dropout {config['rate']:g}"
+            text, color = f"Dropout {config['rate']:g}", "#fce5cd"
         elif "scale" in config:
-            text = f"{layer.name}: Rescaling x 1/{1 / config['scale']:.6g}"
+            text, color = f"Rescaling x 1/{1 / config['scale']:.6g}", "#d9ead3"
         else:
-            text = f"{layer.name}: {type(layer).__name__}"
-        boxes.append(f"{text}\n{layer.count_params():,} parameters")
-    height = 1.0 + 0.9 * len(boxes)
-    figure, axis = plt.subplots(figsize=(5.5, height))
-    axis.set_xlim(0, 1)
-    axis.set_ylim(0, len(boxes))
+            text, color = type(layer).__name__, "#d9ead3"
+        boxes.append((f"{layer.name}: {text}\n{layer.count_params():,} parameters", color))
+    figure, axis = plt.subplots(figsize=(5.5, 1.0 + 0.9 * len(boxes)))
+    axis.set(xlim=(0, 1), ylim=(0, len(boxes)))
     axis.axis("off")
-    for index, text in enumerate(boxes):
+    for index, (text, color) in enumerate(boxes):
         y = len(boxes) - index - 0.5
-        kind = "input" if index == 0 else next((k for k in ("Dense", "Dropout") if k in text), "scaling")
-        color = {"input": "#dddddd", "Dense": "#cfe2f3", "Dropout": "#fce5cd", "scaling": "#d9ead3"}[kind]
-        axis.text(
-            0.5,
-            y,
-            text,
-            ha="center",
-            va="center",
-            fontsize=10,
-            bbox={"boxstyle": "round,pad=0.5", "facecolor": color, "edgecolor": "#555555"},
-        )
+        box = {"boxstyle": "round,pad=0.5", "facecolor": color, "edgecolor": "#555555"}
+        axis.text(0.5, y, text, ha="center", va="center", fontsize=10, bbox=box)
         if index < len(boxes) - 1:
             axis.annotate("", xy=(0.5, y - 0.62), xytext=(0.5, y - 0.38), arrowprops={"arrowstyle": "->"})
     axis.set_title(f"{model.name}: {model.count_params():,} parameters", fontsize=11)

@@ -22,7 +22,7 @@ MODEL_FILE = MODEL_DIRECTORY / "model.keras"
 # The MLflow run the train stage opened, which the evaluate stage finishes.
 RUN_FILE = MODEL_DIRECTORY / "mlflow_run.json"
 
-# Training state saved at every epoch end, resumed after a crash (pipeline.checkpoints)
+# Training state saved at every epoch end, resumed after a crash (pipeline.training)
 CHECKPOINTS_DIRECTORY = Path(".checkpoints")
 
 # Reports: small, kept in git so `dvc metrics/params/plots diff` compare commits

@@ -1,13 +1,8 @@
-"""How every stage and `mlp` command runs: `run_stage(main)`.
+"""How every stage and `mlp` command runs: `python -m pipeline.<stage>` and `mlp <command>` call `run_stage(main)`.
 
-`python -m pipeline.<stage>` and `mlp <command>` (pipeline.cli) call their
-`main()` under `run_stage`, which sets up logging, turns SIGTERM into Ctrl+C
-and takes SIGINT back, so that a stopped run ends its MLflow run KILLED and
-exits with status 130. An error of ours (pipeline.errors) becomes one or two
-lines on stderr and exit status 1, without a traceback (set MLP_TRACEBACK=1
-to see it); anything else is a bug and keeps its traceback. After `main()`
-returns, so does `run_stage`: a program then exits as any Python program does,
-and a caller in the same process goes on.
+It sets up logging and turns SIGTERM into Ctrl+C (and takes SIGINT back), so that a stopped run ends its MLflow
+run KILLED and exits with status 130. An error of ours (pipeline.errors) becomes one or two lines on stderr and exit
+status 1, without a traceback (MLP_TRACEBACK=1 shows it); anything else is a bug and keeps its traceback.
 """
 
 import logging

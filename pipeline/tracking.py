@@ -1,22 +1,14 @@
 """Where MLflow runs go, how a stage opens and closes one, and what it logs.
 
-One MLflow run per pipeline execution: the train stage creates it and records
-the run id next to the model; the evaluate stage reopens that run to add the
-test metrics and plots. A stage that fails leaves the run FAILED, one that is
-interrupted leaves it KILLED; neither leaves it RUNNING.
+One MLflow run per pipeline execution: the train stage creates it and records the run id next to the model; the
+evaluate stage reopens that run to add the test metrics and plots. A stage that fails leaves the run FAILED, one
+that is interrupted leaves it KILLED; neither leaves it RUNNING, and the first process to open the store after a
+SIGKILL, crash or reboot ends FAILED the runs of this host whose owner process is gone (pipeline.run_owner).
 
-The default store is an SQLite file at the repository root, addressed by
-absolute path. `dvc exp run --queue` and `--temp` run the stages in a copy
-under .dvc/tmp/exps/; DVC passes the original repository's root in DVC_ROOT,
-so those runs land in the same store. MLFLOW_TRACKING_URI overrides it.
-
-A process's first use of the store (`experiment_id`, `pipeline_run`, `client`)
-creates and migrates the default store under a file lock (`mlflow.db.lock`):
-MLflow migrates a new SQLite store without one, and processes started together
-(parallel `dvc exp run --temp`, `dvc queue start -j N`) would leave it
-half-migrated. It then ends FAILED the runs left RUNNING by a process of this
-host that is gone (SIGKILL, crash, reboot): each run names its owner in the
-tag process.owner (pipeline.run_owner).
+The default store is an SQLite file at the repository root, addressed by absolute path: `dvc exp run --queue` and
+`--temp` run the stages in a copy under .dvc/tmp/exps/, and DVC passes the original root in DVC_ROOT, so those
+runs land in the same store. MLFLOW_TRACKING_URI overrides it. Processes started together (parallel `dvc exp run
+--temp`, `dvc queue start -j N`) create and migrate it one at a time, under a file lock (`mlflow.db.lock`).
 """
 
 from __future__ import annotations
@@ -25,6 +17,7 @@ import json
 import logging
 import os
 import socket
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,24 +71,17 @@ def open_store() -> str:
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)  # note: this also exports MLFLOW_TRACKING_URI
     if uri not in _opened_stores:
-        # Only our own SQLite file: a server or another database is created
-        # and migrated by whoever runs it.
+        # Only our own SQLite file: a server or another database is created and migrated by whoever runs it.
+        # Both store classes migrate a store they find incomplete, without a lock of their own; inside ours,
+        # the first process migrates and the others then find every table in place. MLflow caches the engine
+        # per URI, so the stores MLflow opens later in this process reuse it and check nothing again.
         if uri == default_tracking_uri():
-            create_default_store(uri)
+            with FileLock(f"{repository_root() / STORE_FILE}.lock"):
+                TrackingStore(uri, default_artifact_root())
+                RegistryStore(uri)
         end_abandoned_runs(MlflowClient(uri))
         _opened_stores.add(uri)
     return uri
-
-
-def create_default_store(uri: str) -> None:
-    """Create and migrate the SQLite store, one process at a time."""
-    # Both store classes migrate a store they find incomplete, without a lock
-    # of their own; inside ours, the first process migrates and the others then
-    # find every table in place. MLflow caches the engine per URI, so the stores
-    # MLflow opens later in this process reuse it and check nothing again.
-    with FileLock(f"{repository_root() / STORE_FILE}.lock"):
-        TrackingStore(uri, default_artifact_root())
-        RegistryStore(uri)
 
 
 def experiment_id(name: str) -> str:
@@ -126,23 +112,15 @@ def end_abandoned_runs(store: MlflowClient) -> None:
     """End FAILED the RUNNING runs whose owner process on this host has ended without ending them."""
     host = socket.gethostname()
     experiments = [experiment.experiment_id for experiment in store.search_experiments(max_results=50_000)]
-    query = "attributes.status = 'RUNNING'"
-    runs, token = [], None
-    while experiments:  # every page first: ending runs while paging would shift the pages
-        page = store.search_runs(experiments, filter_string=query, max_results=1000, page_token=token)
+    # Every run first, in one page (as many as a store returns): ending runs while paging would shift the pages.
+    running = store.search_runs(experiments, "attributes.status = 'RUNNING'", max_results=50_000) if experiments else []
+    for run in running:
+        owner = owner_of(run.data.tags)
         # Runs of other hosts are left alone: from here we cannot tell whether their
         # processes still run; nor for runs without an owner (made elsewhere).
-        owners = {run.info.run_id: owner_of(run.data.tags) for run in page}
-        runs.extend(
-            run
-            for run in page
-            if owners[run.info.run_id].get("host") == host and not owner_is_alive(owners[run.info.run_id])
-        )
-        if not (token := page.token):
-            break
-    for run in runs:
-        pid = owner_of(run.data.tags)["pid"]
-        reason = f"process {pid} on host {host} ended without finishing the run: killed or crashed"
+        if owner.get("host") != host or owner_is_alive(owner):
+            continue
+        reason = f"process {owner['pid']} on host {host} ended without finishing the run: killed or crashed"
         status = ended_status(store, run.info.run_id)
         logger.warning("MLflow run %s: %s; ending it %s", run.info.run_id, reason, status)
         store.set_tag(run.info.run_id, FAILURE_REASON, reason)
@@ -164,8 +142,8 @@ def ended_status(store: MlflowClient, run_id: str) -> str:
 def pipeline_run(
     experiment_name: str | None = None, run_id: str | None = None, tags: dict[str, str] | None = None
 ) -> Iterator[mlflow.ActiveRun]:
-    """Start a new run in `experiment_name`, or reopen `run_id` (also one ended FAILED because its process
-    was killed); the current process owns it until it ends, always with a final status."""
+    """Start a new run in `experiment_name` with `tags`, or reopen `run_id` (also one ended FAILED because its
+    process was killed); the current process owns it until it ends, always with a final status."""
     if run_id is None:
         run = mlflow.start_run(
             experiment_id=experiment_id(experiment_name),
@@ -229,38 +207,34 @@ def read_run_file() -> dict:
     return record
 
 
-def read_run_id() -> str:
-    return read_run_file()["run_id"]
-
-
 def client() -> MlflowClient:
     return MlflowClient(open_store())
 
 
 def log_datasets(splits: dict[str, Split], *, dataset_name: str, source: str, context: str) -> None:
-    """Log each non-empty split as an MLflow dataset input (MLflow computes its digest)."""
+    """Log each non-empty split as an MLflow dataset input (MLflow computes its digest).
+
+    Logged once more when another run inserted the same dataset at the same moment: MLflow checks that a
+    dataset is new and then inserts it, so runs starting together (`dvc queue start -j 4`) may all find it
+    new; on the second try it is there, and only this run's link to it is added."""
     for name, split in splits.items():
-        if len(split.labels):
+        if not len(split.labels):
+            continue
+        with warnings.catch_warnings():
+            # MLflow registers its local-file source twice (for "" and "file"): a mirror's path "can be
+            # interpreted in multiple ways", which are the same.
+            warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
             dataset = mlflow.data.from_numpy(
                 split.inputs, targets=split.labels, name=f"{dataset_name}-{name}", source=source
             )
-            log_input(dataset, context="validation" if name == "validation" else context)
-
-
-# How SQLite and PostgreSQL refuse a second insert of the same row.
-DUPLICATE_ROW = ("UNIQUE constraint failed", "duplicate key value")
-
-
-def log_input(dataset, *, context: str) -> None:
-    """mlflow.log_input, once more when another run inserted the same dataset at the same moment: MLflow
-    checks that a dataset is new and then inserts it, so runs starting together (`dvc queue start -j 4`)
-    may all find it new; on the second try it is there, and only this run's link to it is added."""
-    try:
-        mlflow.log_input(dataset, context=context)
-    except MlflowException as error:
-        if not any(text in str(error) for text in DUPLICATE_ROW):
-            raise
-        mlflow.log_input(dataset, context=context)
+        split_context = "validation" if name == "validation" else context
+        try:
+            mlflow.log_input(dataset, context=split_context)
+        except MlflowException as error:
+            # How SQLite and PostgreSQL refuse a second insert of the same row.
+            if not any(text in str(error) for text in ("UNIQUE constraint failed", "duplicate key value")):
+                raise
+            mlflow.log_input(dataset, context=split_context)
 
 
 def mark_model_development(experiment_id: str) -> None:
@@ -288,21 +262,15 @@ def run_exists(run_id: str | None) -> bool:
     return True
 
 
-def epoch_logger(run_id: str) -> Callable[[int, dict], None]:
-    """A Keras `on_epoch_end` hook logging each epoch's metrics with the epoch as step, once: after a
-    resume, epochs already logged are skipped."""
+def epoch_logger(run_id: str, *, checkpointed: dict[str, list[float]]) -> Callable[[int, dict], None]:
+    """A Keras `on_epoch_end` hook logging each epoch's metrics with the epoch as step, once. After a
+    crash, the epochs its process checkpointed but did not get to log are logged now; those it logged are not."""
     logged = {metric.step for metric in client().get_metric_history(run_id, "loss")}
 
     def log(epoch: int, logs: dict) -> None:
         if epoch + 1 not in logged:
             mlflow.log_metrics({name: float(value) for name, value in logs.items()}, step=epoch + 1)
 
+    for epoch, values in enumerate(zip(*checkpointed.values(), strict=True)):
+        log(epoch, dict(zip(checkpointed, values, strict=True)))
     return log
-
-
-def backfill_epochs(run_id: str, history: dict[str, list[float]]) -> None:
-    """Log the epochs a crashed process checkpointed but did not get to log."""
-    logged = {metric.step for metric in client().get_metric_history(run_id, "loss")}
-    for epoch in range(1, len(history.get("loss", [])) + 1):
-        if epoch not in logged:
-            mlflow.log_metrics({name: values[epoch - 1] for name, values in history.items()}, step=epoch)

@@ -1,43 +1,37 @@
 """Stage `train`: fit the MLP on the training split and log the run to MLflow.
 
-Reads params `seed`, `dataset.name`, `dataset.urls`, `dataset.files`,
-`dataset.num_classes`, `dataset.task`, `dataset.scaling`, `model`, `optimizer`,
-`train`, `mlflow.experiment_name` and data/processed/; writes data/model/model.keras,
-data/model/mlflow_run.json (the MLflow run and logged model the evaluate stage
-scores and registers), reports/training_history.csv (one
-row per epoch, for `dvc plots`), and the architecture: reports/model_summary.txt
-(Keras' summary), reports/model_config.json (the model's get_config()) and
-reports/architecture.png (a diagram).
+Reads params `seed`, `dataset` (name, urls, files, num_classes, task, scaling), `model`, `optimizer`, `train`,
+`mlflow.experiment_name` and data/processed/; writes data/model/model.keras, data/model/mlflow_run.json (the MLflow
+run and logged model, which the evaluate stage scores and registers), reports/training_history.csv (one row per
+epoch, for `dvc plots`) and the architecture: reports/model_summary.txt (Keras' summary), reports/model_config.json
+(the model's get_config()) and reports/architecture.png (a diagram).
 
-The MLflow run gets every composed parameter (flattened), per-epoch metrics with
-the epoch as step, the model with a signature and an input example (the evaluate
-stage registers it once scored), the run's lineage (pipeline.lineage), and the
-sha256 of the trained weights.
-
-`python -m pipeline.train --hash-only` trains without writing anything and
-prints the weights' sha256: the repeatability check runs it twice.
+The MLflow run gets every composed parameter (flattened), per-epoch metrics with the epoch as step, the model with
+a signature and an input example, the run's lineage (pipeline.lineage) and the sha256 of the trained weights.
+`python -m pipeline.train --hash-only` trains without writing anything and prints the weights' sha256: the
+repeatability check runs it twice.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import logging
+import math
 import os
 import time
 from pathlib import Path
 
 import keras
 import mlflow
+import numpy as np
 import tensorflow as tf
+from mlflow.models import infer_signature
 
 from pipeline import determinism, lineage
-from pipeline.checkpoints import Checkpoint, TrainingState, best_weights, fingerprint, restore_variables
 from pipeline.config import ModelConfig, OptimizerConfig, Params, TrainConfig, flatten, load_params
 from pipeline.files import atomic_path, write_json, write_text
 from pipeline.model import build_mlp, draw_architecture, keras_loss, make_optimizer, weights_sha256
-from pipeline.model_logging import log_model
 from pipeline.paths import (
     ARCHITECTURE_FILE,
     HISTORY_FILE,
@@ -51,7 +45,6 @@ from pipeline.search import trial as search_trial
 from pipeline.splits import Split, load_split, training_targets
 from pipeline.stage import run_stage
 from pipeline.tracking import (
-    backfill_epochs,
     epoch_logger,
     log_datasets,
     mark_model_development,
@@ -60,7 +53,7 @@ from pipeline.tracking import (
     run_exists,
     write_run_file,
 )
-from pipeline.training import EpochCheckpointer, ResumableEarlyStopping, check_finite, fit, steps_per_epoch
+from pipeline.training import Checkpoint, EpochCheckpointer, TrainingState, check_finite, fingerprint, fit
 
 logger = logging.getLogger(__name__)
 
@@ -96,12 +89,18 @@ def train(
     determinism.require(train_config.determinism)
     seed_everything(seed)
     model = build_mlp(training.inputs, num_classes=num_classes, task=task, config=model_config, scaling=scaling)
-    total_steps = steps_per_epoch(len(training.labels), train_config.batch_size) * train_config.epochs
+    total_steps = math.ceil(len(training.labels) / train_config.batch_size) * train_config.epochs
     optimizer = make_optimizer(optimizer_config, schedule=train_config.learning_rate_schedule, total_steps=total_steps)
-    loss = keras_loss(train_config.loss)
-    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
-    state, saved = resume(model, checkpoint, run_id=run_id, epochs=train_config.epochs)
-    early_stopping = early_stopping_for(train_config, state, saved)
+    model.compile(optimizer=optimizer, loss=keras_loss(train_config.loss), metrics=["accuracy"])
+    state = checkpoint.restore(model) if checkpoint else TrainingState()
+    if state.epochs_done:
+        logger.info("resuming after epoch %d of %d from %s", state.epochs_done, train_config.epochs, checkpoint.path)
+    state.run_id = run_id
+    early_stopping = None
+    if train_config.early_stopping_patience:
+        early_stopping = keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=train_config.early_stopping_patience, restore_best_weights=True
+        )
     # Order matters: NaN and early stopping decide before the checkpoint is saved, the caller's callbacks see it saved.
     checkpointer = EpochCheckpointer(checkpoint, state, early_stopping)
     targets = {"loss": train_config.loss, "task": task, "num_classes": num_classes}
@@ -120,34 +119,8 @@ def train(
         jit_compile=train_config.jit_compile and train_config.determinism == "host",
     )
     logger.info("fitted in %.1f s", time.perf_counter() - start)  # benchmarks/training_speed.py reads it
-    check_finite(checkpointer.history, learning_rate=optimizer_config.learning_rate)
-    return model, checkpointer.history
-
-
-def early_stopping_for(train_config: TrainConfig, state: TrainingState, saved: dict) -> ResumableEarlyStopping | None:
-    if not train_config.early_stopping_patience:
-        return None
-    return ResumableEarlyStopping(
-        monitor="val_loss",
-        patience=train_config.early_stopping_patience,
-        restore_best_weights=True,
-        restored=state.early_stopping,
-        best_weights=best_weights(saved),
-    )
-
-
-def resume(
-    model: keras.Model, checkpoint: Checkpoint | None, *, run_id: str | None, epochs: int
-) -> tuple[TrainingState, dict]:
-    """The state to start from: the checkpoint's, its variables put back into `model`, or a fresh one."""
-    fresh = TrainingState(epochs_done=0, history={}, run_id=run_id, early_stopping=None)
-    resumed = checkpoint.load() if checkpoint is not None else None
-    if resumed is None:
-        return fresh, {}
-    state, saved = resumed
-    restore_variables(model, saved)
-    logger.info("resuming after epoch %d of %d from %s", state.epochs_done, epochs, checkpoint.directory)
-    return dataclasses.replace(state, run_id=run_id or state.run_id), saved
+    check_finite(state.history, learning_rate=optimizer_config.learning_rate)
+    return model, state.history
 
 
 def train_with_params(params: Params, training: Split, validation: Split, **options):
@@ -181,12 +154,6 @@ def model_summary(model: keras.Model) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_model(model: keras.Model, path) -> None:
-    """Save to a temporary .keras file beside `path`, then rename: never a half-written model."""
-    with atomic_path(path) as temporary:
-        model.save(temporary)
-
-
 def write_architecture(model: keras.Model) -> None:
     """The summary, the layer-by-layer definition Keras can rebuild the network from
     (keras.Sequential.from_config), and a diagram; logged to the run too."""
@@ -195,6 +162,32 @@ def write_architecture(model: keras.Model) -> None:
     draw_architecture(model, ARCHITECTURE_FILE)
     for path in (SUMMARY_FILE, MODEL_CONFIG_FILE, ARCHITECTURE_FILE):
         mlflow.log_artifact(str(path), artifact_path="architecture")
+
+
+def log_model(model: keras.Model, example_inputs: np.ndarray) -> str:
+    """Log the model with its signature and an input example; return its URI (models:/<model id>).
+
+    The model scales its raw inputs itself: the served model takes what the dataset's files hold.
+    Registering it is the evaluate stage's part, once the model's test metrics are logged."""
+    # The example's type is the signature's: uint8 pixels, or a table's float32 values, as the data holds them.
+    # Calling the model: `predict` would build and trace a prediction function for five rows.
+    signature = infer_signature(example_inputs, model(example_inputs, training=False).numpy())
+    # The tensorflow flavor: it saves Keras 3 models as .keras files too, and
+    # (unlike mlflow.keras in this release) stores the input example correctly.
+    info = mlflow.tensorflow.log_model(
+        model,
+        name="model",
+        signature=signature,
+        input_example=example_inputs,
+        # Listed rather than inferred: inference re-loads the model in a
+        # subprocess, and would pick the GPU build of TensorFlow.
+        pip_requirements=[
+            f"tensorflow-cpu=={tf.__version__}",
+            f"keras=={keras.__version__}",
+            f"mlflow=={mlflow.__version__}",
+        ],
+    )
+    return info.model_uri
 
 
 def run_name(params: Params) -> str:
@@ -206,14 +199,12 @@ def run_name(params: Params) -> str:
     return f"{experiment} ({what})" if experiment else what
 
 
-def record_inputs(
-    run: mlflow.ActiveRun, params: Params, splits: dict[str, Split], run_lineage: lineage.Lineage
-) -> None:
+def record_inputs(run: mlflow.ActiveRun, params: Params, splits: dict[str, Split]) -> None:
     """What a new run records before training: the params, the config file, the lineage and the datasets."""
     mark_model_development(run.info.experiment_id)
     mlflow.log_params(flatten(params.model_dump()))
     mlflow.log_artifact(str(PARAMS_FILE), artifact_path="config")
-    lineage.log_new_run_lineage(run_lineage)
+    lineage.log_new_run_lineage(params.dataset.name, params.dataset.files)
     source = lineage.dataset_source(params.dataset.files, params.dataset.urls)
     log_datasets(splits, dataset_name=params.dataset.name, source=source, context="training")
 
@@ -228,21 +219,15 @@ def train_and_log(params: Params, training: Split, validation: Split) -> keras.M
     with Checkpoint(repository_root(), key) as checkpoint:
         saved = checkpoint.load()
         resumed_run = saved[0].run_id if saved and run_exists(saved[0].run_id) else None
-        if resumed_run:
-            context = pipeline_run(run_id=resumed_run)
-        else:
-            run_lineage = lineage.new_run_lineage(params.dataset.name, params.dataset.files)
-            tags = {**lineage.run_tags(run_lineage.record), "mlflow.runName": run_name(params)}
-            tags |= search_trial.run_tags()  # empty unless `mlp search` runs this as a trial
-            context = pipeline_run(experiment_name=params.mlflow.experiment_name, tags=tags)
-        with context as run:
+        # A search trial's tags (none unless `mlp search` runs this) make a new run the study run's child.
+        tags = {"mlflow.runName": run_name(params), **search_trial.run_tags()}
+        with pipeline_run(params.mlflow.experiment_name, run_id=resumed_run, tags=tags) as run:
             run_id = run.info.run_id
             logger.info("MLflow run %s%s", run_id, " (continued after a crash)" if resumed_run else "")
-            if resumed_run:
-                backfill_epochs(run_id, saved[0].history)
-            else:
-                record_inputs(run, params, splits, run_lineage)
-            log_epoch = keras.callbacks.LambdaCallback(on_epoch_end=epoch_logger(run_id))
+            if not resumed_run:
+                record_inputs(run, params, splits)
+            checkpointed = saved[0].history if resumed_run else {}
+            log_epoch = keras.callbacks.LambdaCallback(on_epoch_end=epoch_logger(run_id, checkpointed=checkpointed))
             model, history = train_with_params(
                 params,
                 training,
@@ -251,7 +236,8 @@ def train_and_log(params: Params, training: Split, validation: Split) -> keras.M
                 checkpoint=checkpoint,
                 run_id=run_id,
             )
-            save_model(model, MODEL_FILE)
+            with atomic_path(MODEL_FILE) as temporary:  # never a half-written model
+                model.save(temporary)
             write_history(history, HISTORY_FILE)
             write_architecture(model)
             mlflow.log_param("model.parameter_count", model.count_params())

@@ -1,31 +1,47 @@
-"""The pieces of a deterministic, resumable Keras fit: the input pipeline and the callbacks.
+"""Deterministic, resumable training: the loop that fits the model, and the checkpoint it resumes from.
 
-Why not `model.fit`: the train stage needs TensorFlow's op determinism (the same
-weights run after run), and with it on Keras compiles without XLA
-(`Model.compile` warns and sets jit_compile=False). This loop runs the model's
-own `train_step` and `test_step` under XLA, 64 steps per call, with Keras'
-callbacks and logs. benchmarks/training_speed.py puts it beside `model.fit` at
-its fastest (XLA, 64 steps per execution, op determinism off) in one run: 35,094
-against 27,994 images per second (+25%) on a 2-core AMD EPYC, 2026-12-06.
+Why not `model.fit`: with TensorFlow's op determinism on (the same weights run after run), Keras compiles
+without XLA (`Model.compile` warns and sets jit_compile=False). This loop runs the model's own `train_step` and
+`test_step` under XLA, 64 steps per call, with Keras' callbacks and logs. benchmarks/training_speed.py puts it
+beside `model.fit` at its fastest (XLA, 64 steps per execution, op determinism off) in one run: 35,094 against
+27,994 images per second (+25%) on a 2-core AMD EPYC, 2026-12-06.
 
-The training data is shuffled with a permutation seeded by (seed, epoch), not by
-a random stream that runs on from epoch to epoch: epoch k sees the same order
-whether training started at epoch 1 or resumed at epoch k. Together with
-pipeline.checkpoints this makes resumed training bitwise identical to
-uninterrupted training.
+Resumed training ends bitwise identical to uninterrupted training: each epoch's order is a permutation seeded by
+(seed, epoch), not a random stream that runs on from epoch to epoch, and the checkpoint saved at every epoch end
+holds every variable of the model (weights, the dropout layers' seed state) and of the optimizer (moments,
+iteration count). Checkpoints live in .checkpoints/ at the repository root (DVC deletes a stage's outputs before
+running it), each named by a fingerprint of the train params, the training data, the code and the packages, so
+one made for another configuration or other data is never resumed; a lock keeps two processes from sharing one.
+
+Why not `keras.callbacks.BackupAndRestore`: it hands the epoch to `model.fit` alone; it writes the weights, then
+the epoch in a second file, so a kill between the two resumes epoch k's count with epoch k+1's weights; and it
+holds none of the rest a resume needs: the history, early stopping's counters and best weights, the MLflow run.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import math
+import shutil
 import time
+import zipfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
+from filelock import FileLock, Timeout
 
-from pipeline.checkpoints import Checkpoint, TrainingState
 from pipeline.errors import PipelineError
+from pipeline.files import atomic_path
+from pipeline.paths import CHECKPOINTS_DIRECTORY, REQUIREMENTS_LOCK
+
+logger = logging.getLogger(__name__)
+
+STEPS_PER_CALL = 64  # up to this many steps run in one call: few calls, and a small copy of their batches
 
 
 class TrainingDiverged(PipelineError):
@@ -50,12 +66,12 @@ def fit(
     The same steps as `fit` (the model's own train_step on the same batches, so
     the same weights), without its per-step input pipeline: the arrays stay in
     memory and each batch is gathered from them by the epoch's seeded order.
-    Callbacks get the epoch hooks, with the logs `fit` would give them. With
-    `jit_compile`, XLA compiles each epoch's steps (xla_epoch).
+    Callbacks get the epoch hooks, with the logs `fit` would give them.
     """
     inputs, targets = tf.constant(inputs), tf.constant(targets)
     validation = tuple(tf.constant(array) for array in validation) if validation is not None else None
-    run_epoch, run_validation = compiled_loops(model, batch_size, jit_compile=jit_compile)
+    run_epoch = epoch_loop(model, batch_size, jit_compile=jit_compile)
+    run_validation = validation_loop(model, batch_size)
     # Variables are created before the loops are traced: never inside a loop body.
     model.optimizer.build(model.trainable_variables)
     model.evaluate(inputs[:1], targets[:1], verbose=0)
@@ -77,35 +93,22 @@ def fit(
     callback_list.on_train_end()
 
 
-def compiled_loops(model: keras.Model, batch_size: int, *, jit_compile: bool = False):
-    """Two graph functions: one epoch of training steps in a given order, and one pass of test steps."""
-    if jit_compile:
-        return xla_epoch(model, batch_size), validation_loop(model, batch_size)
-
-    @tf.function
-    def run_epoch(inputs: tf.Tensor, targets: tf.Tensor, order: tf.Tensor) -> None:
-        for start in tf.range(0, tf.shape(order)[0], batch_size):
-            batch = order[start : start + batch_size]
-            model.train_step((tf.gather(inputs, batch), tf.gather(targets, batch)))
-
-    return run_epoch, validation_loop(model, batch_size)
-
-
-STEPS_PER_CALL = 64  # XLA runs up to this many steps per call: few calls, and a small copy of their batches
-
-
-def xla_epoch(model: keras.Model, batch_size: int):
-    """An epoch whose full batches run STEPS_PER_CALL at a time in one XLA call, and the last
-    partial batch in another.
+def epoch_loop(model: keras.Model, batch_size: int, *, jit_compile: bool):
+    """One epoch of training steps in a given order, as a graph function: the full batches STEPS_PER_CALL
+    at a time in one call, then the last partial batch in another; with `jit_compile`, XLA compiles them.
 
     XLA fuses each step's many small operations (dropout, the optimizer's update)
     into few kernels, and a call for many steps saves the per-step dispatch. The
     batches are gathered before each call (XLA runs a gather inside its loop far
     slower), padded to STEPS_PER_CALL so that one compiled program serves every
-    call. The weights are the same as stepping batch by batch with the
-    XLA-compiled step."""
-    step = tf.function(model.train_step, jit_compile=True)
-    steps = tf.function(lambda inputs, targets, count: run_steps(model, inputs, targets, count), jit_compile=True)
+    call. The weights are the same as stepping batch by batch with the same step."""
+    step = tf.function(model.train_step, jit_compile=jit_compile)
+
+    @tf.function(jit_compile=jit_compile)
+    def steps(inputs: tf.Tensor, targets: tf.Tensor, count: tf.Tensor) -> None:
+        """A step on each of the first `count` batches of `inputs` (batches x batch size x features)."""
+        for index in tf.range(count):
+            model.train_step((inputs[index], targets[index]))
 
     @tf.function
     def run_epoch(inputs: tf.Tensor, targets: tf.Tensor, order: tf.Tensor) -> None:
@@ -122,12 +125,6 @@ def xla_epoch(model: keras.Model, batch_size: int):
             step((tf.gather(inputs, batch), tf.gather(targets, batch)))
 
     return run_epoch
-
-
-def run_steps(model: keras.Model, inputs: tf.Tensor, targets: tf.Tensor, count: tf.Tensor) -> None:
-    """A training step on each of the first `count` batches of `inputs` (batches x batch size x features)."""
-    for index in tf.range(count):
-        model.train_step((inputs[index], targets[index]))
 
 
 def validation_loop(model: keras.Model, batch_size: int):
@@ -153,62 +150,156 @@ def epoch_order(count: int, seed: int, epoch: int) -> tf.Tensor:
     )
 
 
-def steps_per_epoch(count: int, batch_size: int) -> int:
-    return math.ceil(count / batch_size)
+@dataclass
+class TrainingState:
+    """What a checkpoint holds besides the model's and the optimizer's variables."""
+
+    epochs_done: int = 0
+    history: dict[str, list[float]] = field(default_factory=dict)  # every epoch's metrics
+    run_id: str | None = None
+    early_stopping: dict[str, float | int] | None = None  # its counters
+    best_weights: list[np.ndarray] | None = None  # early stopping's
 
 
-class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping whose counters and best weights survive a resume."""
+def fingerprint(settings: dict, arrays: list[np.ndarray], code_directory: Path) -> str:
+    """sha256 over the settings, the arrays' bytes, the project's code and the pinned packages."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for array in arrays:
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).data)
+    for path in sorted(code_directory.rglob("*.py")) + [REQUIREMENTS_LOCK]:
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
-    def __init__(self, *, restored: dict | None, best_weights: list[np.ndarray] | None, **options):
-        super().__init__(**options)
-        self._restored, self._restored_weights = restored, best_weights
 
-    def on_train_begin(self, logs=None) -> None:
-        super().on_train_begin(logs)  # resets the counters
-        if self._restored:
-            self.wait, self.best, self.best_epoch = (
-                self._restored["wait"],
-                self._restored["best"],
-                self._restored["best_epoch"],
-            )
-            self.best_weights = self._restored_weights
+class Checkpoint:
+    """The checkpoint of one fingerprint, locked for this process while training runs."""
 
-    def state(self) -> dict[str, float | int]:
-        return {"wait": self.wait, "best": float(self.best), "best_epoch": self.best_epoch}
+    def __init__(self, root: Path, key: str):
+        self.directory = root / CHECKPOINTS_DIRECTORY / f"train-{key[:16]}"
+        # One file, renamed into place: the state and the variables can never disagree.
+        self.path = self.directory / "checkpoint.npz"
+        self.lock = FileLock(f"{self.directory}.lock")
+        self.enabled = False
+
+    def __enter__(self) -> Checkpoint:
+        self.directory.parent.mkdir(parents=True, exist_ok=True)
+        self.enabled = try_acquire(self.lock)
+        if not self.enabled:
+            logger.warning("%s is in use by another training: training without checkpoints", self.directory)
+        # Checkpoints of other fingerprints that no training holds were made for another config or data.
+        for other in self.directory.parent.glob("train-*"):
+            lock = FileLock(f"{other}.lock")
+            if other == self.directory or other.suffix == ".lock" or not try_acquire(lock):
+                continue
+            logger.info("removing checkpoint %s: made for another configuration or other data", other)
+            shutil.rmtree(other, ignore_errors=True)
+            lock.release()
+        return self
+
+    def __exit__(self, *exception) -> None:
+        if self.enabled:
+            self.lock.release()
+
+    def load(self) -> tuple[TrainingState, dict[str, np.ndarray]] | None:
+        """The saved state and variables, or None when there is nothing to resume."""
+        if not (self.enabled and self.path.exists()):
+            return None
+        try:
+            with np.load(self.path, allow_pickle=False) as stored:
+                variables = {name: stored[name] for name in stored.files}
+            state = TrainingState(**json.loads(str(variables.pop("state"))))
+        except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            logger.warning("ignoring the unreadable checkpoint %s (%s)", self.path, error)
+            return None
+        state.best_weights = saved_list(variables, "best") or None
+        return state, variables
+
+    def restore(self, model: keras.Model) -> TrainingState:
+        """The saved state, its variables put back into the built and compiled `model`; else a fresh state."""
+        loaded = self.load()
+        if loaded is None:
+            return TrainingState()
+        state, variables = loaded
+        model.optimizer.build(model.trainable_variables)
+        for prefix, targets in (("model", model.variables), ("optimizer", model.optimizer.variables)):
+            saved = saved_list(variables, prefix)
+            if len(saved) != len(targets):
+                raise ValueError(f"the checkpoint holds {len(saved)} {prefix} variables, the model has {len(targets)}")
+            for variable, value in zip(targets, saved, strict=True):
+                variable.assign(value)
+        return state
+
+    def save(self, model: keras.Model, state: TrainingState) -> None:
+        if not self.enabled:
+            return
+        variables = {f"model_{index}": v.numpy() for index, v in enumerate(model.variables)}
+        variables |= {f"optimizer_{index}": v.numpy() for index, v in enumerate(model.optimizer.variables)}
+        variables |= {f"best_{index}": weights for index, weights in enumerate(state.best_weights or [])}
+        variables["state"] = np.array(json.dumps(asdict(replace(state, best_weights=None))))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path) as temporary:
+            np.savez(temporary, **variables)
+
+    def remove(self) -> None:
+        if self.enabled:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def try_acquire(lock: FileLock) -> bool:
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return False
+    return True
+
+
+def saved_list(variables: dict[str, np.ndarray], prefix: str) -> list[np.ndarray]:
+    """The arrays saved as `<prefix>_0`, `<prefix>_1`, ... in order."""
+    count = sum(name.startswith(f"{prefix}_") for name in variables)
+    return [variables[f"{prefix}_{index}"] for index in range(count)]
 
 
 class EpochCheckpointer(keras.callbacks.Callback):
-    """Saves the complete training state after every epoch; keeps the history of all epochs."""
+    """Keeps every epoch's metrics and saves the training state after each epoch; on a resume, puts early
+    stopping's counters and best weights back. It runs after early stopping and before the caller's
+    callbacks: a non-finite loss and early stopping decide before the state is saved."""
 
     def __init__(
-        self, checkpoint: Checkpoint | None, state: TrainingState, early_stopping: ResumableEarlyStopping | None
+        self, checkpoint: Checkpoint | None, state: TrainingState, early_stopping: keras.callbacks.EarlyStopping | None
     ):
         super().__init__()
-        self.checkpoint, self.early_stopping = checkpoint, early_stopping
-        self.history = {name: list(values) for name, values in state.history.items()}
-        self.run_id = state.run_id
+        self.checkpoint, self.state, self.early_stopping = checkpoint, state, early_stopping
+
+    def on_train_begin(self, logs=None) -> None:
+        # After EarlyStopping's own on_train_begin, which resets its counters.
+        if self.early_stopping and self.state.early_stopping:
+            for name, value in self.state.early_stopping.items():
+                setattr(self.early_stopping, name, value)
+            self.early_stopping.best_weights = self.state.best_weights
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         for name, value in (logs or {}).items():
-            self.history.setdefault(name, []).append(float(value))
-        losses = self.history.get("loss", [])
-        if losses and not math.isfinite(losses[-1]):
+            self.state.history.setdefault(name, []).append(float(value))
+        if not math.isfinite(self.state.history["loss"][-1]):
             self.model.stop_training = True
             return
         # An epoch that made early stopping stop is not saved: a resume runs it again and stops the same way.
         if self.checkpoint is None or self.model.stop_training:
             return
-        stopping = self.early_stopping.state() if self.early_stopping else None
-        best = self.early_stopping.best_weights if self.early_stopping else None
-        state = TrainingState(epochs_done=epoch + 1, history=self.history, run_id=self.run_id, early_stopping=stopping)
-        self.checkpoint.save(self.model, state, best_weights=best)
+        self.state.epochs_done = epoch + 1
+        if stopping := self.early_stopping:
+            counters = {"wait": stopping.wait, "best": float(stopping.best), "best_epoch": stopping.best_epoch}
+            self.state.early_stopping = counters
+            self.state.best_weights = stopping.best_weights
+        self.checkpoint.save(self.model, self.state)
 
 
 def check_finite(history: dict[str, list[float]], *, learning_rate: float) -> None:
-    for epoch, loss in enumerate(history.get("loss", []), start=1):
-        if not math.isfinite(loss):
-            raise TrainingDiverged(
-                f"training diverged: the loss became {loss} in epoch {epoch}; nothing was registered. "
-                f"Lower optimizer.learning_rate (now {learning_rate:g}) or check the input scaling"
-            )
+    """Training stops at the first epoch whose loss is not finite: the run fails there."""
+    if history and not math.isfinite(loss := history["loss"][-1]):
+        raise TrainingDiverged(
+            f"training diverged: the loss became {loss} in epoch {len(history['loss'])}; nothing was registered. "
+            f"Lower optimizer.learning_rate (now {learning_rate:g}) or check the input scaling"
+        )

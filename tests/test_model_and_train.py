@@ -140,12 +140,13 @@ def test_training_with_xla_steps_learns_and_repeats_its_weights():
     assert history["val_accuracy"][-1] > 0.5
 
 
+@pytest.mark.parametrize("jit_compile", [True, False])
 @pytest.mark.parametrize("steps_per_call", [2, 64])  # 3 full batches: 2 calls, the second padded; or 1 call
-def test_an_xla_epoch_has_the_weights_of_xla_steps_one_by_one(steps_per_call, monkeypatch):
+def test_an_epoch_has_the_weights_of_its_steps_one_by_one(steps_per_call, jit_compile, monkeypatch):
     import tensorflow as tf
 
     from pipeline import training
-    from pipeline.training import epoch_order, xla_epoch
+    from pipeline.training import epoch_loop, epoch_order
 
     monkeypatch.setattr(training, "STEPS_PER_CALL", steps_per_call)
 
@@ -161,11 +162,11 @@ def test_an_xla_epoch_has_the_weights_of_xla_steps_one_by_one(steps_per_call, mo
         model.compile(optimizer=optimizer, loss=keras_loss("categorical_crossentropy"))
         model.optimizer.build(model.trainable_variables)
         models.append(model)
-    step = tf.function(models[0].train_step, jit_compile=True)
+    step = tf.function(models[0].train_step, jit_compile=jit_compile)
     for start in range(0, 100, 32):
         batch = order[start : start + 32]
         step((tf.gather(inputs, batch), tf.gather(targets, batch)))
-    run_epoch = xla_epoch(models[1], batch_size=32)
+    run_epoch = epoch_loop(models[1], batch_size=32, jit_compile=jit_compile)
     run_epoch(inputs, targets, order)
     assert int(models[1].optimizer.iterations) == int(models[0].optimizer.iterations) == 4
     for a, b in zip(models[0].get_weights(), models[1].get_weights(), strict=True):

@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 from conftest import synthetic_digits
 
-from pipeline.checkpoints import Checkpoint
 from pipeline.config import ModelConfig, OptimizerConfig, TrainConfig
 from pipeline.model import weights_sha256
 from pipeline.splits import Split
 from pipeline.train import train
-from pipeline.training import TrainingDiverged
+from pipeline.training import Checkpoint, TrainingDiverged
 
 MODEL = ModelConfig(
     hidden_units=[32, 16], activation="relu", dropout_rate=0.3, kernel_initializer="glorot_uniform", l2_weight_decay=0.0
