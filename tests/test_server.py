@@ -50,7 +50,8 @@ def test_secrets_are_generated_once_and_readable_by_their_owner_only(tmp_path):
     assert state.secrets() == state.secrets()
     state.write_pgpass()
     state.write_auth_config(postgres_port=5432)
-    for path in (state.admin_password_file, state.secrets_file, state.pgpass_file, state.auth_config_file):
+    files = (state.admin_password_file, state.secrets_file, state.pgpass_file, state.search_pgpass_file)
+    for path in (*files, state.auth_config_file):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert stat.S_IMODE(state.root.stat().st_mode) == 0o700
     # The database URI in MLflow's auth config names no password: libpq reads it from pgpass.

@@ -18,7 +18,9 @@ from typing import NamedTuple
 
 import mlflow
 import numpy as np
+import optuna
 import psutil
+import psycopg
 import pytest
 import requests
 from conftest import REPOSITORY, TINY_DATASET, free_port, make_tiny_project, run
@@ -107,6 +109,21 @@ def test_start_listens_on_loopback_only_and_a_second_start_does_nothing(server):
     status = mlp_server(server.state, "status").stdout
     assert f"running, pid {leader.pid}, {server.url}" in status
     assert f"running, pid {postgres_pid}, 127.0.0.1:" in status
+
+
+def test_the_search_role_reaches_its_own_database_only(server, monkeypatch):
+    """What a search user gets (search.pgpass) opens the search database; the tracking and users databases
+    refuse it, and no file a user gets holds the password of the role the MLflow server uses."""
+    port = runtime(server)["postgres_port"]
+    passfile = server.state / "search.pgpass"
+    assert [line.split(":")[3] for line in passfile.read_text().splitlines()] == ["search"]
+    for database in ("mlflow_auth", "mlflow"):
+        with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+            psycopg.connect(host="127.0.0.1", port=port, user="search", dbname=database, passfile=str(passfile))
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    study = optuna.create_study(storage=f"postgresql+psycopg://search@127.0.0.1:{port}/search", study_name="tiny")
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE", "COMPLETE"]
 
 
 def test_requests_without_or_with_a_wrong_password_are_refused(server):

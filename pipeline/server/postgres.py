@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import psycopg
 
-from pipeline.server.state import DATABASE_ROLE, DATABASES, SUPERUSER, ServerError, StateFolder
+from pipeline.server.state import DATABASE_ROLE, OWNERS, SEARCH_ROLE, SUPERUSER, ServerError, StateFolder
 
 logger = logging.getLogger(__name__)
 
@@ -117,18 +117,28 @@ def psql(state: StateFolder, port: int, sql: str, database: str = "postgres", us
 
 
 def create_databases(state: StateFolder, port: int) -> None:
-    """The MLflow role and its databases (tracking, users, search studies), if missing."""
-    if not psql(state, port, f"SELECT 1 FROM pg_roles WHERE rolname = '{DATABASE_ROLE}'").strip():
-        psql(state, port, f"CREATE ROLE {DATABASE_ROLE} LOGIN PASSWORD '{state.secrets()['database_role']}'")
+    """The roles and their databases, if missing; each database open to its owner only."""
+    passwords = {DATABASE_ROLE: state.secrets()["database_role"], SEARCH_ROLE: state.secrets()["search_role"]}
+    existing = psql(state, port, "SELECT rolname FROM pg_roles").split()
+    for role, password in passwords.items():
+        if role not in existing:
+            psql(state, port, f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
     existing = psql(state, port, "SELECT datname FROM pg_database").split()
-    for database in DATABASES:
+    for database in OWNERS:
         if database not in existing:
-            psql(state, port, f"CREATE DATABASE {database} OWNER {DATABASE_ROLE}")
+            create_database(state, port, database)
+    # Also for databases made before this rule: PostgreSQL grants CONNECT on each to every role.
+    psql(state, port, f"REVOKE ALL ON DATABASE {', '.join(OWNERS)} FROM PUBLIC")
+
+
+def create_database(state: StateFolder, port: int, database: str) -> None:
+    psql(state, port, f"CREATE DATABASE {database} OWNER {OWNERS[database]}")
+    psql(state, port, f"REVOKE ALL ON DATABASE {database} FROM PUBLIC")
 
 
 def recreate_database(state: StateFolder, port: int, database: str) -> None:
     psql(state, port, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-    psql(state, port, f"CREATE DATABASE {database} OWNER {DATABASE_ROLE}")
+    create_database(state, port, database)
 
 
 def connect(state: StateFolder, port: int, database: str) -> psycopg.Connection:

@@ -242,10 +242,12 @@ def status(state: StateFolder) -> tuple[list[str], bool]:
         mlflow_line = "stopped"
     database = postgres.running_port(state)
     database_line = f"running, pid {database[0]}, 127.0.0.1:{database[1]}" if database else "stopped"
+    search_line = f"postgresql+psycopg://search@<this host>:<port>/search, PGPASSFILE={state.search_pgpass_file}"
     auth_line = f"basic auth, user {ADMIN_USERNAME}, password in {state.admin_password_file}"
     lines = [
         f"mlflow      {mlflow_line}",
         f"postgresql  {database_line}, data {state.postgres_data}",
+        f"search      {search_line}",
         f"artifacts   {state.artifacts_destination(settings)}",
         f"auth        {auth_line if settings.auth else 'none (loopback only)'}",
         f"logs        {state.logs}",
