@@ -28,6 +28,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.server import get_app_client
 from mlflow.tracking import MlflowClient
 
+from pipeline import registry, tracking
+from pipeline.errors import PipelineError
+
 pytestmark = pytest.mark.slow
 
 MODEL_NAME = f"{TINY_DATASET}-mlp"
@@ -185,6 +188,33 @@ def test_a_read_only_user_cannot_create_runs_and_the_admin_can(server, project, 
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", admin_password(server))
     created = MlflowClient(server.url).create_run(experiment.experiment_id, run_name="by-admin")
     MlflowClient(server.url).set_terminated(created.info.run_id)
+
+
+def test_the_pipeline_names_belong_to_the_admin_and_a_name_a_user_took_is_refused(server, project, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reader")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "reader-password-123")
+    reader = MlflowClient(server.url)
+    # `mlp server start` created the names of conf/ as the admin before anyone could take them.
+    with pytest.raises(MlflowException, match="already exists"):
+        reader.create_experiment("atienza-table-1.3.2")
+    with pytest.raises(MlflowException, match="already exists"):
+        reader.create_registered_model("mnist-mlp")
+    # A name that is not in conf/: the reader may create it, and manages it (MLflow's rule).
+    reader.create_experiment("taken-by-reader")
+    reader.create_registered_model("taken-by-reader-mlp")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    for username, password in (("reader", "reader-password-123"), ("admin", admin_password(server))):
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", username)
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        with pytest.raises(PipelineError, match="experiment 'taken-by-reader' .* user 'reader'.* admin") as refused:
+            tracking.experiment_id("taken-by-reader")
+        assert "\n" not in str(refused.value)
+        with pytest.raises(PipelineError, match="registered model 'taken-by-reader-mlp' .* user 'reader'"):
+            registry.register(
+                MlflowClient(server.url), "taken-by-reader-mlp", run_id="0" * 32, model_uri="models:/m-0",
+                description="", tags={},
+            )  # fmt: skip
+    assert not MlflowClient(server.url).search_model_versions("name = 'taken-by-reader-mlp'")
 
 
 def test_start_restarts_a_crashed_server_and_database(server, project, as_admin):

@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 from filelock import FileLock, Timeout
 
-from pipeline.server import postgres
+from pipeline.server import names, postgres
 from pipeline.server.state import ADMIN_USERNAME, Runtime, ServerError, Settings, StateFolder, database_uri
 
 logger = logging.getLogger(__name__)
@@ -127,6 +127,8 @@ def launch(state: StateFolder, settings: Settings) -> Runtime:
             stop_process_group(process.pid)
             raise ServerError(f"mlflow server did not answer within {START_TIMEOUT_SECONDS} s: see {log_path}")
         time.sleep(0.5)
+    if settings.auth:
+        names.create_as_admin(runtime.url, state.admin_password())
     state.save_runtime(runtime)
     logger.info("MLflow server at %s, started in %.1f s", runtime.url, time.monotonic() - began)
     return runtime
