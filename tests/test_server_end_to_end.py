@@ -218,7 +218,7 @@ def test_the_pipeline_names_belong_to_the_admin_and_a_name_a_user_took_is_refuse
 
 
 def test_start_restarts_a_crashed_server_and_database(server, project, as_admin):
-    killed = runtime(server)["mlflow_pid"]
+    killed, postgres_port = runtime(server)["mlflow_pid"], runtime(server)["postgres_port"]
     postmaster = psutil.Process(int((server.state / "postgres/postmaster.pid").read_text().split()[0]))
     # The server with its workers and the database, as an out-of-memory kill would end them.
     os.killpg(killed, signal.SIGKILL)
@@ -229,6 +229,8 @@ def test_start_restarts_a_crashed_server_and_database(server, project, as_admin)
     assert "CRASHED" in status.stdout and "postgresql  stopped" in status.stdout
     mlp_server(server.state, "start")
     assert runtime(server)["mlflow_pid"] != killed
+    # The same addresses: a search's --storage URL stays valid.
+    assert (runtime(server)["postgres_port"], runtime(server)["url"]) == (postgres_port, server.url)
     assert "running" in mlp_server(server.state, "status").stdout
     assert as_admin.search_model_versions(f"name='{MODEL_NAME}'")
 
@@ -274,6 +276,7 @@ def test_backup_restored_into_a_deleted_state_folder_brings_everything_back(
     with np.load(path / "data/processed/test.npz") as arrays:
         test_inputs = arrays["inputs"][:5]
     before, predicted = everything(as_admin), predictions(server, as_admin, test_inputs)
+    postgres_port = runtime(server)["postgres_port"]
     backed_up = mlp_server(server.state, "backup", "--output", str(tmp_path / "backup.tar.gz")).stdout
     print("\n" + backed_up.strip())
     assert (tmp_path / "backup.tar.gz").stat().st_mode & 0o077 == 0
@@ -283,7 +286,9 @@ def test_backup_restored_into_a_deleted_state_folder_brings_everything_back(
     restored = mlp_server(server.state, "restore", str(tmp_path / "backup.tar.gz")).stdout
     print(f"{restored.strip()} in {time.monotonic() - began:.1f} s")
     assert restored.split(":", 1)[1] == backed_up.split(":", 1)[1]
-    mlp_server(server.state, "start", "--port", str(server.port), "--workers", "1")
+    # The settings came back with the archive: the same ports, without giving them again.
+    mlp_server(server.state, "start")
+    assert (runtime(server)["postgres_port"], runtime(server)["url"]) == (postgres_port, server.url)
     # A new admin password was generated; the restored users keep theirs.
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", admin_password(server))
     assert everything(as_admin) == before

@@ -1,8 +1,10 @@
 """The state folder: where each file of the server lives, its settings, and its generated secrets."""
 
+import ipaddress
 import json
 import os
 import secrets
+import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +37,8 @@ class Settings:
     artifacts_destination: str | None = None  # None: the state folder's artifacts/
     allowed_hosts: str | None = None  # Host headers MLflow accepts besides localhost and private addresses
     auth: bool = True
+    postgres_host: str = "127.0.0.1"  # another: other machines reach the search database, with its password
+    postgres_port: int | None = None  # chosen at the first start, then kept: search URLs stay valid
 
 
 @dataclass
@@ -132,6 +136,27 @@ class StateFolder:
             f"auth_cache_ttl_seconds = {AUTH_CACHE_SECONDS}\n"
         )
         write_private(self.auth_config_file, text)
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def check_port_free(host: str, port: int, option: str) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        # As the servers bind: connections of a previous server in TIME_WAIT do not make the port busy.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise ServerError(
+                f"cannot listen on {host}:{port} ({error.strerror}): "
+                f"choose another port with `mlp server start {option} N`"
+            ) from None
 
 
 def database_uri(port: int, database: str = TRACKING_DATABASE) -> str:
