@@ -97,7 +97,7 @@ def start(state: StateFolder, settings: Settings) -> int:
             _run(_unprivileged(command), state, "initdb")
     running = running_port(state)
     if running:
-        port = running[1]
+        port = settings.postgres_port = running[1]
     else:
         if settings.postgres_port is None:
             with socket.socket() as probe:
@@ -156,19 +156,16 @@ def create_databases(state: StateFolder, port: int) -> None:
     existing = psql(state, port, "SELECT datname FROM pg_database").split()
     for database in OWNERS:
         if database not in existing:
-            create_database(state, port, database)
+            recreate_database(state, port, database)
     # Also for databases made before this rule: PostgreSQL grants CONNECT on each to every role.
     psql(state, port, f"REVOKE ALL ON DATABASE {', '.join(OWNERS)} FROM PUBLIC")
 
 
-def create_database(state: StateFolder, port: int, database: str) -> None:
+def recreate_database(state: StateFolder, port: int, database: str) -> None:
+    """`database` empty, owned by its role, which alone may connect to it."""
+    psql(state, port, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
     psql(state, port, f"CREATE DATABASE {database} OWNER {OWNERS[database]}")
     psql(state, port, f"REVOKE ALL ON DATABASE {database} FROM PUBLIC")
-
-
-def recreate_database(state: StateFolder, port: int, database: str) -> None:
-    psql(state, port, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-    create_database(state, port, database)
 
 
 def connect(state: StateFolder, port: int, database: str) -> psycopg.Connection:
