@@ -243,7 +243,7 @@ def status(state: StateFolder) -> tuple[list[str], bool]:
     database_line = f"running, pid {database[0]}, 127.0.0.1:{database[1]}" if database else "stopped"
     if database and not is_loopback(settings.postgres_host):
         database_line += f" and {settings.postgres_host}:{database[1]} (search database only)"
-    search_line = f"postgresql+psycopg://search@<this host>:<port>/search, PGPASSFILE={state.search_pgpass_file}"
+    search_line = f"postgresql+psycopg://search@<host>:{settings.postgres_port}/search, {state.search_pgpass_file}"
     auth_line = f"basic auth, user {ADMIN_USERNAME}, password in {state.admin_password_file}"
     lines = [
         f"mlflow      {mlflow_line}",
