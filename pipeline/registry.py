@@ -18,6 +18,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
+from pipeline.tracking import check_managed_by_admin
+
 CHAMPION = "champion"
 # Tags every version gets; the champion decision reads test_accuracy, test_set and test_scope.
 ACCURACY_TAG, TEST_SET_TAG, SCOPE_TAG = "test_accuracy", "test_set", "test_scope"
@@ -35,6 +37,7 @@ def register(
     except MlflowException as error:
         if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
+    check_managed_by_admin("registered_model", name, name)
     found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if found:
         version = str(found[0].version)

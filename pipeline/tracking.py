@@ -26,9 +26,12 @@ import mlflow
 from filelock import FileLock
 from mlflow.entities import LifecycleStage, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.server import get_app_client
 from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
 from mlflow.tracking import MlflowClient
+from mlflow.utils.credentials import get_default_host_creds
+from mlflow.utils.rest_utils import http_request, verify_rest_response
 
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.files import write_json
@@ -92,12 +95,12 @@ def experiment_id(name: str) -> str:
         # Another store (a tracking server) keeps its own artifact root.
         location = default_artifact_root() if uri == default_tracking_uri() else None
         try:
-            return mlflow.create_experiment(name, artifact_location=location)
+            mlflow.create_experiment(name, artifact_location=location)
         except MlflowException:
             # Processes started together all find it missing; one creates it.
-            experiment = mlflow.get_experiment_by_name(name)
-            if experiment is None:
+            if mlflow.get_experiment_by_name(name) is None:
                 raise
+        experiment = mlflow.get_experiment_by_name(name)
     if experiment.lifecycle_stage == LifecycleStage.DELETED:
         # MLflow keeps the name taken, so neither a run in it nor a new one is possible.
         raise ConfigError(
@@ -105,7 +108,29 @@ def experiment_id(name: str) -> str:
             f"`MLFLOW_TRACKING_URI={uri} mlflow experiments restore --experiment-id {experiment.experiment_id}`, "
             "or choose another mlflow.experiment_name"
         )
+    check_managed_by_admin("experiment", experiment.experiment_id, name)
     return experiment.experiment_id
+
+
+def check_managed_by_admin(resource_type: str, resource_id: str, name: str) -> None:
+    """On a server with basic auth, refuse an experiment or registered model that a user other than an admin
+    manages: its creator does (MLflow's rule), and a user who took a pipeline's name first could tag everyone's
+    runs or move @champion to a model of their own. Only an admin sees others' permissions; a user sees their own."""
+    uri, username = tracking_uri(), os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if not username or not uri.startswith(("http://", "https://")):
+        return
+    listed = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/users/list", "GET")
+    if listed.status_code == 404:
+        return  # a server without basic auth: nobody manages anything
+    admins = {user["username"]: user["is_admin"] for user in verify_rest_response(listed, "users/list").json()["users"]}
+    users = [user for user, is_admin in admins.items() if not is_admin and (admins[username] or user == username)]
+    permissions = get_app_client("basic-auth", uri)
+    for user in users:
+        if permissions.get_user_permission(user, resource_type, resource_id).permission == "MANAGE":
+            raise ConfigError(
+                f"MLflow {resource_type.replace('_', ' ')} '{name}' on {uri} is managed by user '{user}', not by an "
+                "admin: ask an admin to rename it and run `mlp server start`, which creates it again as the admin"
+            )
 
 
 def end_abandoned_runs(store: MlflowClient) -> None:

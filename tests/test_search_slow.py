@@ -201,13 +201,13 @@ def test_two_groups_of_workers_share_one_study_through_postgresql(
 ):
     state, url = team_server
     postgres_port = json.loads((state / "runtime.json").read_text())["postgres_port"]
-    # No password in the URL: libpq reads it from the server's pgpass file.
-    storage = f"postgresql+psycopg://mlflow@127.0.0.1:{postgres_port}/optuna"
+    # No password in the URL: libpq reads it from the search role's pgpass file, what search users get.
+    storage = f"postgresql+psycopg://search@127.0.0.1:{postgres_port}/search"
     environment = {
         "MLFLOW_TRACKING_URI": url,
         "MLFLOW_TRACKING_USERNAME": "admin",
         "MLFLOW_TRACKING_PASSWORD": (state / "admin_password").read_text().strip(),
-        "PGPASSFILE": str(state / "pgpass"),
+        "PGPASSFILE": str(state / "search.pgpass"),
         "MLP_SEARCH_STORAGE": storage,
     }
     for key in ("PGPASSFILE", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):

@@ -8,7 +8,7 @@ import stat
 import pytest
 from conftest import REPOSITORY, run
 
-from pipeline.server import stack
+from pipeline.server import postgres, stack
 from pipeline.server.state import ServerError, Settings, StateFolder, write_private
 
 
@@ -50,7 +50,8 @@ def test_secrets_are_generated_once_and_readable_by_their_owner_only(tmp_path):
     assert state.secrets() == state.secrets()
     state.write_pgpass()
     state.write_auth_config(postgres_port=5432)
-    for path in (state.admin_password_file, state.secrets_file, state.pgpass_file, state.auth_config_file):
+    files = (state.admin_password_file, state.secrets_file, state.pgpass_file, state.search_pgpass_file)
+    for path in (*files, state.auth_config_file):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert stat.S_IMODE(state.root.stat().st_mode) == 0o700
     # The database URI in MLflow's auth config names no password: libpq reads it from pgpass.
@@ -72,3 +73,19 @@ def test_user_errors_are_one_line_without_a_traceback(tmp_path):
     assert code == 1 and "is not an archive of `mlp server backup`" in err and "Traceback" not in err
     code, _, err = mlp_server("backup", state_dir=tmp_path / "state")
     assert code == 1 and "nothing to back up" in err and "Traceback" not in err
+
+
+def test_postgresql_serves_other_machines_the_search_database_only_with_passwords(tmp_path, caplog):
+    state = StateFolder(tmp_path)
+    state.create()
+    (state.postgres_data).mkdir()
+    postgres.write_access_rules(state, Settings(postgres_host="0.0.0.0"))
+    rules = [line.split() for line in (state.postgres_data / "pg_hba.conf").read_text().splitlines()]
+    rules = [rule for rule in rules if rule and not rule[0].startswith("#")]
+    assert {rule[-1] for rule in rules} == {"scram-sha-256"}
+    remote = [rule for rule in rules if rule[3] not in ("127.0.0.1/32", "::1/128")]
+    assert remote and {(rule[1], rule[2]) for rule in remote} == {("search", "search")}
+    postgres.write_access_rules(state, Settings())
+    assert "0.0.0.0/0" not in (state.postgres_data / "pg_hba.conf").read_text()
+    with pytest.raises(ServerError, match="--postgres-port 70000"):
+        stack.resolve_settings(state, {"postgres_port": 70000})

@@ -18,13 +18,18 @@ from typing import NamedTuple
 
 import mlflow
 import numpy as np
+import optuna
 import psutil
+import psycopg
 import pytest
 import requests
 from conftest import REPOSITORY, TINY_DATASET, free_port, make_tiny_project, run
 from mlflow.exceptions import MlflowException
 from mlflow.server import get_app_client
 from mlflow.tracking import MlflowClient
+
+from pipeline import registry, tracking
+from pipeline.errors import PipelineError
 
 pytestmark = pytest.mark.slow
 
@@ -109,6 +114,21 @@ def test_start_listens_on_loopback_only_and_a_second_start_does_nothing(server):
     assert f"running, pid {postgres_pid}, 127.0.0.1:" in status
 
 
+def test_the_search_role_reaches_its_own_database_only(server, monkeypatch):
+    """What a search user gets (search.pgpass) opens the search database; the tracking and users databases
+    refuse it, and no file a user gets holds the password of the role the MLflow server uses."""
+    port = runtime(server)["postgres_port"]
+    passfile = server.state / "search.pgpass"
+    assert [line.split(":")[3] for line in passfile.read_text().splitlines()] == ["search"]
+    for database in ("mlflow_auth", "mlflow"):
+        with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+            psycopg.connect(host="127.0.0.1", port=port, user="search", dbname=database, passfile=str(passfile))
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    study = optuna.create_study(storage=f"postgresql+psycopg://search@127.0.0.1:{port}/search", study_name="tiny")
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE", "COMPLETE"]
+
+
 def test_requests_without_or_with_a_wrong_password_are_refused(server):
     assert requests.get(server.url + SEARCH, timeout=30).status_code == 401
     assert requests.get(server.url + SEARCH, auth=("admin", "wrong-password-123"), timeout=30).status_code == 401
@@ -170,8 +190,35 @@ def test_a_read_only_user_cannot_create_runs_and_the_admin_can(server, project, 
     MlflowClient(server.url).set_terminated(created.info.run_id)
 
 
+def test_the_pipeline_names_belong_to_the_admin_and_a_name_a_user_took_is_refused(server, project, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reader")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "reader-password-123")
+    reader = MlflowClient(server.url)
+    # `mlp server start` created the names of conf/ as the admin before anyone could take them.
+    with pytest.raises(MlflowException, match="already exists"):
+        reader.create_experiment("atienza-table-1.3.2")
+    with pytest.raises(MlflowException, match="already exists"):
+        reader.create_registered_model("mnist-mlp")
+    # A name that is not in conf/: the reader may create it, and manages it (MLflow's rule).
+    reader.create_experiment("taken-by-reader")
+    reader.create_registered_model("taken-by-reader-mlp")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    for username, password in (("reader", "reader-password-123"), ("admin", admin_password(server))):
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", username)
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        with pytest.raises(PipelineError, match="experiment 'taken-by-reader' .* user 'reader'.* admin") as refused:
+            tracking.experiment_id("taken-by-reader")
+        assert "\n" not in str(refused.value)
+        with pytest.raises(PipelineError, match="registered model 'taken-by-reader-mlp' .* user 'reader'"):
+            registry.register(
+                MlflowClient(server.url), "taken-by-reader-mlp", run_id="0" * 32, model_uri="models:/m-0",
+                description="", tags={},
+            )  # fmt: skip
+    assert not MlflowClient(server.url).search_model_versions("name = 'taken-by-reader-mlp'")
+
+
 def test_start_restarts_a_crashed_server_and_database(server, project, as_admin):
-    killed = runtime(server)["mlflow_pid"]
+    killed, postgres_port = runtime(server)["mlflow_pid"], runtime(server)["postgres_port"]
     postmaster = psutil.Process(int((server.state / "postgres/postmaster.pid").read_text().split()[0]))
     # The server with its workers and the database, as an out-of-memory kill would end them.
     os.killpg(killed, signal.SIGKILL)
@@ -182,6 +229,8 @@ def test_start_restarts_a_crashed_server_and_database(server, project, as_admin)
     assert "CRASHED" in status.stdout and "postgresql  stopped" in status.stdout
     mlp_server(server.state, "start")
     assert runtime(server)["mlflow_pid"] != killed
+    # The same addresses: a search's --storage URL stays valid.
+    assert (runtime(server)["postgres_port"], runtime(server)["url"]) == (postgres_port, server.url)
     assert "running" in mlp_server(server.state, "status").stdout
     assert as_admin.search_model_versions(f"name='{MODEL_NAME}'")
 
@@ -227,6 +276,7 @@ def test_backup_restored_into_a_deleted_state_folder_brings_everything_back(
     with np.load(path / "data/processed/test.npz") as arrays:
         test_inputs = arrays["inputs"][:5]
     before, predicted = everything(as_admin), predictions(server, as_admin, test_inputs)
+    postgres_port = runtime(server)["postgres_port"]
     backed_up = mlp_server(server.state, "backup", "--output", str(tmp_path / "backup.tar.gz")).stdout
     print("\n" + backed_up.strip())
     assert (tmp_path / "backup.tar.gz").stat().st_mode & 0o077 == 0
@@ -236,7 +286,9 @@ def test_backup_restored_into_a_deleted_state_folder_brings_everything_back(
     restored = mlp_server(server.state, "restore", str(tmp_path / "backup.tar.gz")).stdout
     print(f"{restored.strip()} in {time.monotonic() - began:.1f} s")
     assert restored.split(":", 1)[1] == backed_up.split(":", 1)[1]
-    mlp_server(server.state, "start", "--port", str(server.port), "--workers", "1")
+    # The settings came back with the archive: the same ports, without giving them again.
+    mlp_server(server.state, "start")
+    assert (runtime(server)["postgres_port"], runtime(server)["url"]) == (postgres_port, server.url)
     # A new admin password was generated; the restored users keep theirs.
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", admin_password(server))
     assert everything(as_admin) == before

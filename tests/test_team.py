@@ -182,7 +182,8 @@ def teammate(server):
         users = get_app_client("basic-auth", tracking_uri=url)
         users.create_user(*TEAMMATE)
         client = MlflowClient(url)
-        experiment_id = client.create_experiment("keras-mlp")
+        # `mlp server start` created the experiment of conf/; the tiny dataset's model name is not in it.
+        experiment_id = client.get_experiment_by_name("keras-mlp").experiment_id
         client.create_registered_model(MODEL_NAME)
         users.grant_user_permission(TEAMMATE[0], "experiment", experiment_id, "EDIT")
         users.grant_user_permission(TEAMMATE[0], "registered_model", MODEL_NAME, "EDIT")

@@ -28,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where artifacts go: a folder or a URI such as s3://bucket/path (default: the state folder's artifacts/)",
     )
     start.add_argument("--allowed-hosts", help="extra Host headers to accept, e.g. mlflow.example.org:5000")
+    start.add_argument(
+        "--postgres-host", help="PostgreSQL's address besides 127.0.0.1, for searches on other machines (password only)"
+    )
+    start.add_argument("--postgres-port", type=int, help="PostgreSQL's port (default: chosen at the first start)")
     start.add_argument("--no-auth", dest="auth", action="store_false", default=None, help="no passwords; loopback only")
     actions.add_parser("stop", help="stop the MLflow server and PostgreSQL")
     actions.add_parser("status", help="what runs where; exit status 3 when not running")

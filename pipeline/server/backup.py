@@ -18,7 +18,7 @@ import psycopg
 from werkzeug.security import generate_password_hash
 
 from pipeline.server import postgres, stack
-from pipeline.server.state import ADMIN_USERNAME, AUTH_DATABASE, TRACKING_DATABASE, ServerError, StateFolder
+from pipeline.server.state import ADMIN_USERNAME, AUTH_DATABASE, TRACKING_DATABASE, ServerError, Settings, StateFolder
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,9 @@ def backup(state: StateFolder, output: Path | None) -> str:
     if not postgres.initialized(state):
         raise ServerError(f"nothing to back up: {state.postgres_data} does not exist (`mlp server start` creates it)")
     was_running = postgres.running_port(state) is not None
-    port = postgres.start(state)
+    settings = state.load_settings() or Settings()
+    port = postgres.start(state, settings)
+    state.save_settings(settings)
     try:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         output = output or state.backups / f"mlflow-backup-{stamp}.tar.gz"
@@ -77,6 +79,7 @@ def backup(state: StateFolder, output: Path | None) -> str:
                 if artifacts.is_dir():
                     shutil.copytree(artifacts, work / "artifacts", dirs_exist_ok=True)
                 found["artifact_files"] = count_files(work / "artifacts")
+            StateFolder(work).save_settings(settings)  # the ports travel: search URLs stay valid after a restore
             (work / "manifest.json").write_text(json.dumps({"created": stamp, "counts": found}, indent=2) + "\n")
             output.parent.mkdir(parents=True, exist_ok=True)
             partial = output.with_name(f".{output.name}.partial")
@@ -120,14 +123,17 @@ def restore(state: StateFolder, archive: Path) -> str:
         manifest = read_archive(archive, work)
         was_serving = stack.stop_mlflow(state) is not None
         was_running = postgres.running_port(state) is not None
-        port = postgres.start(state)
+        # A new state folder takes the archive's settings: the same ports as before.
+        settings = state.load_settings() or StateFolder(work).load_settings() or Settings()
+        port = postgres.start(state, settings)
+        state.save_settings(settings)
         try:
             restored = restore_contents(state, port, work)
         finally:
             if not was_running and not was_serving:
                 postgres.stop(state)
     if was_serving:
-        stack.launch(state, state.load_settings())
+        stack.launch(state, settings)
     expected = {name: count for name, count in manifest["counts"].items() if name in restored}
     if "artifact_files" in manifest["counts"] and "artifact_files" not in restored:
         logger.warning("the archive's artifacts were not restored: this server keeps its artifacts elsewhere")

@@ -19,7 +19,18 @@ from pathlib import Path
 import psutil
 import psycopg
 
-from pipeline.server.state import DATABASE_ROLE, DATABASES, SUPERUSER, ServerError, StateFolder
+from pipeline.server.state import (
+    DATABASE_ROLE,
+    OWNERS,
+    SEARCH_DATABASE,
+    SEARCH_ROLE,
+    SUPERUSER,
+    ServerError,
+    Settings,
+    StateFolder,
+    check_port_free,
+    is_loopback,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +82,9 @@ def running_port(state: StateFolder) -> tuple[int, int] | None:
         return None
 
 
-def start(state: StateFolder) -> int:
-    """PostgreSQL running, with the MLflow role and its databases (all created at the first start); its port."""
+def start(state: StateFolder, settings: Settings) -> int:
+    """PostgreSQL running, with the roles and their databases (created at the first start); its port, the same
+    at every start: chosen at the first one and kept in `settings`."""
     state.write_pgpass()
     if not initialized(state):
         logger.info("creating the PostgreSQL data folder %s", state.postgres_data)
@@ -85,12 +97,19 @@ def start(state: StateFolder) -> int:
             _run(_unprivileged(command), state, "initdb")
     running = running_port(state)
     if running:
-        port = running[1]
+        port = settings.postgres_port = running[1]
     else:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        options = f"-h 127.0.0.1 -p {port} -k ''"  # TCP on loopback only; -k '': no Unix socket
+        if settings.postgres_port is None:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                settings.postgres_port = probe.getsockname()[1]
+        port = settings.postgres_port
+        check_port_free("127.0.0.1", port, "--postgres-port")
+        write_access_rules(state, settings)
+        # Loopback always (the MLflow server and `mlp server` connect there), and the address asked for.
+        host = settings.postgres_host
+        listen = host if host == "0.0.0.0" else ",".join(dict.fromkeys(["127.0.0.1", host]))
+        options = f"-h {listen} -p {port} -k ''"  # -k '': no Unix socket
         log = state.logs / "postgres.log"
         command = [binary("pg_ctl"), "-D", str(state.postgres_data), "-l", str(log), "-o", options]
         # pg_ctl returns once the server accepts connections; its log goes to the file, not to our pipes.
@@ -98,6 +117,17 @@ def start(state: StateFolder) -> int:
         _run(_unprivileged(command), state, f"start (see {log})", stdin=subprocess.DEVNULL)
     create_databases(state, port)
     return port
+
+
+def write_access_rules(state: StateFolder, settings: Settings) -> None:
+    """pg_hba.conf, written at every start: passwords (SCRAM) always; from other machines, when PostgreSQL
+    listens for them, only the search role and only into its database."""
+    sources = ["127.0.0.1/32", "::1/128"]
+    rules = [f"host all all {source} scram-sha-256" for source in sources]
+    if not is_loopback(settings.postgres_host):
+        rules += [f"host {SEARCH_DATABASE} {SEARCH_ROLE} {source} scram-sha-256" for source in ("0.0.0.0/0", "::/0")]
+    text = "# Written by `mlp server start` at every start: changes here are lost.\n" + "\n".join(rules) + "\n"
+    (state.postgres_data / "pg_hba.conf").write_text(text)
 
 
 def stop(state: StateFolder) -> int | None:
@@ -117,18 +147,25 @@ def psql(state: StateFolder, port: int, sql: str, database: str = "postgres", us
 
 
 def create_databases(state: StateFolder, port: int) -> None:
-    """The MLflow role and its databases (tracking, users, search studies), if missing."""
-    if not psql(state, port, f"SELECT 1 FROM pg_roles WHERE rolname = '{DATABASE_ROLE}'").strip():
-        psql(state, port, f"CREATE ROLE {DATABASE_ROLE} LOGIN PASSWORD '{state.secrets()['database_role']}'")
+    """The roles and their databases, if missing; each database open to its owner only."""
+    passwords = {DATABASE_ROLE: state.secrets()["database_role"], SEARCH_ROLE: state.secrets()["search_role"]}
+    existing = psql(state, port, "SELECT rolname FROM pg_roles").split()
+    for role, password in passwords.items():
+        if role not in existing:
+            psql(state, port, f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
     existing = psql(state, port, "SELECT datname FROM pg_database").split()
-    for database in DATABASES:
+    for database in OWNERS:
         if database not in existing:
-            psql(state, port, f"CREATE DATABASE {database} OWNER {DATABASE_ROLE}")
+            recreate_database(state, port, database)
+    # Also for databases made before this rule: PostgreSQL grants CONNECT on each to every role.
+    psql(state, port, f"REVOKE ALL ON DATABASE {', '.join(OWNERS)} FROM PUBLIC")
 
 
 def recreate_database(state: StateFolder, port: int, database: str) -> None:
+    """`database` empty, owned by its role, which alone may connect to it."""
     psql(state, port, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-    psql(state, port, f"CREATE DATABASE {database} OWNER {DATABASE_ROLE}")
+    psql(state, port, f"CREATE DATABASE {database} OWNER {OWNERS[database]}")
+    psql(state, port, f"REVOKE ALL ON DATABASE {database} FROM PUBLIC")
 
 
 def connect(state: StateFolder, port: int, database: str) -> psycopg.Connection:

@@ -1,10 +1,8 @@
 """The whole stack: PostgreSQL, then `mlflow server` in front of it, launched detached; start, stop, status."""
 
-import ipaddress
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,8 +15,17 @@ from pathlib import Path
 import psutil
 from filelock import FileLock, Timeout
 
-from pipeline.server import postgres
-from pipeline.server.state import ADMIN_USERNAME, Runtime, ServerError, Settings, StateFolder, database_uri
+from pipeline.server import names, postgres
+from pipeline.server.state import (
+    ADMIN_USERNAME,
+    Runtime,
+    ServerError,
+    Settings,
+    StateFolder,
+    check_port_free,
+    database_uri,
+    is_loopback,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +46,6 @@ def locked(state: StateFolder) -> Iterator[None]:
         raise ServerError(f"another `mlp server` command is running on {state.root} (lock {state.lock_file})") from None
 
 
-def is_loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
-
-
 def client_url(settings: Settings) -> str:
     """The URL a client on this machine uses: a wildcard bind address is reached on loopback."""
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
@@ -62,8 +62,12 @@ def resolve_settings(state: StateFolder, overrides: dict) -> Settings:
             f"--host {settings.host} makes the server reachable from other machines, which needs authentication: "
             "drop --no-auth, or keep --host 127.0.0.1"
         )
-    if settings.workers < 1 or not 0 < settings.port < 65536:
-        raise ServerError(f"--workers {settings.workers} / --port {settings.port}: need workers >= 1, port 1-65535")
+    ports = (settings.port, settings.postgres_port or 1)
+    if settings.workers < 1 or not all(0 < port < 65536 for port in ports):
+        raise ServerError(
+            f"--workers {settings.workers} / --port {settings.port} / --postgres-port {settings.postgres_port}: "
+            "need workers >= 1, ports 1-65535"
+        )
     return settings
 
 
@@ -87,6 +91,13 @@ def start(state: StateFolder, overrides: dict) -> tuple[Runtime, bool]:
             "password (basic auth); put TLS in front of it (a reverse proxy) before using it across a network",
             settings.host,
         )
+    if not is_loopback(settings.postgres_host):
+        logger.warning(
+            "PostgreSQL listening on %s: other machines reach the search database (role search, password in %s) "
+            "over plain TCP, without TLS; the other databases stay on this machine",
+            settings.postgres_host,
+            state.search_pgpass_file,
+        )
     runtime = launch(state, settings)
     state.save_settings(settings)  # once they worked: a refused port is not the next start's default
     return runtime, True
@@ -96,11 +107,11 @@ def launch(state: StateFolder, settings: Settings) -> Runtime:
     """Start PostgreSQL, then `mlflow server` in a session of its own (it outlives `mlp`); return once it answers."""
     began = time.monotonic()
     state.admin_password()  # generated now, so that it exists before anything can use it
-    port = postgres.start(state)
+    port = postgres.start(state, settings)
     if settings.artifacts_destination is None:
         state.artifacts.mkdir(exist_ok=True)
     logger.info("PostgreSQL on 127.0.0.1:%d; starting the MLflow server", port)
-    check_port_free(settings)
+    check_port_free(settings.host, settings.port, "--port")
     environment = {name: value for name, value in os.environ.items() if name not in CLIENT_VARIABLES}
     environment["PGPASSFILE"] = str(state.pgpass_file)
     if settings.auth:
@@ -127,23 +138,11 @@ def launch(state: StateFolder, settings: Settings) -> Runtime:
             stop_process_group(process.pid)
             raise ServerError(f"mlflow server did not answer within {START_TIMEOUT_SECONDS} s: see {log_path}")
         time.sleep(0.5)
+    if settings.auth:
+        names.create_as_admin(runtime.url, state.admin_password())
     state.save_runtime(runtime)
     logger.info("MLflow server at %s, started in %.1f s", runtime.url, time.monotonic() - began)
     return runtime
-
-
-def check_port_free(settings: Settings) -> None:
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    with socket.socket(family) as probe:
-        # As uvicorn binds: connections of a previous server in TIME_WAIT do not make the port busy.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((settings.host, settings.port))
-        except OSError as error:
-            raise ServerError(
-                f"cannot listen on {settings.host}:{settings.port} ({error.strerror}): "
-                "choose another port with `mlp server start --port N`"
-            ) from None
 
 
 def command(state: StateFolder, settings: Settings, postgres_port: int) -> list[str]:
@@ -242,10 +241,14 @@ def status(state: StateFolder) -> tuple[list[str], bool]:
         mlflow_line = "stopped"
     database = postgres.running_port(state)
     database_line = f"running, pid {database[0]}, 127.0.0.1:{database[1]}" if database else "stopped"
+    if database and not is_loopback(settings.postgres_host):
+        database_line += f" and {settings.postgres_host}:{database[1]} (search database only)"
+    search_line = f"postgresql+psycopg://search@<host>:{settings.postgres_port}/search, {state.search_pgpass_file}"
     auth_line = f"basic auth, user {ADMIN_USERNAME}, password in {state.admin_password_file}"
     lines = [
         f"mlflow      {mlflow_line}",
         f"postgresql  {database_line}, data {state.postgres_data}",
+        f"search      {search_line}",
         f"artifacts   {state.artifacts_destination(settings)}",
         f"auth        {auth_line if settings.auth else 'none (loopback only)'}",
         f"logs        {state.logs}",

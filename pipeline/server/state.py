@@ -1,8 +1,10 @@
 """The state folder: where each file of the server lives, its settings, and its generated secrets."""
 
+import ipaddress
 import json
 import os
 import secrets
+import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -10,14 +12,16 @@ from pipeline.errors import PipelineError
 
 STATE_DIRECTORY = Path(".server")
 ADMIN_USERNAME = "admin"
-# PostgreSQL: the superuser only `mlp server` itself uses (create, back up, restore), and the role
-# the MLflow server connects as, owner of its databases (tracking, users, search studies) and nothing else.
+# PostgreSQL: the superuser only `mlp server` itself uses (create, back up, restore); the role the
+# MLflow server connects as, owner of the tracking and users databases, whose password no user gets;
+# and the role search users get (search.pgpass), owner of Optuna's database and allowed into no other:
+# `mlp search --storage postgresql+psycopg://search@<host>:<port>/search`.
 SUPERUSER = "postgres"
 DATABASE_ROLE = "mlflow"
 TRACKING_DATABASE = "mlflow"
 AUTH_DATABASE = "mlflow_auth"
-# The third: Optuna's studies, for `mlp search --storage postgresql+psycopg://mlflow@127.0.0.1:<port>/optuna`.
-DATABASES = (TRACKING_DATABASE, AUTH_DATABASE, "optuna")
+SEARCH_ROLE = SEARCH_DATABASE = "search"
+OWNERS = {TRACKING_DATABASE: DATABASE_ROLE, AUTH_DATABASE: DATABASE_ROLE, SEARCH_DATABASE: SEARCH_ROLE}
 AUTH_CACHE_SECONDS = 60
 
 
@@ -33,6 +37,8 @@ class Settings:
     artifacts_destination: str | None = None  # None: the state folder's artifacts/
     allowed_hosts: str | None = None  # Host headers MLflow accepts besides localhost and private addresses
     auth: bool = True
+    postgres_host: str = "127.0.0.1"  # another: other machines reach the search database, with its password
+    postgres_port: int | None = None  # chosen at the first start, then kept: search URLs stay valid
 
 
 @dataclass
@@ -57,6 +63,7 @@ class StateFolder:
         self.admin_password_file = self.root / "admin_password"
         self.secrets_file = self.root / "secrets.json"
         self.pgpass_file = self.root / "pgpass"
+        self.search_pgpass_file = self.root / "search.pgpass"
         self.auth_config_file = self.root / "basic_auth.ini"
         self.lock_file = self.root / "lock"
 
@@ -93,11 +100,13 @@ class StateFolder:
         self.runtime_file.unlink(missing_ok=True)
 
     def secrets(self) -> dict[str, str]:
-        """The PostgreSQL passwords and Flask's secret key, generated on first use."""
-        if not self.secrets_file.is_file():
-            values = {name: secrets.token_urlsafe(32) for name in ("superuser", "database_role", "flask_secret_key")}
+        """The PostgreSQL passwords and Flask's secret key, each generated on first use."""
+        values = json.loads(self.secrets_file.read_text(encoding="utf-8")) if self.secrets_file.is_file() else {}
+        missing = {"superuser", "database_role", "search_role", "flask_secret_key"} - values.keys()
+        if missing:
+            values |= {name: secrets.token_urlsafe(32) for name in missing}
             write_private(self.secrets_file, json.dumps(values, indent=2) + "\n")
-        return json.loads(self.secrets_file.read_text(encoding="utf-8"))
+        return values
 
     def admin_password(self) -> str:
         if not self.admin_password_file.is_file():
@@ -105,10 +114,12 @@ class StateFolder:
         return self.admin_password_file.read_text(encoding="utf-8").strip()
 
     def write_pgpass(self) -> None:
-        # libpq's format, host:port:database:user:password; any port, since PostgreSQL's changes per start.
+        # libpq's format, host:port:database:user:password. The server's own roles, on this machine only;
+        # the search role's, the only one a user gets, from any host (users copy the file to theirs).
         values = self.secrets()
         roles = {SUPERUSER: values["superuser"], DATABASE_ROLE: values["database_role"]}
         write_private(self.pgpass_file, "".join(f"127.0.0.1:*:*:{role}:{secret}\n" for role, secret in roles.items()))
+        write_private(self.search_pgpass_file, f"*:*:*:{SEARCH_ROLE}:{values['search_role']}\n")
 
     def write_auth_config(self, postgres_port: int) -> None:
         # The users database lives in the same PostgreSQL.
@@ -125,6 +136,27 @@ class StateFolder:
             f"auth_cache_ttl_seconds = {AUTH_CACHE_SECONDS}\n"
         )
         write_private(self.auth_config_file, text)
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def check_port_free(host: str, port: int, option: str) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        # As the servers bind: connections of a previous server in TIME_WAIT do not make the port busy.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise ServerError(
+                f"cannot listen on {host}:{port} ({error.strerror}): "
+                f"choose another port with `mlp server start {option} N`"
+            ) from None
 
 
 def database_uri(port: int, database: str = TRACKING_DATABASE) -> str:
