@@ -338,7 +338,7 @@ def test_a_stage_reports_a_duplicate_key_in_one_line(tmp_path: Path, stage):
 
 
 BROKEN_CONF = {
-    "duplicate key": ("model/mlp.yaml", "dropout_rate: 0.1\n", 'line 12: found duplicate key "dropout_rate"'),
+    "duplicate key": ("model/mlp.yaml", "dropout_rate: 0.1\n", ', line 12: found duplicate key "dropout_rate"'),
     "syntax error": ("model/mlp.yaml", "activation: [relu\n", ", line 13: did not find expected ',' or ']'"),
     "YAML 1.1 octal": ("config.yaml", "seed: 017\n", ": seed reads as 15 to Hydra but 17 to DVC"),
 }
