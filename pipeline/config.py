@@ -344,12 +344,18 @@ def compose(overrides: list[str] | None = None, config_directory: Path = CONFIG_
         # Hydra reads YAML 1.1 (017 is octal 15, yes is true), DVC then params.yaml as YAML 1.2:
         # a value the two read differently is refused rather than changed on its way to the stages.
         text = read_text(path)
-        dvc_reading = flatten(read_yaml(text, path) or {})
-        hydra_reading = flatten(OmegaConf.to_container(OmegaConf.create(text)) or {})
-        for key, value in dvc_reading.items():
-            if hydra_reading.get(key) != value:
+        dvc_reading = read_yaml(text, path) or {}
+        try:
+            hydra_reading = OmegaConf.to_container(OmegaConf.create(text)) or {}
+        except OmegaConfBaseException as error:
+            raise ConfigError(f"{path}: {str(error).splitlines()[0]}") from None
+        if not isinstance(dvc_reading, dict):
+            raise ConfigError(f"{path} must hold a mapping, found {type(dvc_reading).__name__}")
+        hydra_values = flatten(hydra_reading)
+        for key, value in flatten(dvc_reading).items():
+            if hydra_values.get(key) != value:
                 raise ConfigError(
-                    f"{path}: {key} reads as {hydra_reading.get(key)!r} to Hydra "
+                    f"{path}: {key} reads as {hydra_values.get(key)!r} to Hydra "
                     f"but {value!r} to DVC: write it so that both agree"
                 )
     with tempfile.TemporaryDirectory() as directory:
