@@ -12,8 +12,10 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+import psutil
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError
 
 from pipeline.errors import ConfigError, DataError
 from pipeline.files import file_digest
@@ -33,14 +35,30 @@ FORMAT_FILES = {
 # NumPy's legacy seeding and scikit-learn's random_state take 32-bit seeds.
 MAX_SEED = 2**32 - 1
 
+# float32 weights: the weight, its gradient and the optimizer's at most two slots (Adam's moments).
+BYTES_PER_PARAMETER = 4 * 4
+# float32 activations, kept for the backward pass, and their gradients.
+BYTES_PER_ACTIVATION = 4 * 2
+
 PositiveInt = Annotated[int, Field(ge=1)]
 FileName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")]
+
+
+def _printable(value: str) -> str:
+    # Names reach MLflow's UI, terminals and logs, where a line break or an escape sequence would forge output.
+    if not value.isprintable():
+        raise ValueError("must be printable: no line break, tab, bell or escape sequence")
+    return value
+
+
+PrintableName = Annotated[str, AfterValidator(_printable)]
 
 
 class StrictModel(BaseModel):
     # Unknown keys are errors: a misspelled key must not be silently ignored.
     # inf and nan are refused in every float: they would train a NaN model.
-    model_config = ConfigDict(extra="forbid", strict=False, frozen=True, allow_inf_nan=False)
+    # strict: a boolean is not a number (YAML's `true` is not 1), nor 128.0 a batch size.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class FileSpec(StrictModel):
@@ -94,7 +112,7 @@ class DatasetConfig(StrictModel):
     files: dict[str, FileSpec]
     input_shape: list[PositiveInt] = Field(min_length=1, max_length=3)
     num_classes: int = Field(ge=2)
-    class_names: list[str]
+    class_names: list[PrintableName]
     # unit_interval: pixels / 255; standardize: zero mean, unit variance, fitted on the training split.
     scaling: Literal["unit_interval", "standardize"]
     validation_fraction: float = Field(ge=0.0, lt=1.0)
@@ -117,6 +135,8 @@ class DatasetConfig(StrictModel):
             )
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"dataset.class_names has {len(self.class_names)} names for {self.num_classes} classes")
+        if repeated := next((name for name in self.class_names if self.class_names.count(name) > 1), None):
+            raise ValueError(f"dataset.class_names must be unique: {repeated!r} is repeated")
         if self.task == "binary" and self.num_classes != 2:
             raise ValueError(f"dataset.task binary needs num_classes 2, found {self.num_classes}")
         is_csv = self.format == "csv"
@@ -177,8 +197,8 @@ class TrainConfig(StrictModel):
 
 
 class MlflowConfig(StrictModel):
-    experiment_name: str = Field(min_length=1, max_length=500)
-    registered_model_name: str = Field(min_length=1, max_length=256)
+    experiment_name: PrintableName = Field(min_length=1, max_length=500)
+    registered_model_name: PrintableName = Field(min_length=1, max_length=256)
 
     @field_validator("experiment_name", "registered_model_name")
     @classmethod
@@ -226,23 +246,64 @@ class Params(StrictModel):
                 f"train.loss {self.train.loss} does not fit dataset.task {self.dataset.task} "
                 f"({self.dataset.name}): use {right} or mse"
             )
+        self.fits()
         return self
+
+    def fits(self) -> None:
+        """Refuse a batch larger than the training rows, or a network that cannot fit in this machine's memory."""
+        dataset, batch_size, hidden_units = self.dataset, self.train.batch_size, self.model.hidden_units
+        if dataset.max_train_samples:  # an upper bound: train_test_split holds out ceil(fraction * rows)
+            rows = dataset.max_train_samples - math.ceil(dataset.validation_fraction * dataset.max_train_samples)
+            if batch_size > rows:
+                raise ValueError(f"train.batch_size {batch_size} is larger than the at most {rows} training rows")
+        sizes = [dataset.num_features, *hidden_units, 1 if dataset.task == "binary" else dataset.num_classes]
+        parameters = sum((inputs + 1) * outputs for inputs, outputs in zip(sizes[:-1], sizes[1:], strict=True))
+        needed = parameters * BYTES_PER_PARAMETER + batch_size * sum(sizes) * BYTES_PER_ACTIVATION
+        available = psutil.virtual_memory().total
+        if needed > available:
+            raise ValueError(
+                f"train.batch_size {batch_size} and model.hidden_units {hidden_units} need about "
+                f"{needed / 2**30:,.1f} GiB ({parameters:,} parameters); this machine has {available / 2**30:,.1f} GiB"
+            )
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:
     """Read and validate params.yaml; raise ConfigError naming every bad key."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
     except FileNotFoundError:
         raise ConfigError(f"{path} not found: compose it from conf/ with `mlp params`") from None
     return parse_params(text, path)
 
 
-def parse_params(text: str, path: Path = PARAMS_FILE) -> Params:
+def read_text(path: Path) -> str:
+    """A UTF-8 file's text; ConfigError naming the file (and the line of a bad byte) if it cannot be read."""
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as error:  # a directory, a symlink loop, no permission
+        raise ConfigError(f"{path}: cannot be read: {error.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ConfigError(f"{path}, line {line}: not UTF-8 (byte {data[error.start]:#04x})") from None
+
+
+def read_yaml(text: str, path: Path | str) -> Any:
+    """YAML as DVC reads params.yaml (ruamel's safe loader: YAML 1.2, duplicate keys refused), so that
+    `seed: 017` is 17 to the stages as to DVC; ConfigError naming the file and line of a problem."""
+    try:
+        return YAML(typ="safe").load(text)
+    except MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = f", line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: {error.problem or error.context}") from None
+
+
+def parse_params(text: str, path: Path = PARAMS_FILE) -> Params:
+    raw = read_yaml(text, path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of parameters, found {type(raw).__name__}")
     if missing := sorted(key for key, value in flatten(raw).items() if value == "???"):
@@ -276,8 +337,27 @@ def compose(overrides: list[str] | None = None, config_directory: Path = CONFIG_
     # DVC and Hydra take a second to import, and of the stages only train composes.
     from dvc.utils.hydra import compose_and_dump
     from hydra.errors import HydraException
+    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    for path in sorted(config_directory.rglob("*.yaml")):
+        # Hydra reads YAML 1.1 (017 is octal 15, yes is true), DVC then params.yaml as YAML 1.2:
+        # a value the two read differently is refused rather than changed on its way to the stages.
+        text = read_text(path)
+        dvc_reading = read_yaml(text, path) or {}
+        try:
+            hydra_reading = OmegaConf.to_container(OmegaConf.create(text)) or {}
+        except OmegaConfBaseException as error:
+            raise ConfigError(f"{path}: {str(error).splitlines()[0]}") from None
+        if not isinstance(dvc_reading, dict):
+            raise ConfigError(f"{path} must hold a mapping, found {type(dvc_reading).__name__}")
+        hydra_values = flatten(hydra_reading)
+        for key, value in flatten(dvc_reading).items():
+            if hydra_values.get(key) != value:
+                raise ConfigError(
+                    f"{path}: {key} reads as {hydra_values.get(key)!r} to Hydra "
+                    f"but {value!r} to DVC: write it so that both agree"
+                )
     with tempfile.TemporaryDirectory() as directory:
         output = Path(directory) / "params.yaml"
         try:

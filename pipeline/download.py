@@ -7,6 +7,7 @@ Range request. Bytes go to .<name>.part, fsynced, renamed only once verified.
 
 from __future__ import annotations
 
+import filecmp
 import logging
 import os
 import time
@@ -19,7 +20,7 @@ from requests.utils import urldefragauth
 from tqdm import tqdm
 
 from pipeline.config import FileSpec, load_params
-from pipeline.errors import DownloadError
+from pipeline.errors import ConfigError, DownloadError
 from pipeline.files import read_json_object, write_json
 from pipeline.paths import DATA_SOURCES_FILE, RAW_DIRECTORY
 from pipeline.stage import run_stage
@@ -97,14 +98,23 @@ def _fetch(session, spec: FileSpec, sources: list[str], path: Path, timeout, att
                     _write(partial, spec, iter(lambda: source.read(CHUNK_SIZE), b""), have=0)
             else:
                 _download_http(session, url, partial, spec, timeout, attempts, backoff_seconds)
-            problem = spec.mismatch(partial)
+            problem = wrong_bytes = spec.mismatch(partial)
         except (OSError, requests.RequestException) as error:
-            problem = _reason(error)  # what arrived is kept for the next source to resume
+            problem, wrong_bytes = _reason(error), None  # what arrived is kept for the next source to resume
         else:
             if problem is None:
                 os.replace(partial, path)
                 logger.info("%s downloaded from %s and verified", path, url)
                 return urldefragauth(url)  # a user name or password must never reach a file or a run
+        if path.exists() and partial.exists() and filecmp.cmp(partial, path, shallow=False):
+            # Two copies failing alike (a size pin too large ends the body early): the pin is the likely fault.
+            partial.unlink()
+            local_problem = spec.mismatch(path)
+            raise ConfigError(
+                f"{path} and {urldefragauth(url)} agree ({local_problem}): the file is likely good; "
+                f"check its {local_problem.split()[0]} pin in conf/dataset/"
+            )
+        if wrong_bytes:
             partial.unlink()  # wrong bytes: nothing in it is worth resuming
         failures.append(f"{url}: {problem}")
         logger.warning("%s", failures[-1])

@@ -12,9 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pipeline.config import compose, flatten
+from pipeline.config import compose, flatten, read_yaml
 from pipeline.errors import ConfigError
 from pipeline.paths import CONFIG_DIRECTORY
 
@@ -34,8 +32,8 @@ def hydra_overrides(params: dict[str, Any], config_directory: Path = CONFIG_DIRE
     def differences(choices: tuple[str, ...]) -> list[str] | None:
         """The key overrides `params` still needs after these choices; None when Hydra refuses them."""
         try:
-            # Composed as params.yaml is, so that both hold the same YAML types.
-            composed = yaml.safe_load(compose(list(choices), config_directory))
+            # Composed and read as params.yaml is, so that both hold the same YAML types.
+            composed = read_yaml(compose(list(choices), config_directory), "the composition of conf/")
         except ConfigError:
             return None
         return key_overrides(flatten(composed), target)
@@ -67,7 +65,7 @@ def candidates(folder: Path, group: str, target: dict[str, Any], differences: li
         text = path.read_text(encoding="utf-8")
         # An experiment file is `# @package _global_`: its keys are full paths.
         prefix = "" if "@package _global_" in text else f"{group}."
-        values = flatten({key: value for key, value in (yaml.safe_load(text) or {}).items() if key != "defaults"})
+        values = flatten({key: value for key, value in (read_yaml(text, path) or {}).items() if key != "defaults"})
         if any(prefix + key in differing and target.get(prefix + key) == value for key, value in values.items()):
             found.append(path.stem)
     return found

@@ -3,15 +3,18 @@ invalid values fail with a message naming the key, the value and what is allowed
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPOSITORY
+from conftest import REPOSITORY, run
+from dvc.utils.serialize import parse_yaml
 
 from pipeline.config import ConfigError, compose, flatten, load_params, parse_params
+from pipeline.git import git
 
 EXPERIMENTS = sorted(path.stem for path in (REPOSITORY / "conf/experiment").glob("*.yaml"))
 DATASETS = sorted(path.stem for path in (REPOSITORY / "conf/dataset").glob("*.yaml"))
@@ -22,8 +25,9 @@ def default_params() -> dict:
 
 
 def test_committed_params_file_is_the_default_composition():
-    committed = (REPOSITORY / "params.yaml").read_text(encoding="utf-8")
-    assert committed == compose(config_directory=REPOSITORY / "conf"), (
+    # The committed file, not the working tree's: `dvc exp run -S ...` applies its overrides there.
+    committed = git("show", "HEAD:params.yaml", cwd=REPOSITORY)
+    assert committed == compose(config_directory=REPOSITORY / "conf").rstrip("\n"), (  # git strips the last newline
         "params.yaml differs from conf/: regenerate it with `make params`"
     )
 
@@ -292,3 +296,63 @@ def test_the_stages_before_training_do_not_import_mlflow():
     code = "import sys, pipeline.validate, pipeline.download, pipeline.preprocess; print('mlflow' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPOSITORY, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+BROKEN_FILES = {
+    "duplicate key": (b"seed: 42\nseed: 43\n", 'line 2: found duplicate key "seed"'),
+    "syntax error": (b"seed: 42\nmodel: {hidden_units: [256\n", "line 3: did not find expected ',' or ']'"),
+    "not UTF-8": (b"seed: 42\nmirror: caf\xe9\n", "line 2: not UTF-8"),
+}
+
+
+@pytest.mark.parametrize(("content", "expected"), BROKEN_FILES.values(), ids=BROKEN_FILES)
+def test_a_broken_params_file_is_one_line_naming_the_file_and_line(tmp_path: Path, content, expected):
+    path = tmp_path / "params.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as raised:
+        load_params(path)
+    assert str(raised.value).startswith(f"{path}, {expected}")
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("kind", ["directory", "symlink loop"])
+def test_something_else_in_place_of_the_params_file_is_one_line(tmp_path: Path, kind):
+    path = tmp_path / "params.yaml"
+    path.mkdir() if kind == "directory" else path.symlink_to(path)
+    with pytest.raises(ConfigError, match=f"^{path}: cannot be read: [^\n]+$"):
+        load_params(path)
+
+
+def test_numbers_mean_to_the_stages_what_they_mean_to_dvc():
+    """YAML 1.1 reads 017 as octal 15, YAML 1.2 (DVC's ruamel) as 17."""
+    text = with_change("seed", 0).replace("seed: 0\n", "seed: 017\n")
+    assert parse_params(text).seed == parse_yaml(text, "params.yaml")["seed"] == 17
+
+
+@pytest.mark.parametrize("stage", ["validate", "download"])
+def test_a_stage_reports_a_duplicate_key_in_one_line(tmp_path: Path, stage):
+    (tmp_path / "params.yaml").write_text(with_change("seed", 42) + "seed: 43\n")
+    result = run([sys.executable, "-m", f"pipeline.{stage}"], cwd=tmp_path, check=False, PYTHONPATH=str(REPOSITORY))
+    assert result.returncode == 1
+    assert 'found duplicate key "seed"' in result.stderr and "Traceback" not in result.stderr
+
+
+BROKEN_CONF = {
+    "duplicate key": ("model/mlp.yaml", "dropout_rate: 0.1\n", ', line 12: found duplicate key "dropout_rate"'),
+    "syntax error": ("model/mlp.yaml", "activation: [relu\n", ", line 13: did not find expected ',' or ']'"),
+    "YAML 1.1 octal": ("config.yaml", "seed: 017\n", ": seed reads as 15 to Hydra but 17 to DVC"),
+}
+
+
+@pytest.mark.parametrize(("file", "added", "expected"), BROKEN_CONF.values(), ids=BROKEN_CONF)
+def test_mlp_params_reports_a_broken_conf_file_in_one_line(tmp_path: Path, file, added, expected):
+    shutil.copytree(REPOSITORY / "conf", tmp_path / "conf")
+    path = tmp_path / "conf" / file
+    text = path.read_text()
+    path.write_text(text.replace("seed: 42\n", "") + added if file == "config.yaml" else text + added)
+    result = run(
+        [sys.executable, "-m", "pipeline.cli", "params"], cwd=tmp_path, check=False, PYTHONPATH=str(REPOSITORY)
+    )
+    assert result.returncode == 1
+    assert f"{Path('conf') / file}{expected}" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -12,7 +12,7 @@ from conftest import TINY_DATASET
 
 from pipeline.config import FileSpec
 from pipeline.download import download
-from pipeline.errors import DownloadError
+from pipeline.errors import ConfigError, DownloadError
 
 CLOSED_PORT_URL = "http://127.0.0.1:9/"  # the discard port: nothing listens there
 
@@ -105,3 +105,16 @@ def test_the_source_of_each_file_is_recorded_without_credentials(tmp_path, tiny_
     assert record[first.name] == base_url + first.name  # fetched again, from the URL, without the login
     assert all(record[spec.name].startswith(served_root.as_uri()) for spec in others)  # kept: not fetched again
     assert "secret" not in (tmp_path / "sources.json").read_text()
+
+
+@pytest.mark.parametrize("pin", ["sha256", "size"])
+def test_a_wrong_pin_is_named_when_the_local_file_and_the_source_agree(tmp_path, tiny_dataset_server, pin):
+    base_url, specs, served_root, _ = tiny_dataset_server
+    good = specs_of(specs)[1]
+    (tmp_path / good.name).write_bytes((served_root / TINY_DATASET / good.name).read_bytes())
+    wrong = good.model_copy(update={"sha256": "0" * 64} if pin == "sha256" else {"size": good.size + 1})
+    with pytest.raises(ConfigError) as raised:
+        download([wrong], tmp_path, urls=[base_url], dataset_name=TINY_DATASET, mirror=None)
+    message = str(raised.value)
+    assert f"{good.name} and {base_url}{good.name} agree" in message and f"check its {pin} pin in conf/" in message
+    assert "corrupt" not in message

@@ -49,6 +49,21 @@ BAD_INPUTS = [
     ("dataset.max_train_samples", 5, "too small to stratify"),
     ("dataset.files.train_images.sha256", "xyz", "dataset.files.train_images.sha256 = 'xyz'"),
     ("dataset.urls", ["ftp://example.org/"], "dataset.urls.0 = 'ftp://example.org/'"),
+    # A boolean is not a number, though Python counts True as 1.
+    ("train.epochs", True, "train.epochs = True: Input should be a valid integer"),
+    ("seed", True, "seed = True: Input should be a valid integer"),
+    ("optimizer.learning_rate", True, "optimizer.learning_rate = True: Input should be a valid number"),
+    ("train.batch_size", 128.0, "train.batch_size = 128.0: Input should be a valid integer"),
+    ("dataset.class_names", ["a"] * 10, "dataset.class_names must be unique: 'a' is repeated"),
+    # Names reach MLflow, terminals and logs: no line break, bell or escape sequence.
+    ("mlflow.experiment_name", "a\nb", "mlflow.experiment_name = 'a\\nb': must be printable"),
+    ("mlflow.experiment_name", "bell\a", "mlflow.experiment_name = 'bell\\x07': must be printable"),
+    ("mlflow.registered_model_name", "\x1b[31mred", "mlflow.registered_model_name = '\\x1b[31mred': must be printable"),
+    ("dataset.class_names", [*"012345678", "9\n"], "dataset.class_names.9 = '9\\n': must be printable"),
+    # Limits that pass the types and then crash TensorFlow or exhaust memory.
+    ("train.batch_size", 2**31, "train.batch_size 2147483648 and model.hidden_units [256, 256] need about"),
+    ("model.hidden_units", [100_000_000], "train.batch_size 128 and model.hidden_units [100000000] need about"),
+    ("dataset.max_train_samples", 100, "train.batch_size 128 is larger than the at most 90 training rows"),
 ]
 
 

@@ -26,7 +26,7 @@ import yaml
 from pydantic import ValidationError
 
 from pipeline import decoders
-from pipeline.config import FORMAT_FILES, CsvLayout, DatasetConfig, FileSpec
+from pipeline.config import FORMAT_FILES, CsvLayout, DatasetConfig, FileSpec, read_yaml
 from pipeline.errors import ConfigError, DataError
 from pipeline.files import file_digest, write_text
 from pipeline.paths import CONFIG_DIRECTORY
@@ -153,7 +153,7 @@ def add_dataset(
     text = render(config)
     try:
         # What the stages will read, not what we meant to write.
-        dataset = DatasetConfig.model_validate(yaml.safe_load(text))
+        dataset = DatasetConfig.model_validate(read_yaml(text, target))
     except ValidationError as error:
         problems = [
             f"dataset.{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"] for e in error.errors()
