@@ -54,13 +54,15 @@ server-stop: $(INSTALLED)
 	mlp server stop
 
 # The fast suite: unit tests and the end-to-end tests on a tiny synthetic dataset.
+# Test files run in parallel, one per core (pytest-xdist); a file's tests share one worker,
+# so its module fixtures are built once.
 test: $(INSTALLED)
-	python -m pytest
+	python -m pytest --numprocesses auto --dist loadfile
 
 # Slower end-to-end checks: a queued DVC sweep, serving the registered model,
 # and (with MLP_DATA_MIRROR set) the real MNIST files.
 test-slow: $(INSTALLED)
-	python -m pytest -m slow
+	python -m pytest -m slow --numprocesses auto --dist loadfile
 
 lint: $(INSTALLED)
 	ruff check .
