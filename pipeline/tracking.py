@@ -92,8 +92,9 @@ def experiment_id(name: str) -> str:
     uri = open_store()
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
-        # Another store (a tracking server) keeps its own artifact root.
-        location = default_artifact_root() if uri == default_tracking_uri() else None
+        # A tracking server keeps its own artifact root. Any other store gets the repository's, absolute:
+        # MLflow's default (./mlruns) follows the working directory, which DVC may make a temporary copy.
+        location = None if uri.startswith(("http://", "https://")) else default_artifact_root()
         try:
             mlflow.create_experiment(name, artifact_location=location)
         except MlflowException:
@@ -107,6 +108,13 @@ def experiment_id(name: str) -> str:
             f"MLflow experiment '{name}' (id {experiment.experiment_id}) is deleted in {uri}: restore it with "
             f"`MLFLOW_TRACKING_URI={uri} mlflow experiments restore --experiment-id {experiment.experiment_id}`, "
             "or choose another mlflow.experiment_name"
+        )
+    if "/.dvc/tmp/" in experiment.artifact_location:
+        # Created by an experiment DVC ran in a temporary copy: DVC deletes the folder, and the models with it.
+        raise ConfigError(
+            f"MLflow experiment '{name}' keeps its artifacts in {experiment.artifact_location}, inside DVC's "
+            f"temporary folder, which DVC deletes: create it again with `MLFLOW_TRACKING_URI={uri} mlflow "
+            f"experiments create -n <name> -l {default_artifact_root()}`, or choose another mlflow.experiment_name"
         )
     check_managed_by_admin("experiment", experiment.experiment_id, name)
     return experiment.experiment_id
