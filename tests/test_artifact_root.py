@@ -42,9 +42,9 @@ def test_an_experiment_whose_artifacts_sit_in_dvcs_temporary_folder_is_refused_b
     doomed = (temporary_copy / ".dvc" / "tmp" / "exps" / "run" / "tmpold" / "mlruns").as_uri()
     MlflowClient(other_store).create_experiment("doomed", artifact_location=doomed)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", other_store)
-    with pytest.raises(ConfigError, match=r"doomed.*inside DVC's temporary folder"):
-        with tracking.pipeline_run(experiment_name="doomed"):
-            pass
+    refused = pytest.raises(ConfigError, match=r"doomed.*inside DVC's temporary folder")
+    with refused, tracking.pipeline_run(experiment_name="doomed"):
+        pass
     assert (
         MlflowClient(other_store).search_runs(
             [MlflowClient(other_store).get_experiment_by_name("doomed").experiment_id]
