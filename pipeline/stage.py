@@ -2,9 +2,12 @@
 
 It sets up logging and turns SIGTERM into Ctrl+C (and takes SIGINT back), so that a stopped run ends its MLflow
 run KILLED and exits with status 130. An error of ours (pipeline.errors) becomes one or two lines on stderr and exit
-status 1, without a traceback (MLP_TRACEBACK=1 shows it); anything else is a bug and keeps its traceback.
+status 1, without a traceback (MLP_TRACEBACK=1 shows it). So does a failure of the MLflow store (unreachable,
+refused, corrupt, read-only) or of the disk (full, read-only): one line with the first failure and what to do, since
+finished epochs are checkpointed and the run resumes. Anything else is a bug and keeps its traceback.
 """
 
+import errno
 import logging
 import os
 import signal
@@ -18,6 +21,28 @@ logger = logging.getLogger("pipeline")
 
 def _raise_keyboard_interrupt(signal_number: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signal_number}")
+
+
+# Where MLflow's client, its HTTP stack and its database layer raise from.
+TRACKING_PACKAGES = {"mlflow", "requests", "urllib3", "sqlalchemy"}
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
+
+
+def outside_failure(error: BaseException) -> str | None:
+    """One line for a failure of the MLflow store or of the disk, naming what failed first; None for anything else."""
+    chain = [error]
+    while (cause := chain[-1].__cause__ or chain[-1].__context__) is not None and cause not in chain:
+        chain.append(cause)
+    first = " ".join(f"{type(chain[-1]).__name__}: {chain[-1]}".split())[:300]
+    if any(isinstance(link, OSError) and link.errno in DISK_ERRORS for link in chain):
+        return f"{first}: free space or fix permissions there, then run the stage again (the run resumes)"
+    if any(type(link).__module__.split(".")[0] in TRACKING_PACKAGES for link in chain):
+        uri = os.environ.get("MLFLOW_TRACKING_URI", "the MLflow store")
+        return (
+            f"MLflow store {uri} failed: {first}; check it is up and writable (`mlp server status` for the team "
+            "server) or set MLFLOW_TRACKING_URI, then run the stage again (the run resumes)"
+        )
+    return None
 
 
 def run_stage(main: Callable[[], None]) -> None:
@@ -38,3 +63,9 @@ def run_stage(main: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         logger.error("interrupted")
         sys.exit(130)
+    except Exception as error:
+        failure = outside_failure(error)
+        if failure is None or os.environ.get("MLP_TRACEBACK"):
+            raise
+        logger.error("%s", failure)
+        sys.exit(1)

@@ -45,6 +45,8 @@ FAILURE_REASON = "failure.reason"
 # The sha256 of the test inputs and labels a run was scored on: runs compare only on the same test set.
 TEST_SET_TAG = "test_set.sha256"
 
+# MLflow's stores but its file store, which MLflow 3 no longer writes new runs to.
+STORE_SCHEMES = {"http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks"}
 # Stores prepared and swept by this process: once is enough, the next process finds later orphans.
 _opened_stores: set[str] = set()
 
@@ -72,6 +74,11 @@ def default_artifact_root() -> str:
 def open_store() -> str:
     """Point MLflow at the store; on first use in this process, create it safely and end abandoned runs."""
     uri = tracking_uri()
+    if uri.split(":", 1)[0].split("+", 1)[0] not in STORE_SCHEMES:
+        raise ConfigError(
+            f"MLFLOW_TRACKING_URI={uri} is not a store the pipeline can use: give a tracking server "
+            "(http://host:port) or a database (sqlite:///path/mlflow.db, postgresql://...)"
+        )
     mlflow.set_tracking_uri(uri)  # note: this also exports MLFLOW_TRACKING_URI
     if uri not in _opened_stores:
         # Only our own SQLite file: a server or another database is created and migrated by whoever runs it.
