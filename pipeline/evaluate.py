@@ -151,6 +151,8 @@ def write_reports(results: dict, labels: np.ndarray, history: pd.DataFrame, metr
     plot_confusion_matrix(results["confusion_matrix"], CONFUSION_PNG, class_names=class_names)
     plot_learning_curves(history, LEARNING_CURVES_PNG)
     write_text(CLASSIFICATION_REPORT_FILE, results["report_text"])
+    # Once, as a table: as a parameter the list would take a line per class on MLflow's compare page.
+    mlflow.log_table({"class_index": list(range(len(class_names))), "class_name": class_names}, "class_names.json")
     reports = (METRICS_FILE, PER_CLASS_METRICS_FILE, CONFUSION_CSV, CONFUSION_PNG, LEARNING_CURVES_PNG)
     for path in (*reports, CLASSIFICATION_REPORT_FILE):
         mlflow.log_artifact(str(path), artifact_path="evaluation")

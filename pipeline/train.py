@@ -199,10 +199,17 @@ def run_name(params: Params) -> str:
     return f"{experiment} ({what})" if experiment else what
 
 
+def chosen_params(params: Params) -> dict:
+    """The params a user sets, as MLflow params: unset values, the raw files' names, sizes and checksums (in the
+    lineage record and the dataset inputs) and the class names (the evaluate stage's table) would bury them."""
+    values = flatten(params.model_dump(exclude={"dataset": {"files", "class_names"}}))
+    return {key: value for key, value in values.items() if value is not None}
+
+
 def record_inputs(run: mlflow.ActiveRun, params: Params, splits: dict[str, Split]) -> None:
     """What a new run records before training: the params, the config file, the lineage and the datasets."""
     mark_model_development(run.info.experiment_id)
-    mlflow.log_params(flatten(params.model_dump()))
+    mlflow.log_params(chosen_params(params))
     mlflow.log_artifact(str(PARAMS_FILE), artifact_path="config")
     lineage.log_new_run_lineage(params.dataset.name, params.dataset.files)
     source = lineage.dataset_source(params.dataset.files, params.dataset.urls)

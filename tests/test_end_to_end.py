@@ -116,6 +116,11 @@ def test_mlflow_run_holds_params_epoch_metrics_artifacts_and_lineage(project, cl
     assert params["optimizer.name"] == "adam"
     assert params["train.epochs"] == "1"
     assert params["model.parameter_count"] == "269322"
+    # What the user chose: no unset values; the files' names, sizes and checksums are lineage, the class names a table.
+    assert "None" not in params.values(), sorted(key for key, value in params.items() if value == "None")
+    assert not [key for key in params if key.startswith(("dataset.files", "dataset.class_names"))]
+    class_table = json.loads(Path(client.download_artifacts(run_id, "class_names.json")).read_text())
+    assert class_table["data"] == [[index, str(index)] for index in range(10)]
     for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert [point.step for point in client.get_metric_history(run_id, metric)] == [1]
     for metric in ("test_loss", "test_accuracy", "test_f1_macro"):
