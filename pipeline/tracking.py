@@ -239,14 +239,24 @@ def log_datasets(splits: dict[str, Split], *, dataset_name: str, source: str, co
 
 def mark_model_development(experiment_id: str) -> None:
     """MLflow 3 opens an experiment without this tag in its GenAI view, which hides the model registry."""
-    tag, value = "mlflow.experimentKind", "custom_model_development"
-    if client().get_experiment(experiment_id).tags.get(tag) == value:
-        return  # set once: runs starting together would each insert the same row
+    set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
+
+
+def describe_experiment(experiment_id: str, description: str) -> None:
+    """The description MLflow shows above the experiment's runs, unless it has one (a user's stays)."""
+    set_experiment_tag(experiment_id, "mlflow.note.content", description, keep=True)
+
+
+def set_experiment_tag(experiment_id: str, tag: str, value: str, *, keep: bool = False) -> None:
+    """Set an experiment tag once (`keep`: only where it has none): runs starting together would each insert it."""
+    current = client().get_experiment(experiment_id).tags.get(tag)
+    if current == value or (keep and current):
+        return
     try:
         client().set_experiment_tag(experiment_id, tag, value)
     except MlflowException:
         # Another process's insert of the same row (a duplicate key) is no error; anything else is.
-        if client().get_experiment(experiment_id).tags.get(tag) != value:
+        if not client().get_experiment(experiment_id).tags.get(tag):
             raise
 
 

@@ -45,6 +45,7 @@ from pipeline.search import trial as search_trial
 from pipeline.splits import Split, load_split, training_targets
 from pipeline.stage import run_stage
 from pipeline.tracking import (
+    describe_experiment,
     epoch_logger,
     log_datasets,
     mark_model_development,
@@ -209,6 +210,12 @@ def chosen_params(params: Params) -> dict:
 def record_inputs(run: mlflow.ActiveRun, params: Params, splits: dict[str, Split]) -> None:
     """What a new run records before training: the params, the config file, the lineage and the datasets."""
     mark_model_development(run.info.experiment_id)
+    describe_experiment(
+        run.info.experiment_id,
+        "Keras MLPs trained by this pipeline's `dvc repro` and `dvc exp run`, one run each: its name says what "
+        "differs from the default configuration, its description begins with its test accuracy. Models are "
+        f"registered as {params.mlflow.registered_model_name}; @champion is the best on the full test set.",
+    )
     mlflow.log_params(chosen_params(params))
     mlflow.log_artifact(str(PARAMS_FILE), artifact_path="config")
     lineage.log_new_run_lineage(params.dataset.name, params.dataset.files)

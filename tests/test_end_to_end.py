@@ -203,6 +203,10 @@ def test_model_is_registered_and_loads_from_the_registry(project, client):
     assert champion.tags["test_scope"] == "full"
     mlflow_run = client.get_run(run_id)
     assert mlflow_run.data.tags["mlflow.note.content"] == champion.description
+    # The experiment and the registered model say what they hold, above their tables.
+    experiment = client.get_experiment(mlflow_run.info.experiment_id)
+    assert "Keras MLP" in experiment.tags["mlflow.note.content"]
+    assert "champion" in client.get_registered_model(f"{TINY_DATASET}-mlp").description
     experiment = client.get_experiment(mlflow_run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     mlflow.set_tracking_uri(f"sqlite:///{path / 'mlflow.db'}")
