@@ -284,3 +284,20 @@ def epoch_logger(run_id: str, *, checkpointed: dict[str, list[float]]) -> Callab
     for epoch, values in enumerate(zip(*checkpointed.values(), strict=True)):
         log(epoch, dict(zip(checkpointed, values, strict=True)))
     return log
+
+
+def experiment_link(base_url: str, experiment_id: str, view: str | None = None) -> str:
+    """The MLflow UI's page of an experiment's runs, in its model-training view (MLflow 3 opens the GenAI view
+    otherwise), showing the saved runs-table view `view` (a key of `save_runs_view`) when given."""
+    shared = f"&viewStateShareKey={view}" if view else ""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning{shared}"
+
+
+def save_runs_view(experiment_id: str, key: str, *, metrics: list[str], params: list[str]) -> None:
+    """Save a view of the runs table that shows `metrics` and `params` as columns, best `metrics[0]` first.
+
+    MLflow's URL carries the sort but not the columns; its "share" button saves the columns in an experiment tag
+    `mlflow.sharedViewState.<key>` (plain JSON is read too), which a link opens with `viewStateShareKey=<key>`."""
+    columns = [f"metrics.`{name}`" for name in metrics] + [f"params.`{name}`" for name in params]
+    view = {"selectedColumns": columns, "orderByKey": columns[0], "orderByAsc": False}
+    client().set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{key}", json.dumps(view))

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import TINY_DATASET, make_tiny_project, run
+from conftest import BIN_DIRECTORY, TINY_DATASET, free_port, make_tiny_project, run
 from mlflow.tracking import MlflowClient
 
 STAGES = ("validate", "download", "preprocess", "train", "evaluate")
@@ -334,6 +337,29 @@ def test_exp_run_composes_overrides_and_links_mlflow(project, client):
     best = max(accuracies, key=lambda number: (accuracies[number], -int(number)))
     assert str(client.get_model_version_by_alias(f"{TINY_DATASET}-mlp", "champion").version) == str(best)
     assert "champion" in version.tags["champion_decision"]
+
+
+def test_mlp_ui_serves_the_store_and_links_the_model_training_view_with_the_deciding_columns(project, client):
+    path, _ = project
+    port = free_port()
+    environment = {key: value for key, value in os.environ.items() if key not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
+    environment["PATH"] = f"{BIN_DIRECTORY}{os.pathsep}{environment.get('PATH', '')}"
+    command = ["mlp", "ui", "--port", str(port)]
+    with subprocess.Popen(command, cwd=path, env=environment, stdout=subprocess.PIPE, text=True) as server:
+        try:
+            link = server.stdout.readline().strip()
+            experiment = client.get_experiment_by_name("keras-mlp")
+            base = f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs"
+            assert link == f"{base}?workflowType=machine_learning&viewStateShareKey=mlp-ui"
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as answer:
+                assert answer.status == 200
+            # The saved view the link opens: the accuracies and the params the runs differ in, best first.
+            view = json.loads(client.get_experiment(experiment.experiment_id).tags["mlflow.sharedViewState.mlp-ui"])
+            assert view["selectedColumns"][:2] == ["metrics.`test_accuracy`", "metrics.`val_accuracy`"]
+            assert {"params.`model.dropout_rate`", "params.`optimizer.name`"} <= set(view["selectedColumns"])
+            assert view["orderByKey"] == "metrics.`test_accuracy`" and view["orderByAsc"] is False
+        finally:
+            server.terminate()
 
 
 def test_evaluating_again_finds_the_runs_version_and_a_reproduction_registers_nothing(project, client):
