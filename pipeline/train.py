@@ -219,8 +219,8 @@ def record_inputs(run: mlflow.ActiveRun, params: Params, splits: dict[str, Split
     describe_experiment(
         run.info.experiment_id,
         "Keras MLPs trained by this pipeline's `dvc repro` and `dvc exp run`, one run each: its name says what "
-        "differs from the default configuration, its description begins with its test accuracy. Models are "
-        f"registered as {params.mlflow.registered_model_name}; @champion is the best on the full test set.",
+        "differs from the default configuration, its description begins with its test accuracy. The evaluate "
+        "stage registers each model; the alias @champion marks the best on the full test set.",
     )
     mlflow.log_params(chosen_params(params))
     mlflow.log_artifact(str(PARAMS_FILE), artifact_path="config")
