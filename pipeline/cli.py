@@ -23,6 +23,7 @@ COMMANDS = {
     "server": "run the team's tracking server (PostgreSQL + MLflow with basic auth): start, stop, status, backup",
     "predict": "classify images or feature rows with the trained model or a registered one",
     "dataset": "add a dataset: write conf/dataset/<name>.yaml from local copies of its published files",
+    "ui": "open the MLflow UI on the project's runs: start `mlflow ui` and print the link to the experiment",
 }
 
 

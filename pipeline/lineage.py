@@ -41,9 +41,10 @@ OVERRIDES_CUT = f" ... (all of them in {LINEAGE_ARTIFACT})"
 REPRODUCES_VARIABLE = "MLP_REPRODUCES_RUN"
 
 
-def log_new_run_lineage(dataset_name: str, raw_files: dict[str, FileSpec]) -> None:
+def log_new_run_lineage(dataset_name: str, raw_files: dict[str, FileSpec]) -> dict[str, Any]:
     """Log the lineage of the active run, about to train on the dataset's `raw_files` with params.yaml: the record,
-    the environment, the uncommitted diff and conf/ files, and the record's fields people filter runs by as tags."""
+    the environment, the uncommitted diff and conf/ files, and the record's fields people filter runs by as tags;
+    return the record."""
     code, diff = code_record()
     environment = {**hardware.fingerprint(), "packages": package_versions()}
     params = yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8"))
@@ -69,6 +70,7 @@ def log_new_run_lineage(dataset_name: str, raw_files: dict[str, FileSpec]) -> No
         mlflow.log_artifact(path, artifact_path=artifact.rsplit("/", 1)[0])
     mlflow.log_dict(record, LINEAGE_ARTIFACT)
     mlflow.set_tags(run_tags(record))
+    return record
 
 
 def run_tags(record: dict[str, Any]) -> dict[str, str]:

@@ -23,6 +23,10 @@ from pipeline.tracking import check_managed_by_admin
 CHAMPION = "champion"
 # Tags every version gets; the champion decision reads test_accuracy, test_set and test_scope.
 ACCURACY_TAG, TEST_SET_TAG, SCOPE_TAG = "test_accuracy", "test_set", "test_scope"
+MODEL_DESCRIPTION = (
+    f"Keras MLPs of this pipeline, one version per evaluated run, each described by its test accuracy first. "
+    f"@{CHAMPION}: the best test accuracy on the full test set."
+)
 
 
 def register(
@@ -30,14 +34,13 @@ def register(
 ) -> str:
     """The version of `name` holding run `run_id`'s model: the one registered before, else a new one."""
     try:
-        client.create_registered_model(
-            name,
-            description=f"Keras MLPs of this pipeline. @{CHAMPION}: the best test accuracy on the full test set.",
-        )
+        client.create_registered_model(name, description=MODEL_DESCRIPTION)
     except MlflowException as error:
         if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
     check_managed_by_admin("registered_model", name, name)
+    if not client.get_registered_model(name).description:  # made elsewhere, undescribed; a user's text stays
+        client.update_registered_model(name, description=MODEL_DESCRIPTION)
     found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if found:
         version = str(found[0].version)

@@ -279,14 +279,24 @@ def log_datasets(splits: dict[str, Split], *, dataset_name: str, source: str, co
 
 def mark_model_development(experiment_id: str) -> None:
     """MLflow 3 opens an experiment without this tag in its GenAI view, which hides the model registry."""
-    tag, value = "mlflow.experimentKind", "custom_model_development"
-    if client().get_experiment(experiment_id).tags.get(tag) == value:
-        return  # set once: runs starting together would each insert the same row
+    set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
+
+
+def describe_experiment(experiment_id: str, description: str) -> None:
+    """The description MLflow shows above the experiment's runs, unless it has one (a user's stays)."""
+    set_experiment_tag(experiment_id, "mlflow.note.content", description, keep=True)
+
+
+def set_experiment_tag(experiment_id: str, tag: str, value: str, *, keep: bool = False) -> None:
+    """Set an experiment tag once (`keep`: only where it has none): runs starting together would each insert it."""
+    current = client().get_experiment(experiment_id).tags.get(tag)
+    if current == value or (keep and current):
+        return
     try:
         client().set_experiment_tag(experiment_id, tag, value)
     except MlflowException:
         # Another process's insert of the same row (a duplicate key) is no error; anything else is.
-        if client().get_experiment(experiment_id).tags.get(tag) != value:
+        if not client().get_experiment(experiment_id).tags.get(tag):
             raise
 
 
@@ -314,3 +324,20 @@ def epoch_logger(run_id: str, *, checkpointed: dict[str, list[float]]) -> Callab
     for epoch, values in enumerate(zip(*checkpointed.values(), strict=True)):
         log(epoch, dict(zip(checkpointed, values, strict=True)))
     return log
+
+
+def experiment_link(base_url: str, experiment_id: str, view: str | None = None) -> str:
+    """The MLflow UI's page of an experiment's runs, in its model-training view (MLflow 3 opens the GenAI view
+    otherwise), showing the saved runs-table view `view` (a key of `save_runs_view`) when given."""
+    shared = f"&viewStateShareKey={view}" if view else ""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning{shared}"
+
+
+def save_runs_view(experiment_id: str, key: str, *, metrics: list[str], params: list[str]) -> None:
+    """Save a view of the runs table that shows `metrics` and `params` as columns, best `metrics[0]` first.
+
+    MLflow's URL carries the sort but not the columns; its "share" button saves the columns in an experiment tag
+    `mlflow.sharedViewState.<key>` (plain JSON is read too), which a link opens with `viewStateShareKey=<key>`."""
+    columns = [f"metrics.`{name}`" for name in metrics] + [f"params.`{name}`" for name in params]
+    view = {"selectedColumns": columns, "orderByKey": columns[0], "orderByAsc": False}
+    client().set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{key}", json.dumps(view))

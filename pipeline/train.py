@@ -19,6 +19,7 @@ import csv
 import logging
 import math
 import os
+import re
 import time
 from pathlib import Path
 
@@ -45,6 +46,7 @@ from pipeline.search import trial as search_trial
 from pipeline.splits import Split, load_split, training_targets
 from pipeline.stage import run_stage
 from pipeline.tracking import (
+    describe_experiment,
     epoch_logger,
     log_datasets,
     mark_model_development,
@@ -56,6 +58,9 @@ from pipeline.tracking import (
 from pipeline.training import Checkpoint, EpochCheckpointer, TrainingState, check_finite, fingerprint, fit
 
 logger = logging.getLogger(__name__)
+
+# Characters of the run name's list of changes: a run list column shows fewer.
+MAX_RUN_NAME_CHANGES = 120
 
 
 def seed_everything(seed: int) -> None:
@@ -190,21 +195,37 @@ def log_model(model: keras.Model, example_inputs: np.ndarray) -> str:
     return info.model_uri
 
 
-def run_name(params: Params) -> str:
-    """What the run is, readable in the MLflow UI's run list: e.g. `sgd-dropout (mnist 256-256, adam, 20 epochs)`."""
-    units = "-".join(str(count) for count in params.model.hidden_units) or "linear"
-    epochs = f"{params.train.epochs} epoch{'s' if params.train.epochs != 1 else ''}"
-    what = f"{params.dataset.name} {units}, {params.optimizer.name}, {epochs}"
+def run_name(overrides: list[str]) -> str:
+    """What the run changed, readable in the MLflow UI's run list: DVC's experiment name, then the overrides that
+    compose conf/ into it with their keys' group left out, e.g. `sgd-dropout (optimizer=sgd dropout_rate=0.2)`."""
+    # `model.dropout_rate=0.2` -> `dropout_rate=0.2`; group choices (`optimizer=sgd`), `+key` and `~key` stay.
+    changes = " ".join(re.sub(r"^([\w.]+\.)(\w+=)", r"\2", override) for override in overrides) or "defaults"
+    if len(changes) > MAX_RUN_NAME_CHANGES:  # the lineage record keeps them all
+        changes = changes[: MAX_RUN_NAME_CHANGES - 1] + "…"
     experiment = os.environ.get("DVC_EXP_NAME")
-    return f"{experiment} ({what})" if experiment else what
+    return f"{experiment} ({changes})" if experiment else changes
+
+
+def chosen_params(params: Params) -> dict:
+    """The params a user sets, as MLflow params: unset values, the raw files' names, sizes and checksums (in the
+    lineage record and the dataset inputs) and the class names (the evaluate stage's table) would bury them."""
+    values = flatten(params.model_dump(exclude={"dataset": {"files", "class_names"}}))
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def record_inputs(run: mlflow.ActiveRun, params: Params, splits: dict[str, Split]) -> None:
     """What a new run records before training: the params, the config file, the lineage and the datasets."""
     mark_model_development(run.info.experiment_id)
-    mlflow.log_params(flatten(params.model_dump()))
+    describe_experiment(
+        run.info.experiment_id,
+        "Keras MLPs trained by this pipeline's `dvc repro` and `dvc exp run`, one run each: its name says what "
+        "differs from the default configuration, its description begins with its test accuracy. The evaluate "
+        "stage registers each model; the alias @champion marks the best on the full test set.",
+    )
+    mlflow.log_params(chosen_params(params))
     mlflow.log_artifact(str(PARAMS_FILE), artifact_path="config")
-    lineage.log_new_run_lineage(params.dataset.name, params.dataset.files)
+    record = lineage.log_new_run_lineage(params.dataset.name, params.dataset.files)
+    mlflow.set_tag("mlflow.runName", run_name(record["config"]["overrides"]))
     source = lineage.dataset_source(params.dataset.files, params.dataset.urls)
     log_datasets(splits, dataset_name=params.dataset.name, source=source, context="training")
 
@@ -220,7 +241,8 @@ def train_and_log(params: Params, training: Split, validation: Split) -> keras.M
         saved = checkpoint.load()
         resumed_run = saved[0].run_id if saved and run_exists(saved[0].run_id) else None
         # A search trial's tags (none unless `mlp search` runs this) make a new run the study run's child.
-        tags = {"mlflow.runName": run_name(params), **search_trial.run_tags()}
+        # Named by DVC's experiment name until record_inputs adds what the run changed.
+        tags = search_trial.run_tags()
         with pipeline_run(params.mlflow.experiment_name, run_id=resumed_run, tags=tags) as run:
             run_id = run.info.run_id
             logger.info("MLflow run %s%s", run_id, " (continued after a crash)" if resumed_run else "")

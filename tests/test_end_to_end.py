@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import TINY_DATASET, make_tiny_project, run
+from conftest import BIN_DIRECTORY, TINY_DATASET, free_port, make_tiny_project, run
 from mlflow.tracking import MlflowClient
 
 STAGES = ("validate", "download", "preprocess", "train", "evaluate")
@@ -33,6 +36,12 @@ def project(tmp_path_factory, tiny_dataset_server):
 def client(project):
     path, _ = project
     return MlflowClient(f"sqlite:///{path / 'mlflow.db'}")
+
+
+def artifact_paths(client, run_id, folder=None):
+    """Every file the run logged, in every folder."""
+    for item in client.list_artifacts(run_id, folder):
+        yield from artifact_paths(client, run_id, item.path) if item.is_dir else [item.path]
 
 
 def metrics_of(path):
@@ -116,27 +125,34 @@ def test_mlflow_run_holds_params_epoch_metrics_artifacts_and_lineage(project, cl
     assert params["optimizer.name"] == "adam"
     assert params["train.epochs"] == "1"
     assert params["model.parameter_count"] == "269322"
+    # What the user chose: no unset values; the files' names, sizes and checksums are lineage, the class names a table.
+    assert "None" not in params.values(), sorted(key for key, value in params.items() if value == "None")
+    assert not [key for key in params if key.startswith(("dataset.files", "dataset.class_names"))]
+    class_table = json.loads(Path(client.download_artifacts(run_id, "class_names.json")).read_text())
+    assert class_table["data"] == [[index, str(index)] for index in range(10)]
     for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert [point.step for point in client.get_metric_history(run_id, metric)] == [1]
     for metric in ("test_loss", "test_accuracy", "test_f1_macro"):
         assert metric in mlflow_run.data.metrics
     # Per-class scores are one table artifact, not three metrics per class.
     assert not [name for name in mlflow_run.data.metrics if "_class_" in name]
-    folders = ("", "config", "architecture", "evaluation")
-    artifacts = {item.path for folder in folders for item in client.list_artifacts(run_id, folder)}
+    artifacts = set(artifact_paths(client, run_id))
     for artifact in (
         "config/params.yaml",
         "architecture/model_summary.txt",
         "architecture/model_config.json",
         "architecture/architecture.png",
-        "evaluation/confusion_matrix.png",
-        "evaluation/learning_curves.png",
+        # At the root: MLflow's compare page shows only top-level artifacts side by side.
+        "confusion_matrix.png",
+        "learning_curves.png",
         "evaluation/classification_report.txt",
         "evaluation/confusion_matrix.csv",
         "evaluation/per_class_metrics.json",
         "evaluation/metrics.json",
     ):
         assert artifact in artifacts
+    assert [artifact for artifact in artifacts if "per_class" in artifact] == ["evaluation/per_class_metrics.json"]
+    assert not [artifact for artifact in artifacts if artifact.startswith("evaluation/") and artifact.endswith(".png")]
     commit = run(["git", "rev-parse", "HEAD"], cwd=path).stdout.strip()
     assert mlflow_run.data.tags["git.commit"] == commit
     # Artifacts live beside the store, not in the stage's working directory.
@@ -162,6 +178,7 @@ def test_a_run_has_a_few_one_line_tags_and_its_lineage_in_one_json_artifact(proj
     assert tags["dataset"] == TINY_DATASET
     # Hydra's form: the config group choice, then only the keys that differ from that composition.
     assert tags["config.overrides"] == f"dataset={TINY_DATASET} train.epochs=1"
+    assert client.get_run(run_id).info.run_name == f"dataset={TINY_DATASET} epochs=1"
     assert tags["git.commit"] == run(["git", "rev-parse", "HEAD"], cwd=path).stdout.strip()
     assert tags["git.dirty"] == "false"
     assert tags["model.weights_sha256"] == metrics_of(path)["weights_sha256"]
@@ -198,6 +215,10 @@ def test_model_is_registered_and_loads_from_the_registry(project, client):
     assert champion.tags["test_scope"] == "full"
     mlflow_run = client.get_run(run_id)
     assert mlflow_run.data.tags["mlflow.note.content"] == champion.description
+    # The experiment and the registered model say what they hold, above their tables.
+    experiment = client.get_experiment(mlflow_run.info.experiment_id)
+    assert "Keras MLP" in experiment.tags["mlflow.note.content"]
+    assert "champion" in client.get_registered_model(f"{TINY_DATASET}-mlp").description
     experiment = client.get_experiment(mlflow_run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     mlflow.set_tracking_uri(f"sqlite:///{path / 'mlflow.db'}")
@@ -303,7 +324,9 @@ def test_exp_run_composes_overrides_and_links_mlflow(project, client):
     expected = f"dataset={TINY_DATASET} optimizer=sgd model.dropout_rate=0.2 train.epochs=1"
     assert mlflow_run.data.tags["config.overrides"] == expected
     assert len(user_tags(mlflow_run)) <= 12, sorted(user_tags(mlflow_run))
-    assert mlflow_run.info.run_name == "sgd-dropout-02 (tiny_digits 256-256, sgd, 1 epoch)"
+    # DVC's name, then what differs from the default configuration, keys without their group.
+    changes = f"dataset={TINY_DATASET} optimizer=sgd dropout_rate=0.2 epochs=1"
+    assert mlflow_run.info.run_name == f"sgd-dropout-02 ({changes})"
     assert mlflow_run.data.params["optimizer.name"] == "sgd"
     assert mlflow_run.info.status == "FINISHED"
     # Registered after evaluation; worse or better than version 1, the champion is the best of the two.
@@ -314,6 +337,29 @@ def test_exp_run_composes_overrides_and_links_mlflow(project, client):
     best = max(accuracies, key=lambda number: (accuracies[number], -int(number)))
     assert str(client.get_model_version_by_alias(f"{TINY_DATASET}-mlp", "champion").version) == str(best)
     assert "champion" in version.tags["champion_decision"]
+
+
+def test_mlp_ui_serves_the_store_and_links_the_model_training_view_with_the_deciding_columns(project, client):
+    path, _ = project
+    port = free_port()
+    environment = {key: value for key, value in os.environ.items() if key not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
+    environment["PATH"] = f"{BIN_DIRECTORY}{os.pathsep}{environment.get('PATH', '')}"
+    command = ["mlp", "ui", "--port", str(port)]
+    with subprocess.Popen(command, cwd=path, env=environment, stdout=subprocess.PIPE, text=True) as server:
+        try:
+            link = server.stdout.readline().strip()
+            experiment = client.get_experiment_by_name("keras-mlp")
+            base = f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs"
+            assert link == f"{base}?workflowType=machine_learning&viewStateShareKey=mlp-ui"
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as answer:
+                assert answer.status == 200
+            # The saved view the link opens: the accuracies and the params the runs differ in, best first.
+            view = json.loads(client.get_experiment(experiment.experiment_id).tags["mlflow.sharedViewState.mlp-ui"])
+            assert view["selectedColumns"][:2] == ["metrics.`test_accuracy`", "metrics.`val_accuracy`"]
+            assert {"params.`model.dropout_rate`", "params.`optimizer.name`"} <= set(view["selectedColumns"])
+            assert view["orderByKey"] == "metrics.`test_accuracy`" and view["orderByAsc"] is False
+        finally:
+            server.terminate()
 
 
 def test_evaluating_again_finds_the_runs_version_and_a_reproduction_registers_nothing(project, client):
@@ -368,6 +414,7 @@ def test_a_dataset_added_by_one_yaml_file_runs_end_to_end(project):
     assert mlflow_run.data.params["optimizer.learning_rate"] == "0.0005"
     assert mlflow_run.data.params["train.batch_size"] == "32"
     assert mlflow_run.info.status == "FINISHED"
-    assert mlflow_run.info.run_name.startswith("kumar_cifar10 (tiny_cifar 200-150, adam")
+    name = mlflow_run.info.run_name
+    assert name.startswith("kumar_cifar10 (") and "experiment=kumar_cifar10" in name
     for metric in ("test_precision_macro", "test_recall_macro", "test_f1_macro"):
         assert metric in mlflow_run.data.metrics

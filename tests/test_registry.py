@@ -79,3 +79,12 @@ def test_the_first_version_on_a_new_full_test_set_takes_the_alias(client):
     decision = promote_if_best(client, NAME, add_version(client, 0.90, test_set="B"))
     assert champion(client) == "2"
     assert decision.endswith("the first scored on this full test set")
+
+
+def test_a_registered_model_made_without_a_description_gets_one_and_a_users_stays(client):
+    client.create_registered_model(NAME)
+    add_version(client, 0.95)
+    assert CHAMPION in client.get_registered_model(NAME).description
+    client.update_registered_model(NAME, description="the team's digits models")
+    add_version(client, 0.96)
+    assert client.get_registered_model(NAME).description == "the team's digits models"

@@ -144,9 +144,9 @@ def test_dvc_repro_records_run_artifacts_and_model_on_the_server(server, project
     assert recorded.data.params["dataset.name"] == TINY_DATASET
     assert [point.step for point in as_admin.get_metric_history(run_id, "val_loss")] == [1]
     assert "test_accuracy" in recorded.data.metrics
-    folders = ("config", "evaluation")
+    folders = ("", "config")  # the plots are at the root, for MLflow's compare page
     listed = {item.path for folder in folders for item in as_admin.list_artifacts(run_id, folder)}
-    assert {"config/params.yaml", "evaluation/confusion_matrix.png"} <= listed
+    assert {"config/params.yaml", "confusion_matrix.png"} <= listed
     # Proxied by the server into its artifacts folder, not written by the client into its own.
     assert list(server.state.glob("artifacts/*/*/artifacts/config/params.yaml"))
     versions = as_admin.search_model_versions(f"name='{MODEL_NAME}'")

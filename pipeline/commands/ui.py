@@ -1,0 +1,86 @@
+"""`mlp ui [--port N]`: the MLflow UI on the project's store, and the link to its experiment's runs.
+
+Runs `mlflow ui` on 127.0.0.1 (a free port unless --port) on the store the stages log to (mlflow.db, or
+MLFLOW_TRACKING_URI), and prints the link to params.yaml's experiment in MLflow's model-training view, its runs
+table showing the test and validation accuracy and the params that differ between the runs, best first.
+With a tracking server (MLFLOW_TRACKING_URI=http...) it only prints the link on that server. Ctrl-C stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import mlflow
+
+from pipeline.config import load_params
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.tracking import client, experiment_link, open_store, save_runs_view
+
+VIEW = "mlp-ui"
+METRICS = ["test_accuracy", "val_accuracy"]
+# Columns beyond these the table has to scroll for.
+MAX_PARAM_COLUMNS = 8
+STARTUP_SECONDS = 60
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, help="the port to serve on (default: a free one)")
+
+
+def run(arguments: argparse.Namespace) -> None:
+    uri = open_store()
+    name = load_params().mlflow.experiment_name
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        raise ConfigError(f"MLflow experiment '{name}' has no runs in {uri} yet: run `dvc repro` first")
+    save_runs_view(experiment.experiment_id, VIEW, metrics=METRICS, params=differing_params(experiment.experiment_id))
+    if uri.startswith(("http://", "https://")):
+        print(experiment_link(uri, experiment.experiment_id, VIEW))
+        return
+    port = arguments.port or free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    command = ["mlflow", "ui", "--backend-store-uri", uri, "--registry-store-uri", uri]
+    # The server's own messages to stderr: this command's output is the link.
+    server = subprocess.Popen(
+        [sys.executable, "-m", *command, "--host", "127.0.0.1", "--port", str(port)], stdout=sys.stderr
+    )
+    try:
+        wait_until_up(server, base_url)
+        print(experiment_link(base_url, experiment.experiment_id, VIEW), flush=True)
+        server.wait()
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def differing_params(experiment_id: str) -> list[str]:
+    """The params whose values differ between the experiment's runs: what a reader compares them by."""
+    values: dict[str, set[str]] = {}
+    for found in client().search_runs([experiment_id], max_results=1000):
+        for key, value in found.data.params.items():
+            values.setdefault(key, set()).add(value)
+    return sorted(key for key, seen in values.items() if len(seen) > 1)[:MAX_PARAM_COLUMNS]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_up(server: subprocess.Popen, base_url: str) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise PipelineError(f"`mlflow ui` exited with status {server.returncode} before serving {base_url}")
+        try:
+            with urllib.request.urlopen(f"{base_url}/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise PipelineError(f"`mlflow ui` did not answer on {base_url} within {STARTUP_SECONDS} s")
