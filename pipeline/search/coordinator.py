@@ -174,7 +174,7 @@ def work(search: Search, study_name: str, location: str, deadline: float, stop: 
     states: list[TrialState] = []
 
     def ended(study: optuna.Study, trial: FrozenTrial) -> None:
-        tag_run(trial, trial.state.name.lower())
+        tag_run(trial, "failed" if trial.state == TrialState.FAIL else trial.state.name.lower())
         states.append(trial.state)
 
     while not stop.is_set() and budget_left(study, search, deadline):
