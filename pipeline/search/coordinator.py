@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import optuna
@@ -137,20 +137,13 @@ def run_workers(search: Search, study: optuna.Study, location: str, *, workers: 
         stop.set()
         stop_experiments(signal.SIGINT)
         # Each worker tells the study its trial FAILED once its experiment has stopped.
-        if not wait_until_done(futures, STOP_TIMEOUT_SECONDS):
+        if wait(futures, timeout=STOP_TIMEOUT_SECONDS).not_done:
             stop_experiments(signal.SIGKILL)
-        executor.shutdown()
         raise
-    executor.shutdown()
+    finally:
+        executor.shutdown()
     for future in futures:
         future.result()  # a worker's error: 3 trials failed in a row, or a bug
-
-
-def wait_until_done(futures: list, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not all(future.done() for future in futures) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return all(future.done() for future in futures)
 
 
 def show_progress(bar: tqdm, study: optuna.Study) -> Counter:
