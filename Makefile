@@ -31,7 +31,7 @@ study: $(INSTALLED)
 	mlp study $(STUDY)
 
 # Search hyperparameters with Optuna (conf/search/$(SEARCH).yaml) on $(WORKERS)
-# worker processes and write reports/search/$(SEARCH)/. Run it again to continue
+# trials at a time and write reports/search/$(SEARCH)/. Run it again to continue
 # after an interruption. Other searches: make search SEARCH=<name in conf/search/>.
 SEARCH ?= mnist
 WORKERS ?= 2

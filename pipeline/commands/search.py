@@ -16,7 +16,7 @@ from pipeline.search.schema import Search, check_values
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("search", help="a search in conf/search/ (e.g. mnist) or a path to a search file")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    parser.add_argument("--workers", type=int, default=1, help="trials run at once on this machine (default 1)")
     parser.add_argument(
         "--storage",
         metavar="URL",
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(arguments: argparse.Namespace) -> None:
-    """Check the search, run its trials to the budget on `--workers` processes, write the report."""
+    """Check the search, run its trials to the budget, `--workers` at a time, write the report."""
     path = Search.path_of(arguments.search)
     search = Search.load(path)
     if arguments.workers < 0 or (arguments.workers == 0 and not arguments.report_only):

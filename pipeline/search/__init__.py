@@ -1,6 +1,6 @@
 """Hyperparameter search with Optuna (`mlp search`): every trial is a DVC experiment and an MLflow run.
 
-The coordinator starts workers that share the study through its storage (a journal file, or PostgreSQL
+The coordinator runs worker threads that share the study through its storage (a journal file, or PostgreSQL
 between machines); a worker runs one trial at a time as `dvc exp run --temp ... train`, whose train stage
 reports each epoch to the study (trial). How a search runs, resumes after an interruption and reports:
 docs/search.md.

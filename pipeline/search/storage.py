@@ -12,7 +12,7 @@ TRIAL_VARIABLE = "MLP_SEARCH_TRIAL"  # the trial's number in its study; set: thi
 STORAGE_VARIABLE = "MLP_SEARCH_STORAGE"  # an SQLAlchemy URL, or the path of a journal file
 STUDY_VARIABLE = "MLP_SEARCH_STUDY"
 PARENT_RUN_VARIABLE = "MLP_SEARCH_PARENT_RUN"  # the study's MLflow run, parent of every trial's
-WORKER_VARIABLE = "MLP_SEARCH_WORKER"  # the worker process, as JSON: pipeline.run_owner.owner_of's fields
+WORKER_VARIABLE = "MLP_SEARCH_WORKER"  # the `mlp search` process, as JSON: pipeline.run_owner.owner_of's fields
 
 # Study attributes the worker writes and the trial reads.
 METRIC_ATTRIBUTE = "objective_metric"

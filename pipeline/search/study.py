@@ -1,6 +1,6 @@
 """A search's Optuna study: created or joined, and which worker runs each trial.
 
-A trial left RUNNING by a worker of this host that is gone (kill -9, crash) is marked FAIL by the next
+A trial left RUNNING by an `mlp search` of this host that is gone (kill -9, crash) is marked FAIL by the next
 `mlp search`; with PostgreSQL, heartbeats let any machine fail the trials of a worker silent for two minutes.
 """
 
@@ -10,6 +10,7 @@ import json
 import logging
 import socket
 import warnings
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import optuna
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 OWNER_ATTRIBUTE = "worker"
 SEARCH_ATTRIBUTE = "search"  # the search file's content the study was started from
 PARENT_RUN_ATTRIBUTE = "mlflow_parent_run_id"
+UNNAMED_SECONDS = 60  # a worker names itself on its trial within a second of the trial's start
 
 
 def log_directory(study_name: str) -> Path:
@@ -65,21 +67,22 @@ def create_study(study_name: str, location: str, search: Search, *, max_epochs: 
 
 
 def record_owner(trial: optuna.Trial) -> None:
-    """Name this process as the trial's worker (a system attribute: Optuna's Trial sets user ones only)."""
+    """Name this process, `mlp search`, as the trial's worker (a system attribute: Trial sets user ones only)."""
     study_id = trial.storage.get_study_id_from_name(trial.study.study_name)
     trial_id = trial.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
     trial.storage.set_trial_system_attr(trial_id, OWNER_ATTRIBUTE, owner_of(owner_tags()))
 
 
 def fail_abandoned_trials(study: optuna.Study) -> None:
-    """Mark FAIL the RUNNING trials whose worker is gone."""
+    """Mark FAIL the RUNNING trials whose worker is gone, or that never named one (killed as it started)."""
     with warnings.catch_warnings():  # "experimental" since Optuna 2.9; what optimize() itself calls
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # heartbeats, where the storage keeps them
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = trial.system_attrs.get(OWNER_ATTRIBUTE)
         # Other hosts' workers cannot be probed from here: heartbeats judge those.
-        if owner and owner.get("host") == socket.gethostname() and not owner_is_alive(owner):
+        unnamed = not owner and trial.datetime_start < datetime.now() - timedelta(seconds=UNNAMED_SECONDS)
+        if unnamed or (owner and owner.get("host") == socket.gethostname() and not owner_is_alive(owner)):
             study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)  # another process may be first
             tag_run(trial, "failed")  # its train process may have finished the MLflow run after the worker died
             logger.warning("trial %d: its worker is gone (killed or crashed); marked FAIL", trial.number)

@@ -10,7 +10,6 @@ import contextlib
 import csv
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -33,24 +32,34 @@ def run_experiment(
 ) -> int:
     """Run `dvc exp run --temp --name NAME [STAGES] -S OVERRIDE...` to its end; return its exit status.
 
-    Interrupted (KeyboardInterrupt here), it stops the experiment by SIGINT to its process group, so that the
-    stage ends its MLflow run KILLED, and by SIGKILL if it lingers; then the interruption goes on."""
+    Its processes stay in this process's group: killing the group (kill -9 of `mlp search` or `mlp study`)
+    leaves no experiment running. Interrupted (KeyboardInterrupt here), it stops the experiment (stop_experiments)
+    and the interruption goes on."""
     settings = [argument for override in overrides for argument in ("-S", override)]
     command = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "--name", name, *stages, *settings]
-    # A group of its own: DVC ignores SIGINT while its stage runs, so a stop reaches the stage through the group.
     stderr = subprocess.STDOUT if output else None
-    process = subprocess.Popen(command, env=env, stdout=output, stderr=stderr, process_group=0)
+    process = subprocess.Popen(command, env=env, stdout=output, stderr=stderr)
     try:
         return process.wait()
     except KeyboardInterrupt:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(timeout=STOP_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_experiments(signal.SIGINT)
+        try:
+            process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            stop_experiments(signal.SIGKILL)
+            process.wait()
         raise
+
+
+def stop_experiments(signal_number: int) -> None:
+    """Send `signal_number` to every process this one started, at any depth: SIGINT reaches each experiment's
+    stage, which ends its MLflow run KILLED (DVC ignores SIGINT while its stage runs); SIGKILL ends them all.
+    Their parents (this process's threads or main thread) wait for them: no process is reaped here."""
+    import psutil
+
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(signal_number)
 
 
 def current_commit() -> str:
