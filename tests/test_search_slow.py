@@ -266,7 +266,7 @@ def test_two_groups_of_workers_share_one_study_through_postgresql(
     clones = [search_project(tmp_path / name, tiny_dataset_server, search) for name in ("first", "second")]
     command = [sys.executable, "-m", "pipeline.cli", "search", "tiny", "--no-report"]
     # As documented: PGPASSFILE relative to where `mlp search` runs (each clone, beside the server's folder).
-    environment["PGPASSFILE"] = os.path.join("..", "server", "pgpass")
+    environment["PGPASSFILE"] = os.path.join("..", "server", "search.pgpass")
     full_environment = {**os.environ, "PATH": f"{BIN_DIRECTORY}{os.pathsep}{os.environ['PATH']}", **environment}
     first = subprocess.Popen([*command, "--workers", "2"], cwd=clones[0], env=full_environment, stderr=subprocess.PIPE)
     study_storage = optuna.storages.RDBStorage(storage)
