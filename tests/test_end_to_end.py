@@ -250,6 +250,7 @@ def test_second_repro_runs_nothing(project):
     assert "up to date" in run(["dvc", "status"], cwd=path).stdout
 
 
+@pytest.mark.slow  # tens of seconds: runs in make test-slow
 def test_training_parameter_change_reruns_only_train_and_evaluate(project):
     path, _ = project
     overrides = [f"dataset={TINY_DATASET}", "train.epochs=1", "model.dropout_rate=0.3"]

@@ -83,6 +83,7 @@ def test_run_carries_the_environment_fingerprint(project, client):
     assert record["threads"]["intra_op"] >= 1 and record["tensorflow"]["version"]
 
 
+@pytest.mark.slow  # tens of seconds: runs in make test-slow
 def test_training_twice_in_separate_processes_gives_the_same_weights(project, client):
     path, run_id, _ = project
     result = reproduce(path, "--repeatability")
@@ -121,6 +122,7 @@ def test_portable_mode_restarts_the_train_stage_with_its_settings(project):
     assert len(result.stdout.strip().splitlines()[-1]) == 64
 
 
+@pytest.mark.slow  # tens of seconds: runs in make test-slow
 def test_reproduce_reports_a_match_and_records_the_reproduction(project, client):
     path, run_id, _ = project
     result = reproduce(path, run_id)

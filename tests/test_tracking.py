@@ -111,6 +111,7 @@ def start_script(script: str, cwd, **options) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow  # tens of seconds: runs in make test-slow
 def test_concurrent_first_users_create_one_sound_store(tmp_path):
     """Eight processes open the missing store at the same moment (they wait for a start file after their
     imports): every one creates its run, and the store holds all eight afterwards."""
