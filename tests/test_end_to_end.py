@@ -250,24 +250,32 @@ def test_second_repro_runs_nothing(project):
     assert "up to date" in run(["dvc", "status"], cwd=path).stdout
 
 
-@pytest.mark.slow  # tens of seconds: runs in make test-slow
-def test_training_parameter_change_reruns_only_train_and_evaluate(project):
+@pytest.fixture(scope="module")
+def dropout_changed(project):
+    """`dvc params diff` and `dvc repro` after a change of model.dropout_rate to 0.3; then the default again."""
     path, _ = project
     overrides = [f"dataset={TINY_DATASET}", "train.epochs=1", "model.dropout_rate=0.3"]
     run(["mlp", "params", *overrides], cwd=path)
     diff = run(["dvc", "params", "diff", "--json"], cwd=path).stdout
+    result = run(["dvc", "repro"], cwd=path)
+    run(["git", "checkout", "--", "params.yaml"], cwd=path)
+    run(["dvc", "checkout", "--force"], cwd=path)
+    return diff, result
+
+
+@pytest.mark.slow  # tens of seconds: runs in make test-slow
+def test_training_parameter_change_reruns_only_train_and_evaluate(dropout_changed):
+    diff, result = dropout_changed
     change = json.loads(diff)["params.yaml"]["model.dropout_rate"]
     assert (change["old"], change["new"]) == (0.45, 0.3)
-    result = run(["dvc", "repro"], cwd=path)
     assert "Running stage 'train'" in result.stdout
     assert "Running stage 'evaluate'" in result.stdout
     assert "Running stage 'download'" not in result.stdout
     assert "Running stage 'preprocess'" not in result.stdout
-    run(["git", "checkout", "--", "params.yaml"], cwd=path)
-    run(["dvc", "checkout", "--force"], cwd=path)
 
 
-def test_mlp_diff_shows_the_one_changed_parameter_and_tests_the_paired_predictions(project, client):
+@pytest.mark.slow  # needs the dropout change's training: runs in make test-slow
+def test_mlp_diff_shows_the_one_changed_parameter_and_tests_the_paired_predictions(project, client, dropout_changed):
     path, _ = project
     experiments = [experiment.experiment_id for experiment in client.search_experiments()]
     latest, first = client.search_runs(experiments, order_by=["start_time DESC"])[:2]  # dropout 0.3, then 0.45
