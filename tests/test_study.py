@@ -22,7 +22,8 @@ from pipeline.study.schema import Measured, Study, StudyRow, check_rows, experim
 
 TINY_STUDY = {
     "title": "Tiny study",
-    "overrides": ["experiment=atienza_table_1_3_2", f"dataset={TINY_DATASET}", "train.epochs=1"],
+    # Enough epochs that row 2 is still training when the test interrupts it.
+    "overrides": ["experiment=atienza_table_1_3_2", f"dataset={TINY_DATASET}", "train.epochs=20"],
     "rows": [
         {
             "row": "1",
