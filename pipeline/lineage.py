@@ -19,7 +19,7 @@ import mlflow
 import yaml
 
 from pipeline import hardware
-from pipeline.config import FileSpec
+from pipeline.config import FileSpec, read_text, read_yaml
 from pipeline.files import file_digest, read_json_object
 from pipeline.git import git_or_empty
 from pipeline.overrides import hydra_overrides
@@ -47,7 +47,7 @@ def log_new_run_lineage(dataset_name: str, raw_files: dict[str, FileSpec]) -> di
     return the record."""
     code, diff = code_record()
     environment = {**hardware.fingerprint(), "packages": package_versions()}
-    params = yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8"))
+    params = read_yaml(read_text(PARAMS_FILE), PARAMS_FILE)
     record = {
         "code": code,
         # Computed, not copied from the pins: a dataset may pin only an md5.

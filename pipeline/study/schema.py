@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal, Self
 
-import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from pipeline.config import StrictModel, compose, parse_params
+from pipeline.config import StrictModel, compose, parse_params, read_text, read_yaml
 from pipeline.errors import ConfigError
 from pipeline.paths import CONFIG_DIRECTORY
 
@@ -40,12 +39,10 @@ class ConfigFile(StrictModel):
         directory's files if it is missing."""
         kind = cls.directory.name
         try:
-            return cls.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+            return cls.model_validate(read_yaml(read_text(path), path))
         except FileNotFoundError:
             known = ", ".join(sorted(item.stem for item in cls.directory.glob("*.yaml"))) or "none"
             raise ConfigError(f"{kind} {path} not found; {kind} files in {cls.directory}/: {known}") from None
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path} is not valid YAML: {error}") from None
         except ValidationError as error:
             raise ConfigError("\n".join(f"{path}: {describe(problem)}" for problem in error.errors())) from None
 
