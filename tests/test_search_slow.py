@@ -188,7 +188,7 @@ def test_a_search_killed_twice_leaves_no_trial_running_and_reports_what_optuna_r
     for first in (0, 2):
         process = start_search(path)
         wait_for(
-            lambda first=first: training(path, first) and training(path, first + 1), 240, f"trials {first}, {first + 1}"
+            lambda first=first: training(path, first) and training(path, first + 1), 600, f"trials {first}, {first + 1}"
         )
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
@@ -196,7 +196,7 @@ def test_a_search_killed_twice_leaves_no_trial_running_and_reports_what_optuna_r
 
     # SIGTERM (as Ctrl+C) while trials 4 and 5 train: they stop, are marked FAIL, and nothing runs on.
     process = start_search(path)
-    wait_for(lambda: training(path, 4) and training(path, 5), 240, "trials 4, 5 to train")
+    wait_for(lambda: training(path, 4) and training(path, 5), 600, "trials 4, 5 to train")
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 130
     assert not trial_processes(path)
