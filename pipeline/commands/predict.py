@@ -88,12 +88,12 @@ def run(arguments: argparse.Namespace) -> None:
 
 def predict(inputs: list[Path], *, model: str, background: str = "auto") -> list[Prediction]:
     """The predicted class of every example in `inputs`, with its probability."""
+    if missing := next((path for path in inputs if not path.is_file()), None):
+        raise DataError(f"{missing}: no such file")
     # Imported here rather than at the top, as in load_model: `mlp predict --help` and a wrong argument
     # answer at once, and only a prediction waits the seconds TensorFlow takes to load.
     from pipeline.model import class_ids, class_probabilities
 
-    if missing := next((path for path in inputs if not path.is_file()), None):
-        raise DataError(f"{missing}: no such file")
     keras_model, dataset = load_model(model)
     # Every input is read before anything is predicted: a bad one fails the whole call, with its name.
     read = [read_inputs(path, dataset=dataset, background=background) for path in inputs]
