@@ -152,6 +152,16 @@ def test_a_drawing_is_prepared_as_mnist_digits_were(tmp_path):
         as_mnist_digit(draw((300, 300), "black", "white", *SEVEN), background="dark")
 
 
+def test_a_drawing_on_a_transparent_canvas_has_its_transparent_pixels_as_paper(tmp_path):
+    for ink in ("black", "white"):
+        stroke = draw((300, 300), "white", "black", *SEVEN)  # where the pen went
+        canvas = Image.new("RGBA", (300, 300), (0, 0, 0, 0))
+        canvas.paste(Image.new("RGBA", (300, 300), ink), mask=stroke)
+        canvas.save(tmp_path / f"{ink}_pen.png")
+        digit = as_mnist_digit(open_image(tmp_path / f"{ink}_pen.png", mode="L"))
+        np.testing.assert_array_equal(digit, as_mnist_digit(draw((300, 300), "white", "black", *SEVEN)))
+
+
 def test_an_image_of_the_dataset_size_is_taken_as_it_is_up_to_its_colouring(tmp_path):
     (image,), _ = synthetic_digits(1, seed=5)
     Image.fromarray(image).save(tmp_path / "same.png")

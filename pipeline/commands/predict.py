@@ -6,8 +6,8 @@
 
 A registered model (from the MLflow store at MLFLOW_TRACKING_URI, or mlflow.db) brings the dataset
 configuration its run recorded. Images (any format, size and mode Pillow reads; transparent pixels
-black) become the dataset's images. A drawing for a 28x28 grey dataset such as MNIST is prepared as
-MNIST's digits were: made light on dark (a light border means dark ink; --background says it when
+the paper) become the dataset's images. A drawing for a 28x28 grey dataset such as MNIST is prepared
+as MNIST's digits were: made light on dark (a light border means dark ink; --background says it when
 the border misleads), cropped to its ink, fitted in 20x20 keeping its aspect ratio and centred by its
 centre of mass; an image already 28x28 is taken as it is. Other images are resized whole. Feature
 rows, in an .npz file (array `inputs`, e.g. data/processed/test.npz) or a .csv file (a header line is
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, ImageStat
 from pydantic import ValidationError
 
 from pipeline.config import DatasetConfig, load_params
@@ -180,8 +180,13 @@ def open_image(path: Path, *, mode: str) -> Image.Image:
             image = ImageOps.exif_transpose(opened)  # phones store the rotation in EXIF, not in the pixels
             if image.mode.startswith("I"):  # 16-bit grey: Pillow's conversion to 8 bits would clip at 255
                 image = Image.fromarray(np.clip(np.rint(np.asarray(image) / 257.0), 0, 255).astype(np.uint8))
-            if image.has_transparency_data:  # transparent pixels become black, MNIST's background
-                image = Image.alpha_composite(Image.new("RGBA", image.size, "black"), image.convert("RGBA"))
+            if image.has_transparency_data:
+                # Transparent pixels become the paper: white behind dark strokes (a pen on a drawing app's
+                # transparent canvas), else black, MNIST's background.
+                rgba = image.convert("RGBA")
+                opaque = rgba.getchannel("A")
+                dark = opaque.getbbox() is not None and ImageStat.Stat(rgba.convert("L"), opaque).mean[0] < 127.5
+                image = Image.alpha_composite(Image.new("RGBA", image.size, "white" if dark else "black"), rgba)
             return image.convert(mode)
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
         raise DataError(f"{path}: not an image Pillow can read ({error})") from None
