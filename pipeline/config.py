@@ -331,6 +331,12 @@ def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def changed(before: dict, after: dict) -> dict:
+    """{key: {"a": value, "b": value}} for each key whose value differs (None where a side lacks it)."""
+    keys = sorted(set(before) | set(after))
+    return {key: {"a": before.get(key), "b": after.get(key)} for key in keys if before.get(key) != after.get(key)}
+
+
 def compose(overrides: list[str] | None = None, config_directory: Path = CONFIG_DIRECTORY) -> str:
     """The YAML text `dvc exp run` would write to params.yaml for these overrides."""
     # The function DVC calls, so the two never disagree on the format. Imported here:
