@@ -87,7 +87,6 @@ class FileSpec(StrictModel):
         return None if actual == expected else f"{algorithm} {actual}, expected {expected}"
 
     def verify(self, path: Path) -> None:
-        """Raise DataError unless `path` is this file."""
         if not path.exists():
             raise DataError(f"{path} not found: {rerun_hint('download')}")
         if problem := self.mismatch(path):

@@ -43,7 +43,6 @@ def run(arguments: argparse.Namespace) -> None:
 
 
 def compare(run_a: str, run_b: str) -> dict:
-    """Everything `mlp diff` shows, as data."""
     # Six small reads of artifacts: MLflow's progress bars would bury the comparison.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     store = client()

@@ -70,7 +70,6 @@ def current_commit() -> str:
 
 
 def resolve_baseline(revision: str) -> str:
-    """The commit `revision` names (--baseline)."""
     if commit := git_or_empty("rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}"):
         return commit
     raise ConfigError(f"--baseline {revision}: not a commit of this repository")
