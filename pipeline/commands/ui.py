@@ -16,7 +16,7 @@ import mlflow
 
 from pipeline.config import load_params
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.tracking import client, experiment_link, open_store, save_runs_view
+from pipeline.tracking import experiment_link, open_store, save_runs_view
 
 VIEW = "mlp-ui"
 METRICS = ["test_accuracy", "val_accuracy"]
@@ -55,11 +55,8 @@ def run(arguments: argparse.Namespace) -> None:
 
 def differing_params(experiment_id: str) -> list[str]:
     """The params whose values differ between the experiment's runs: what a reader compares them by."""
-    values: dict[str, set[str]] = {}
-    for found in client().search_runs([experiment_id], max_results=1000):
-        for key, value in found.data.params.items():
-            values.setdefault(key, set()).add(value)
-    return sorted(key for key, seen in values.items() if len(seen) > 1)[:MAX_PARAM_COLUMNS]
+    params = mlflow.search_runs([experiment_id], max_results=1000).filter(regex=r"^params\.")
+    return sorted(name.removeprefix("params.") for name in params if params[name].nunique() > 1)[:MAX_PARAM_COLUMNS]
 
 
 def free_port() -> int:
