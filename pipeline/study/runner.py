@@ -121,7 +121,7 @@ def measure(row: StudyRow, commit: str | None) -> Measured | None:
         name.removeprefix("package."): value for name, value in tags.items() if name.startswith("package.")
     }
     return Measured(
-        measured_train=100 * metrics["final_epoch"]["accuracy"],
+        measured_train=accuracy[-1],
         late_gain=accuracy[-1] - accuracy[-1 - LATE_EPOCHS] if len(accuracy) > LATE_EPOCHS else None,
         reached_at=next((epoch for epoch, value in enumerate(accuracy, start=1) if value >= row.published_train), None),
         measured_test=100 * metrics["test"]["accuracy"],
