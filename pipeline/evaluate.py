@@ -53,7 +53,7 @@ from pipeline.paths import (
     repair_hint,
     rerun_hint,
 )
-from pipeline.splits import load_split, training_targets
+from pipeline.splits import load_splits, training_targets
 from pipeline.stage import run_stage
 from pipeline.tracking import TEST_SET_TAG, client, log_datasets, pipeline_run, read_run_file
 
@@ -201,7 +201,7 @@ def main() -> None:
     dataset = params.dataset
     record = read_run_file()
     run_id = record["run_id"]
-    test_split = load_split(PROCESSED_DIRECTORY, "test")
+    (test_split,) = load_splits(PROCESSED_DIRECTORY, ["test"], dataset)
     model = load_model(MODEL_FILE)
     targets = training_targets(
         test_split.labels, loss=params.train.loss, task=dataset.task, num_classes=dataset.num_classes

@@ -43,7 +43,7 @@ from pipeline.paths import (
     SUMMARY_FILE,
 )
 from pipeline.search import trial as search_trial
-from pipeline.splits import Split, load_split, training_targets
+from pipeline.splits import Split, load_splits, training_targets
 from pipeline.stage import run_stage
 from pipeline.tracking import (
     describe_experiment,
@@ -279,8 +279,7 @@ def main() -> None:
     arguments = parser.parse_args()
     params = load_params()
     determinism.enter(params.train.determinism)
-    training = load_split(PROCESSED_DIRECTORY, "train")
-    validation = load_split(PROCESSED_DIRECTORY, "validation")
+    training, validation = load_splits(PROCESSED_DIRECTORY, ["train", "validation"], params.dataset)
     if arguments.hash_only:
         model, _ = train_with_params(params, training, validation)
         print(weights_sha256(model))
