@@ -1,7 +1,7 @@
 """Stage `evaluate`: score the trained Keras model on the test split and finish the MLflow run.
 
-Reads params `dataset.name`, `dataset.urls`, `dataset.files`, `dataset.num_classes`, `dataset.class_names`,
-`dataset.task`, `dataset.max_test_samples`, `train.loss`, `mlflow.registered_model_name`, data/model/,
+Reads params `dataset` (name, urls, files, num_classes, class_names, task, max_test_samples, and input_shape,
+which the test split is checked against), `train.loss`, `mlflow.registered_model_name`, data/model/,
 data/processed/test.npz and reports/training_history.csv; writes reports/metrics.json (DVC metrics: the test
 scores, the final epoch's training metrics, the weights' sha256, the MLflow run id), reports/per_class_metrics.json,
 reports/confusion_matrix.csv (for `dvc plots`' confusion template), reports/confusion_matrix.png,

@@ -1,7 +1,8 @@
 """Stage `train`: fit the MLP on the training split and log the run to MLflow.
 
-Reads params `seed`, `dataset` (name, urls, files, num_classes, task, scaling), `model`, `optimizer`, `train`,
-`mlflow.experiment_name` and data/processed/; writes data/model/model.keras, data/model/mlflow_run.json (the MLflow
+Reads params `seed`, `dataset` (name, urls, files, num_classes, task, scaling; input_shape, class_names and
+validation_fraction, which the splits are checked against), `model`, `optimizer`, `train`, `mlflow.experiment_name`
+and data/processed/; writes data/model/model.keras, data/model/mlflow_run.json (the MLflow
 run and logged model, which the evaluate stage scores and registers), reports/training_history.csv (one row per
 epoch, for `dvc plots`) and the architecture: reports/model_summary.txt (Keras' summary), reports/model_config.json
 (the model's get_config()) and reports/architecture.png (a diagram).
