@@ -1,7 +1,7 @@
 """Stage `evaluate`: score the trained Keras model on the test split and finish the MLflow run.
 
-Reads params `dataset.name`, `dataset.urls`, `dataset.files`, `dataset.num_classes`, `dataset.class_names`,
-`dataset.task`, `dataset.max_test_samples`, `train.loss`, `mlflow.registered_model_name`, data/model/,
+Reads params `dataset` (name, urls, files, num_classes, class_names, task, max_test_samples, and input_shape,
+which the test split is checked against), `train.loss`, `mlflow.registered_model_name`, data/model/,
 data/processed/test.npz and reports/training_history.csv; writes reports/metrics.json (DVC metrics: the test
 accuracy, loss and macro F1, the last epoch's validation accuracy, the weights' sha256, the MLflow run id),
 reports/per_class_metrics.json (a report, not DVC metrics: 4 scores per class would crowd `dvc exp show`),
@@ -54,7 +54,7 @@ from pipeline.paths import (
     repair_hint,
     rerun_hint,
 )
-from pipeline.splits import load_split, training_targets
+from pipeline.splits import load_splits, training_targets
 from pipeline.stage import run_stage
 from pipeline.tracking import TEST_SET_TAG, client, log_datasets, pipeline_run, read_run_file
 
@@ -202,7 +202,7 @@ def main() -> None:
     dataset = params.dataset
     record = read_run_file()
     run_id = record["run_id"]
-    test_split = load_split(PROCESSED_DIRECTORY, "test")
+    (test_split,) = load_splits(PROCESSED_DIRECTORY, ["test"], dataset)
     model = load_model(MODEL_FILE)
     targets = training_targets(
         test_split.labels, loss=params.train.loss, task=dataset.task, num_classes=dataset.num_classes
