@@ -188,19 +188,21 @@ class Checkpoint:
         self.enabled = try_acquire(self.lock)
         if not self.enabled:
             logger.warning("%s is in use by another training: training without checkpoints", self.directory)
-        # Checkpoints of other fingerprints that no training holds were made for another config or data.
-        for other in self.directory.parent.glob("train-*"):
+        # Checkpoints of other fingerprints that no training holds were made for another config or data
+        # (or a lock file alone, left by a process killed before it removed the file).
+        for other in {path.with_suffix("") for path in self.directory.parent.glob("train-*")} - {self.directory}:
             lock = FileLock(f"{other}.lock")
-            if other == self.directory or other.suffix == ".lock" or not try_acquire(lock):
+            if not try_acquire(lock):
                 continue
-            logger.info("removing checkpoint %s: made for another configuration or other data", other)
-            shutil.rmtree(other, ignore_errors=True)
-            lock.release()
+            if other.exists():
+                logger.info("removing checkpoint %s: made for another configuration or other data", other)
+                shutil.rmtree(other, ignore_errors=True)
+            release_and_remove(lock)
         return self
 
     def __exit__(self, *exception) -> None:
         if self.enabled:
-            self.lock.release()
+            release_and_remove(self.lock)
 
     def load(self) -> tuple[TrainingState, dict[str, np.ndarray]] | None:
         """The saved state and variables, or None when there is nothing to resume."""
@@ -253,6 +255,14 @@ def try_acquire(lock: FileLock) -> bool:
     except Timeout:
         return False
     return True
+
+
+def release_and_remove(lock: FileLock) -> None:
+    """Release `lock` without leaving its file behind (else one per fingerprint ever trained piles up). The file
+    goes while the lock is held: a process that opened it just before and locks it next finds it unlinked, which
+    filelock checks, and does not take it; two processes never both hold a fingerprint."""
+    Path(lock.lock_file).unlink(missing_ok=True)
+    lock.release()
 
 
 def saved_list(variables: dict[str, np.ndarray], prefix: str) -> list[np.ndarray]:

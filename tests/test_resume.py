@@ -80,6 +80,21 @@ def test_a_checkpoint_of_another_fingerprint_is_never_resumed(tmp_path):
         assert [path.name for path in (tmp_path / ".checkpoints").glob("train-*") if path.is_dir()] == []
 
 
+def test_no_lock_file_stays_behind_and_a_held_checkpoint_is_not_shared(tmp_path):
+    folder = tmp_path / ".checkpoints"
+    with Checkpoint(tmp_path, "a" * 64) as checkpoint:
+        with Checkpoint(tmp_path, "a" * 64) as second:
+            assert checkpoint.enabled and not second.enabled  # another training of the same fingerprint
+        assert checkpoint.lock.is_locked
+        checkpoint.directory.mkdir()  # a crash leaves the checkpoint to resume from
+    assert not list(folder.glob("*.lock"))
+    (folder / "train-cccccccccccccccc.lock").touch()  # left by a process killed before removing it
+    with Checkpoint(tmp_path, "b" * 64) as other:
+        # Made for another fingerprint: the checkpoint and the lock file go.
+        assert sorted(path.name for path in folder.iterdir()) == [other.directory.name + ".lock"]
+    assert not list(folder.iterdir())
+
+
 def test_a_diverging_loss_stops_training_with_a_clear_error():
     with pytest.raises(TrainingDiverged, match=r"the loss became nan in epoch 1.*Lower optimizer.learning_rate"):
         fit(learning_rate=1e30, optimizer="sgd", epochs=3)
