@@ -306,10 +306,50 @@ class EpochCheckpointer(keras.callbacks.Callback):
         self.checkpoint.save(self.model, self.state)
 
 
-def check_finite(history: dict[str, list[float]], *, learning_rate: float) -> None:
-    """Training stops at the first epoch whose loss is not finite: the run fails there."""
+def weight_penalty(model: keras.Model) -> float:
+    """What weight decay (the layers' L2 regularizers) adds to the loss at the model's current weights, in float64:
+    the float32 Keras computes it in overflows for a huge decay."""
+    return sum(
+        variable.regularizer.l2 * float(np.sum(np.square(variable.numpy(), dtype=np.float64)))
+        for variable in model.trainable_variables
+        if variable.regularizer is not None
+    )
+
+
+def check_finite(
+    history: dict[str, list[float]],
+    *,
+    inputs: np.ndarray,
+    learning_rate: float,
+    weight_decay: float,
+    initial_penalty: float,
+) -> None:
+    """Training stops at the first epoch whose loss is not finite: the run fails there, naming the likely cause."""
     if history and not math.isfinite(loss := history["loss"][-1]):
+        cause = divergence_cause(
+            inputs, learning_rate=learning_rate, weight_decay=weight_decay, initial_penalty=initial_penalty
+        )
         raise TrainingDiverged(
             f"training diverged: the loss became {loss} in epoch {len(history['loss'])}; nothing was registered. "
-            f"Lower optimizer.learning_rate (now {learning_rate:g}) or check the input scaling"
+            + cause
         )
+
+
+def divergence_cause(inputs: np.ndarray, *, learning_rate: float, weight_decay: float, initial_penalty: float) -> str:
+    """The likely cause of a non-finite loss, from what can be checked: the inputs, the weight decay (its penalty
+    at the initial weights, and its step), and otherwise the learning rate."""
+    if np.issubdtype(inputs.dtype, np.floating) and (count := int(np.count_nonzero(~np.isfinite(inputs)))):
+        return f"The training inputs hold {count:,} NaN or infinite values: fix the data they come from"
+    if initial_penalty > float(np.finfo(np.float32).max):  # the loss is float32
+        return (
+            f"Lower model.l2_weight_decay (now {weight_decay:g}): the penalty it adds to the loss is already "
+            f"{initial_penalty:.3g} at the initial weights, beyond float32's range"
+        )
+    # Gradient descent on the penalty alone scales each weight by 1 - 2 x learning rate x decay: from a product
+    # of 1 on, every step overshoots zero by more than the weight itself, and the weights grow without bound.
+    if learning_rate * weight_decay >= 1:
+        return (
+            f"Lower model.l2_weight_decay (now {weight_decay:g}): times optimizer.learning_rate ({learning_rate:g}) "
+            f"it is {learning_rate * weight_decay:g}, and from 1 on the decay alone makes each step overshoot"
+        )
+    return f"Lower optimizer.learning_rate (now {learning_rate:g}) or check the input scaling"
