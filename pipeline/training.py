@@ -349,7 +349,7 @@ def divergence_cause(inputs: np.ndarray, *, learning_rate: float, weight_decay: 
     # of 1 on, every step overshoots zero by more than the weight itself, and the weights grow without bound.
     if learning_rate * weight_decay >= 1:
         return (
-            f"Lower model.l2_weight_decay (now {weight_decay:g}): times optimizer.learning_rate ({learning_rate:g}) "
-            f"it is {learning_rate * weight_decay:g}, and from 1 on the decay alone makes each step overshoot"
+            f"Lower model.l2_weight_decay (now {weight_decay:g}) or optimizer.learning_rate (now {learning_rate:g}): "
+            f"their product is {learning_rate * weight_decay:g}; from 1 on, the decay alone makes each step overshoot"
         )
     return f"Lower optimizer.learning_rate (now {learning_rate:g}) or check the input scaling"
