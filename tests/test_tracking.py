@@ -75,12 +75,13 @@ def test_a_mirror_folder_is_logged_as_a_local_dataset_source_without_a_warning(s
     split = Split(np.zeros((4, 3), np.uint8), np.arange(4) % 2)
     with warnings.catch_warnings(), tracking.pipeline_run(experiment_name="test") as run:
         warnings.simplefilter("error")  # MLflow's "can be interpreted in multiple ways" among them
-        for source in (tmp_path.as_uri() + "/", "https://mirror.example/digits/"):
-            tracking.log_datasets({"train": split}, dataset_name=source[:5], source=source, context="training")
+        sources = {"mirrored": tmp_path.as_uri() + "/", "public": "https://mirror.example/digits/"}
+        for name, source in sources.items():
+            tracking.log_datasets({"train": split}, dataset_name=name, source=source, context="training")
     inputs = {item.dataset.name: item.dataset for item in store.get_run(run.info.run_id).inputs.dataset_inputs}
-    assert inputs["file:-train"].source_type == "local"
-    assert json.loads(inputs["file:-train"].source) == {"uri": tmp_path.as_uri() + "/"}
-    assert inputs["https-train"].source_type == "http"
+    assert inputs["mirrored-train"].source_type == "local"
+    assert json.loads(inputs["mirrored-train"].source) == {"uri": sources["mirrored"]}
+    assert inputs["public-train"].source_type == "http"
 
 
 def test_reopened_run_keeps_its_id(store):
