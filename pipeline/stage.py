@@ -28,15 +28,26 @@ TRACKING_PACKAGES = {"mlflow", "requests", "urllib3", "sqlalchemy"}
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
 
 
-def outside_failure(error: BaseException) -> str | None:
-    """One line for a failure of the MLflow store or of the disk, naming what failed first; None for anything else."""
+def causes(error: BaseException) -> list[BaseException]:
+    """The error and the errors it was raised from or during, the first failure last."""
     chain = [error]
     while (cause := chain[-1].__cause__ or chain[-1].__context__) is not None and cause not in chain:
         chain.append(cause)
+    return chain
+
+
+def raised_by_the_store(error: BaseException) -> bool:
+    """Whether MLflow's client, its HTTP stack or its database layer raised `error` or one of its causes."""
+    return any(type(link).__module__.split(".")[0] in TRACKING_PACKAGES for link in causes(error))
+
+
+def outside_failure(error: BaseException) -> str | None:
+    """One line for a failure of the MLflow store or of the disk, naming what failed first; None for anything else."""
+    chain = causes(error)
     first = " ".join(f"{type(chain[-1]).__name__}: {chain[-1]}".split())[:300]
     if any(isinstance(link, OSError) and link.errno in DISK_ERRORS for link in chain):
         return f"{first}: free space or fix permissions there, then run the stage again (the run resumes)"
-    if any(type(link).__module__.split(".")[0] in TRACKING_PACKAGES for link in chain):
+    if raised_by_the_store(error):
         uri = os.environ.get("MLFLOW_TRACKING_URI", "the MLflow store")
         return (
             f"MLflow store {uri} failed: {first}; check it is up and writable (`mlp server status` for the team "

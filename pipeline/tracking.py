@@ -39,6 +39,7 @@ from pipeline.files import write_json
 from pipeline.paths import ARTIFACTS_DIRECTORY, RUN_FILE, STORE_FILE, repair_hint, rerun_hint
 from pipeline.run_owner import owner_is_alive, owner_of, owner_tags
 from pipeline.splits import Split
+from pipeline.stage import raised_by_the_store
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +207,8 @@ def pipeline_run(
             reason = f"a re-run failed ({type(error).__name__}); its registered evaluation stands"
         else:
             reason = failure_reason(error)
-        mlflow.set_tag(FAILURE_REASON, reason)
+        if not raised_by_the_store(error):  # a failing store would make the stage wait out its retries once more
+            mlflow.set_tag(FAILURE_REASON, reason)
         mlflow.end_run(status)
         raise
     mlflow.end_run("FINISHED")
