@@ -38,7 +38,20 @@ def run_experiment(
     leaves no experiment running. Interrupted (KeyboardInterrupt here), it stops the experiment (stop_experiments)
     and the interruption goes on."""
     settings = [argument for override in overrides for argument in ("-S", override)]
-    command = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "--name", name, *stages, *settings]
+    # Experiments that start together (two search workers) queue for the repository's lock instead of failing.
+    command = [
+        sys.executable,
+        "-m",
+        "dvc",
+        "--wait-for-lock",
+        "exp",
+        "run",
+        "--temp",
+        "--name",
+        name,
+        *stages,
+        *settings,
+    ]
     stderr = subprocess.STDOUT if output else None
     process = subprocess.Popen(command, env=env, stdout=output, stderr=stderr)
     try:
