@@ -26,6 +26,7 @@ def _raise_keyboard_interrupt(signal_number: int, frame: object) -> None:
 # Where MLflow's client, its HTTP stack and its database layer raise from.
 TRACKING_PACKAGES = {"mlflow", "requests", "urllib3", "sqlalchemy"}
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
+MLFLOW_DATABASE_LOGGER = "mlflow.store.db.utils"
 
 
 def outside_failure(error: BaseException) -> str | None:
@@ -47,6 +48,10 @@ def outside_failure(error: BaseException) -> str | None:
 
 def run_stage(main: Callable[[], None]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    if not os.environ.get("MLP_TRACEBACK"):
+        # MLflow's SQL store logs every database error with its traceback, then raises it: the raised error
+        # is the stage's one line (outside_failure), so the logged copy would only bury it.
+        logging.getLogger(MLFLOW_DATABASE_LOGGER).setLevel(logging.CRITICAL)
     # `dvc exp remove --queue`/`kill` and CI timeouts send SIGTERM: treat it like
     # Ctrl-C so an open MLflow run is marked KILLED instead of staying RUNNING.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
