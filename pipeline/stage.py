@@ -30,14 +30,21 @@ MLFLOW_DATABASE_LOGGER = "mlflow.store.db.utils"
 
 
 def outside_failure(error: BaseException) -> str | None:
-    """One line for a failure of the MLflow store or of the disk, naming what failed first; None for anything else."""
+    """One line for a failure of the MLflow store, a search's study storage or the disk, naming what failed first;
+    None for anything else."""
     chain = [error]
     while (cause := chain[-1].__cause__ or chain[-1].__context__) is not None and cause not in chain:
         chain.append(cause)
     first = " ".join(f"{type(chain[-1]).__name__}: {chain[-1]}".split())[:300]
     if any(isinstance(link, OSError) and link.errno in DISK_ERRORS for link in chain):
         return f"{first}: free space or fix permissions there, then run the stage again (the run resumes)"
-    if any(type(link).__module__.split(".")[0] in TRACKING_PACKAGES for link in chain):
+    packages = {type(link).__module__.split(".")[0] for link in chain}
+    if "optuna" in packages:  # a search trial's study database, also reached through SQLAlchemy: not MLflow's
+        return (
+            f"the search's study storage failed: {first}; check its database is up (`mlp server status` for the "
+            "team server): `mlp search` continues the study where it stopped"
+        )
+    if packages & TRACKING_PACKAGES:
         uri = os.environ.get("MLFLOW_TRACKING_URI", "the MLflow store")
         return (
             f"MLflow store {uri} failed: {first}; check it is up and writable (`mlp server status` for the team "

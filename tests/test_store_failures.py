@@ -218,3 +218,19 @@ def test_a_killed_database_under_the_team_server_stops_training_within_a_minute_
         assert json.loads((path / "data/model/mlflow_run.json").read_text())["run_id"]
     finally:
         run(["mlp", "server", "stop", "--state-dir", str(state)], cwd=tmp_path, check=False)
+
+
+def test_a_failing_search_storage_is_named_as_such_not_as_the_mlflow_store(monkeypatch):
+    import optuna
+    import sqlalchemy.exc
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    try:
+        try:
+            raise sqlalchemy.exc.OperationalError("UPDATE trials", {}, Exception("the database is shutting down"))
+        except sqlalchemy.exc.OperationalError as error:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from error
+    except optuna.exceptions.StorageInternalError as error:
+        line = outside_failure(error)
+    assert line is not None and line.startswith("the search's study storage failed") and "shutting down" in line
+    assert "MLflow" not in line
