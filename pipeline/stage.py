@@ -26,10 +26,11 @@ def _raise_keyboard_interrupt(signal_number: int, frame: object) -> None:
 # Where MLflow's client, its HTTP stack and its database layer raise from.
 TRACKING_PACKAGES = {"mlflow", "requests", "urllib3", "sqlalchemy"}
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
+MLFLOW_DATABASE_LOGGER = "mlflow.store.db.utils"
 
 
 def causes(error: BaseException) -> list[BaseException]:
-    """The error and the errors it was raised from or during, the first failure last."""
+    """The error and the errors it was raised from or during, the first failure last.""""
     chain = [error]
     while (cause := chain[-1].__cause__ or chain[-1].__context__) is not None and cause not in chain:
         chain.append(cause)
@@ -42,11 +43,18 @@ def raised_by_the_store(error: BaseException) -> bool:
 
 
 def outside_failure(error: BaseException) -> str | None:
-    """One line for a failure of the MLflow store or of the disk, naming what failed first; None for anything else."""
+    """One line for a failure of the MLflow store, a search's study storage or the disk, naming what failed first;
+    None for anything else."""
     chain = causes(error)
     first = " ".join(f"{type(chain[-1]).__name__}: {chain[-1]}".split())[:300]
     if any(isinstance(link, OSError) and link.errno in DISK_ERRORS for link in chain):
         return f"{first}: free space or fix permissions there, then run the stage again (the run resumes)"
+    if "optuna" in {type(link).__module__.split(".")[0] for link in chain}:
+        # A search trial's study database, also reached through SQLAlchemy: not MLflow's.
+        return (
+            f"the search's study storage failed: {first}; check its database is up (`mlp server status` for the "
+            "team server): `mlp search` continues the study where it stopped"
+        )
     if raised_by_the_store(error):
         uri = os.environ.get("MLFLOW_TRACKING_URI", "the MLflow store")
         return (
@@ -58,6 +66,10 @@ def outside_failure(error: BaseException) -> str | None:
 
 def run_stage(main: Callable[[], None]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    if not os.environ.get("MLP_TRACEBACK"):
+        # MLflow's SQL store logs every database error with its traceback, then raises it: the raised error
+        # is the stage's one line (outside_failure), so the logged copy would only bury it.
+        logging.getLogger(MLFLOW_DATABASE_LOGGER).setLevel(logging.CRITICAL)
     # `dvc exp remove --queue`/`kill` and CI timeouts send SIGTERM: treat it like
     # Ctrl-C so an open MLflow run is marked KILLED instead of staying RUNNING.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)

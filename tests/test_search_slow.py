@@ -6,6 +6,7 @@ of it process start; the tests keep to a handful of trials each.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -296,3 +297,80 @@ def load_attributes(storage) -> dict:
         return storage.get_study_user_attrs(storage.get_study_id_from_name("tiny"))
     except KeyError:
         return {}
+
+
+@pytest.mark.slow
+def test_a_search_on_the_servers_postgresql_survives_a_restart_of_the_server(
+    tmp_path, tiny_dataset_server, team_server, monkeypatch
+):
+    """`mlp server stop` and `start` while two trials train: the search keeps its --storage URL and completes.
+
+    The trials track into the clone's own MLflow store: what restarts under them is the search database only
+    (a tracking server down for longer than a minute stops a stage, by design: pipeline.stage)."""
+    state, _ = team_server
+    postgres_port = json.loads((state / "runtime.json").read_text())["postgres_port"]
+    storage = f"postgresql+psycopg://search@127.0.0.1:{postgres_port}/search"
+    monkeypatch.setenv("PGPASSFILE", str(state / "search.pgpass"))
+    # Trials long enough (600 short epochs) to be training through the restart, and no pruning.
+    search = TINY_SEARCH | {
+        "overrides": [*TINY_SEARCH["overrides"], f"train.epochs={RESTART_EPOCHS}"],
+        "pruner": {"name": "none"},
+        "budget": {"n_trials": 2},
+    }
+    search["parameters"] = {name: spec for name, spec in search["parameters"].items() if name != "train.epochs"}
+    path = search_project(tmp_path / "project", tiny_dataset_server, search)
+    environment = {**os.environ, "PATH": f"{BIN_DIRECTORY}{os.pathsep}{os.environ['PATH']}"}
+    environment.pop("MLFLOW_TRACKING_URI", None)
+    command = [sys.executable, "-m", "pipeline.cli", "search", "tiny", "--workers", "2", "--storage", storage]
+    # In a session of its own: a failing test ends the search's whole group. Its output to a file: a pipe
+    # nobody reads while the test waits would fill up and stop it.
+    errors = tmp_path / "search.stderr"
+    with errors.open("w") as output:
+        process = subprocess.Popen(
+            command, cwd=path, env=environment, stdout=subprocess.DEVNULL, stderr=output, start_new_session=True
+        )
+    try:
+        spanning = wait_for(lambda: training_trials(path) if len(training_trials(path)) == 2 else None, 600, "trials")
+        began = time.monotonic()
+        run(["mlp", "server", "stop", "--state-dir", str(state)], cwd=tmp_path)
+        down = datetime.datetime.now()
+        run(["mlp", "server", "start", "--state-dir", str(state)], cwd=tmp_path)
+        restarted_seconds = time.monotonic() - began
+        assert json.loads((state / "runtime.json").read_text())["postgres_port"] == postgres_port
+        process.wait(timeout=900)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 0, errors.read_text()[-3000:]
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    states = [trial.state for trial in study.trials]
+    assert states.count(TrialState.COMPLETE) == 2
+    # The two trials trained while the database was down (each waited for it), and were recorded after.
+    for number in spanning:
+        log = (path / f".search/tiny/tiny-trial-{number:03d}.log").read_text(errors="replace")
+        assert "the search database refuses connections" in log, f"trial {number} did not train through the restart"
+        assert study.trials[number].state == TrialState.COMPLETE and study.trials[number].datetime_complete > down
+    # Any other ending is DVC's: two `dvc exp run --temp` starting at once may miss its repository lock.
+    for trial in study.trials:
+        if trial.state != TrialState.COMPLETE:
+            log = (path / f".search/tiny/tiny-trial-{trial.number:03d}.log").read_text(errors="replace")
+            assert "Unable to acquire lock" in log, log[-3000:]
+    best = json.loads((path / "reports/search/tiny/best.json").read_text())
+    assert best["trials"] == {state.name.lower(): states.count(state) for state in TrialState}
+    assert best["best_trial"]["number"] == study.best_trial.number
+    print(f"\nserver restarted in {restarted_seconds:.1f} s while trials {spanning} trained; {best['trials']}")
+
+
+RESTART_EPOCHS = 600
+
+
+def trained(path: Path, number: int, epochs: int) -> bool:
+    log = path / f".search/tiny/tiny-trial-{number:03d}.log"
+    return f"Epoch {epochs}/{epochs}" in log.read_text(errors="replace")
+
+
+def training_trials(path: Path) -> list[int]:
+    """The trials whose log shows them at epoch 5 or later and not done."""
+    numbers = [int(log.stem.rsplit("-", 1)[1]) for log in (path / ".search/tiny").glob("tiny-trial-*.log")]
+    return sorted(n for n in numbers if training(path, n) and not trained(path, n, RESTART_EPOCHS))

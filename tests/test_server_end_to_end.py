@@ -283,6 +283,12 @@ def test_backup_restored_into_a_deleted_state_folder_brings_everything_back(
         test_inputs = arrays["inputs"][:5]
     before, predicted = everything(as_admin), predictions(server, as_admin, test_inputs)
     postgres_port = runtime(server)["postgres_port"]
+    # A study in the search database, as a search user makes it: with the search role's password file.
+    search_storage = f"postgresql+psycopg://search@127.0.0.1:{postgres_port}/search"
+    monkeypatch.setenv("PGPASSFILE", str(server.state / "search.pgpass"))
+    study = optuna.create_study(storage=search_storage, study_name="backed-up")
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=3)
+    study_before = [(trial.number, trial.state, trial.params, trial.value) for trial in study.trials]
     backed_up = mlp_server(server.state, "backup", "--output", str(tmp_path / "backup.tar.gz")).stdout
     print("\n" + backed_up.strip())
     assert (tmp_path / "backup.tar.gz").stat().st_mode & 0o077 == 0
@@ -299,6 +305,10 @@ def test_backup_restored_into_a_deleted_state_folder_brings_everything_back(
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", admin_password(server))
     assert everything(as_admin) == before
     np.testing.assert_array_equal(predictions(server, as_admin, test_inputs), predicted)
+    # The study is back, readable and writable by the search role with this state folder's password file.
+    restored_study = optuna.load_study(storage=search_storage, study_name="backed-up")
+    assert [(trial.number, trial.state, trial.params, trial.value) for trial in restored_study.trials] == study_before
+    restored_study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
     reader = requests.get(server.url + SEARCH, auth=("reader", "reader-password-123"), timeout=30)
     assert reader.status_code == 200
 

@@ -1,6 +1,7 @@
-"""`mlp server backup` and `restore`: both databases and the artifacts folder in one timestamped archive.
+"""`mlp server backup` and `restore`: the three databases and the artifacts folder in one timestamped archive.
 
-The archive holds tracking.dump and auth.dump (pg_dump's custom format), artifacts/ (when artifacts
+The archive holds tracking.dump, auth.dump and search.dump (pg_dump's custom format; the search
+database holds the Optuna studies of `mlp search --storage postgresql...`), artifacts/ (when artifacts
 are a local folder; an s3:// destination is backed up by its own means) and manifest.json with the
 row counts at backup time, which restore checks against what it restored. The users database holds
 password hashes, so the archive is written mode 0600.
@@ -18,7 +19,16 @@ import psycopg
 from werkzeug.security import generate_password_hash
 
 from pipeline.server import postgres, stack
-from pipeline.server.state import ADMIN_USERNAME, AUTH_DATABASE, TRACKING_DATABASE, ServerError, Settings, StateFolder
+from pipeline.server.state import (
+    ADMIN_USERNAME,
+    AUTH_DATABASE,
+    SEARCH_DATABASE,
+    SUPERUSER,
+    TRACKING_DATABASE,
+    ServerError,
+    Settings,
+    StateFolder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +37,9 @@ COUNTED_TABLES = (
     "experiments", "runs", "metrics", "params", "tags", "datasets", "logged_models",
     "registered_models", "model_versions",
 )  # fmt: skip
-DUMPS = {TRACKING_DATABASE: "tracking.dump", AUTH_DATABASE: "auth.dump"}
+DUMPS = {TRACKING_DATABASE: "tracking.dump", AUTH_DATABASE: "auth.dump", SEARCH_DATABASE: "search.dump"}
+# Archives written before the search database was backed up lack its dump: restore leaves that database as it is.
+REQUIRED_DUMPS = (DUMPS[TRACKING_DATABASE], DUMPS[AUTH_DATABASE])
 
 
 def describe(verb: str, archive: Path, counts: dict[str, int]) -> str:
@@ -38,6 +50,21 @@ def describe(verb: str, archive: Path, counts: dict[str, int]) -> str:
 def row_counts(connection: psycopg.Connection) -> dict[str, int]:
     query = " UNION ALL ".join(f"SELECT '{table}', count(*) FROM {table}" for table in COUNTED_TABLES)
     return dict(connection.execute(query).fetchall())
+
+
+def search_counts(connection: psycopg.Connection) -> dict[str, int]:
+    """Optuna's studies and trials in the search database (none before a search has created its tables)."""
+    if connection.execute("SELECT to_regclass('trials')").fetchone()[0] is None:
+        return {}
+    query = "SELECT 'search_studies', count(*) FROM studies UNION ALL SELECT 'search_trials', count(*) FROM trials"
+    return dict(connection.execute(query).fetchall())
+
+
+def export_snapshot(connection: psycopg.Connection) -> str:
+    """Open a read-only transaction on `connection` whose snapshot pg_dump then dumps; the snapshot's id."""
+    connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    connection.read_only = True
+    return connection.execute("SELECT pg_export_snapshot()").fetchone()[0]
 
 
 def count_files(folder: Path) -> int:
@@ -66,14 +93,17 @@ def backup(state: StateFolder, output: Path | None) -> str:
             work = Path(folder)
             # The databases first, then the artifacts: a run logged in between has its files in the
             # archive without its rows, never rows pointing at missing files.
+            # Each database counted and dumped in one snapshot: what restore must find is exactly what was dumped.
             with postgres.connect(state, port, TRACKING_DATABASE) as connection:
-                # Counted and dumped in one snapshot: what restore must find is exactly what was dumped.
-                connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-                connection.read_only = True
-                snapshot_id = connection.execute("SELECT pg_export_snapshot()").fetchone()[0]
+                snapshot_id = export_snapshot(connection)
                 found = row_counts(connection)
                 postgres.dump(state, port, TRACKING_DATABASE, work / DUMPS[TRACKING_DATABASE], snapshot_id)
             postgres.dump(state, port, AUTH_DATABASE, work / DUMPS[AUTH_DATABASE])
+            # The studies in a snapshot of their own: they refer to runs by id only.
+            with postgres.connect(state, port, SEARCH_DATABASE, user=SUPERUSER) as connection:
+                snapshot_id = export_snapshot(connection)
+                found |= search_counts(connection)
+                postgres.dump(state, port, SEARCH_DATABASE, work / DUMPS[SEARCH_DATABASE], snapshot_id)
             if artifacts is not None:
                 (work / "artifacts").mkdir()
                 if artifacts.is_dir():
@@ -107,7 +137,7 @@ def read_archive(archive: Path, destination: Path) -> dict:
             # The "data" filter refuses absolute paths, links out of the folder and device files.
             opened.extractall(destination, filter="data")
         manifest = json.loads((destination / "manifest.json").read_text())
-        missing = [name for name in DUMPS.values() if not (destination / name).is_file()]
+        missing = [name for name in REQUIRED_DUMPS if not (destination / name).is_file()]
     except (tarfile.TarError, OSError, EOFError, json.JSONDecodeError) as error:
         raise ServerError(f"{archive} is not an archive of `mlp server backup` ({error})") from None
     if missing or "counts" not in manifest:
@@ -144,8 +174,9 @@ def restore(state: StateFolder, archive: Path) -> str:
 
 def restore_contents(state: StateFolder, port: int, work: Path) -> dict[str, int]:
     for database, name in DUMPS.items():
-        postgres.recreate_database(state, port, database)
-        postgres.restore(state, port, database, work / name)
+        if (work / name).is_file():
+            postgres.recreate_database(state, port, database)
+            postgres.restore(state, port, database, work / name)
     # The archive's admin has the password of the state folder it came from; this folder's file
     # must keep working. (MLflow's users table: username, password_hash, hashed as MLflow does.)
     password_hash = generate_password_hash(state.admin_password())
@@ -154,6 +185,9 @@ def restore_contents(state: StateFolder, port: int, work: Path) -> dict[str, int
         connection.execute(update, (password_hash, ADMIN_USERNAME))
     with postgres.connect(state, port, TRACKING_DATABASE) as connection:
         restored = row_counts(connection)
+    if (work / DUMPS[SEARCH_DATABASE]).is_file():
+        with postgres.connect(state, port, SEARCH_DATABASE, user=SUPERUSER) as connection:
+            restored |= search_counts(connection)
     artifacts = local_artifacts(state)
     if artifacts is not None:
         # The databases are replaced already: a restore that fails from here on is run again.

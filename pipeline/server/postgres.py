@@ -168,20 +168,19 @@ def recreate_database(state: StateFolder, port: int, database: str) -> None:
     psql(state, port, f"REVOKE ALL ON DATABASE {database} FROM PUBLIC")
 
 
-def connect(state: StateFolder, port: int, database: str) -> psycopg.Connection:
-    return psycopg.connect(
-        host="127.0.0.1", port=port, user=DATABASE_ROLE, dbname=database, passfile=str(state.pgpass_file)
-    )
+def connect(state: StateFolder, port: int, database: str, user: str = DATABASE_ROLE) -> psycopg.Connection:
+    return psycopg.connect(host="127.0.0.1", port=port, user=user, dbname=database, passfile=str(state.pgpass_file))
 
 
 def dump(state: StateFolder, port: int, database: str, output: Path, snapshot_id: str | None = None) -> None:
-    # Custom format (compressed, restorable table by table); no owners or grants: the restore
-    # recreates everything as the MLflow role of whichever state folder it goes into.
-    command = [*client("pg_dump", port), "--format=custom", "--no-owner", "--no-privileges", "--file", str(output)]
+    # As the superuser, who reads every database. Custom format (compressed, restorable table by table);
+    # no owners or grants: the restore recreates everything as the owner of whichever state folder it goes into.
+    command = [*client("pg_dump", port, SUPERUSER), "--format=custom", "--no-owner", "--no-privileges"]
     snapshot = ["--snapshot", snapshot_id] if snapshot_id else []
-    _run([*command, *snapshot, database], state, f"pg_dump of {database}")
+    _run([*command, "--file", str(output), *snapshot, database], state, f"pg_dump of {database}")
 
 
 def restore(state: StateFolder, port: int, database: str, dump_file: Path) -> None:
-    command = [*client("pg_restore", port), "--no-owner", "--no-privileges", "--exit-on-error", "--dbname", database]
-    _run([*command, str(dump_file)], state, f"pg_restore of {database}")
+    # --role: the tables belong to the database's owner (`search` may not write the superuser's tables).
+    command = [*client("pg_restore", port, SUPERUSER), "--role", OWNERS[database], "--no-owner", "--no-privileges"]
+    _run([*command, "--exit-on-error", "--dbname", database, str(dump_file)], state, f"pg_restore of {database}")
