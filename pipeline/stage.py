@@ -30,7 +30,7 @@ MLFLOW_DATABASE_LOGGER = "mlflow.store.db.utils"
 
 
 def causes(error: BaseException) -> list[BaseException]:
-    """The error and the errors it was raised from or during, the first failure last.""""
+    """The error and the errors it was raised from or during, the first failure last."""
     chain = [error]
     while (cause := chain[-1].__cause__ or chain[-1].__context__) is not None and cause not in chain:
         chain.append(cause)
