@@ -64,7 +64,7 @@ class StrictModel(BaseModel):
 class FileSpec(StrictModel):
     """A raw file of a dataset, pinned by size and checksum."""
 
-    name: FileName  # in data/raw/ and in a mirror's <dataset>/ folder
+    name: FileName  # in data/raw/<dataset>/ and in a mirror's <dataset>/ folder
     remote_name: FileName | None = None  # the name at the public URLs, where it differs
     size: PositiveInt  # bytes
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
@@ -108,7 +108,9 @@ class DatasetConfig(StrictModel):
     format: Literal[tuple(FORMAT_FILES)]  # type: ignore[valid-type]
     # multiclass: softmax over num_classes; binary: one sigmoid unit, binary cross-entropy.
     task: Literal["multiclass", "binary"]
-    urls: list[Annotated[str, Field(pattern=r"^https?://")]] = Field(min_length=1)
+    # Base URLs (http(s):// or file://), tried in order. None for files that exist only as local copies:
+    # `mlp dataset add` puts them in data/raw/<name>/, whence DVC's cache and remotes keep them.
+    urls: list[Annotated[str, Field(pattern=r"^(https?|file)://")]]
     files: dict[str, FileSpec]
     input_shape: list[PositiveInt] = Field(min_length=1, max_length=3)
     num_classes: int = Field(ge=2)

@@ -1,4 +1,4 @@
-"""Stage `download`: fetch the dataset's raw files into data/raw/, each verified by size and checksum.
+"""Stage `download`: fetch the dataset's raw files into data/raw/<dataset>/, each verified by size and checksum.
 
 A file already present and verified is kept without network access. URLs are tried in order,
 each with a timeout and a few attempts with backoff; a broken transfer resumes with an HTTP
@@ -22,7 +22,7 @@ from tqdm import tqdm
 from pipeline.config import FileSpec, load_params
 from pipeline.errors import ConfigError, DownloadError
 from pipeline.files import read_json_object, write_json
-from pipeline.paths import DATA_SOURCES_FILE, RAW_DIRECTORY
+from pipeline.paths import data_sources_file, raw_directory
 from pipeline.stage import run_stage
 
 logger = logging.getLogger(__name__)
@@ -49,12 +49,13 @@ def download(
     attempts: int = ATTEMPTS,
     backoff_seconds: float = BACKOFF_SECONDS,
 ) -> list[Path]:
-    """Make every file present and verified under `destination`; return their paths.
+    """Make every file present and verified under `destination`; return their paths. Where each came from is
+    recorded beside it (data/raw/<dataset>.sources.json).
 
     `urls` are base URLs tried in order. A `mirror` (a folder, file:// or http(s):// base
     holding <dataset_name>/<file name>) replaces them."""
     destination.mkdir(parents=True, exist_ok=True)
-    record = destination.with_name(DATA_SOURCES_FILE.name)  # data/raw -> data/sources.json
+    record = data_sources_file(destination)
     served = read_json_object(record)
     if mirror and "://" not in mirror:
         mirror = Path(mirror).expanduser().resolve().as_uri()
@@ -71,6 +72,12 @@ def download(
                 sources = [f"{mirror.rstrip('/')}/{dataset_name}/{spec.name}"]
             else:
                 sources = [base + (spec.remote_name or spec.name) for base in urls]
+            if not sources:  # a dataset added from local files only: its copies are the source
+                raise DownloadError(
+                    f"{path}: {local_problem}, and dataset {dataset_name} lists no URLs: `dvc pull download` brings "
+                    f"it from a DVC remote; or copy it in with `mlp dataset add {dataset_name} --force --file ...`, "
+                    f"or set {MIRROR_ENVIRONMENT_VARIABLE} to a folder holding {dataset_name}/{spec.name}"
+                )
             try:
                 served[spec.name] = _fetch(session, spec, sources, path, timeout, attempts, backoff_seconds)
             except DownloadError as error:
@@ -185,7 +192,13 @@ def main() -> None:
     mirror = os.environ.get(MIRROR_ENVIRONMENT_VARIABLE) or params.mirror
     if mirror:
         logger.info("downloading from mirror %s instead of the public URLs", mirror)
-    download(list(dataset.files.values()), RAW_DIRECTORY, urls=dataset.urls, dataset_name=dataset.name, mirror=mirror)
+    download(
+        list(dataset.files.values()),
+        raw_directory(dataset.name),
+        urls=dataset.urls,
+        dataset_name=dataset.name,
+        mirror=mirror,
+    )
 
 
 if __name__ == "__main__":

@@ -2,10 +2,10 @@
 
 Reads params `dataset.name`, `dataset.urls`, `dataset.files`, `dataset.num_classes`, `dataset.class_names`,
 `dataset.task`, `dataset.max_test_samples`, `train.loss`, `mlflow.registered_model_name`, data/model/,
-data/processed/test.npz and reports/training_history.csv; writes reports/metrics.json (DVC metrics: the test
-scores, the final epoch's training metrics, the weights' sha256, the MLflow run id), reports/per_class_metrics.json,
-reports/confusion_matrix.csv (for `dvc plots`' confusion template), reports/confusion_matrix.png,
-reports/learning_curves.png and reports/classification_report.txt.
+data/processed/<dataset>/test.npz and reports/training_history.csv; writes reports/metrics.json (DVC metrics: the
+test scores, the final epoch's training metrics, the weights' sha256, the MLflow run id),
+reports/per_class_metrics.json, reports/confusion_matrix.csv (for `dvc plots`' confusion template),
+reports/confusion_matrix.png, reports/learning_curves.png and reports/classification_report.txt.
 
 The saved model itself (the file that is logged, registered and served) is scored, by Keras; the per-class
 scores, the confusion matrix and the report come from scikit-learn. The train stage's MLflow run gets the test
@@ -49,7 +49,7 @@ from pipeline.paths import (
     METRICS_FILE,
     MODEL_FILE,
     PER_CLASS_METRICS_FILE,
-    PROCESSED_DIRECTORY,
+    processed_directory,
     repair_hint,
     rerun_hint,
 )
@@ -201,7 +201,7 @@ def main() -> None:
     dataset = params.dataset
     record = read_run_file()
     run_id = record["run_id"]
-    test_split = load_split(PROCESSED_DIRECTORY, "test")
+    test_split = load_split(processed_directory(dataset.name), "test")
     model = load_model(MODEL_FILE)
     targets = training_targets(
         test_split.labels, loss=params.train.loss, task=dataset.task, num_classes=dataset.num_classes
@@ -226,7 +226,7 @@ def main() -> None:
         write_reports(results, test_split.labels, history, metrics, class_names=dataset.class_names)
         mlflow.log_metrics({f"test_{name}": value for name, value in results["test"].items()})
         add_lock_md5s(run_id)  # dvc.lock now holds the upstream stages as they ran for this model
-        source = dataset_source(dataset.files, dataset.urls)
+        source = dataset_source(dataset)
         log_datasets({"test": test_split}, dataset_name=dataset.name, source=source, context="test")
         summary = run_summary(model, run_id, dataset_name=dataset.name, accuracy=accuracy, scope=scope)
         # What `mlp diff` and the registry compare runs by: their examples pair only on the same test set.

@@ -39,8 +39,8 @@ from pipeline.paths import (
     MODEL_CONFIG_FILE,
     MODEL_FILE,
     PARAMS_FILE,
-    PROCESSED_DIRECTORY,
     SUMMARY_FILE,
+    processed_directory,
 )
 from pipeline.search import trial as search_trial
 from pipeline.splits import Split, load_split, training_targets
@@ -226,7 +226,7 @@ def record_inputs(run: mlflow.ActiveRun, params: Params, splits: dict[str, Split
     mlflow.log_artifact(str(PARAMS_FILE), artifact_path="config")
     record = lineage.log_new_run_lineage(params.dataset.name, params.dataset.files)
     mlflow.set_tag("mlflow.runName", run_name(record["config"]["overrides"]))
-    source = lineage.dataset_source(params.dataset.files, params.dataset.urls)
+    source = lineage.dataset_source(params.dataset)
     log_datasets(splits, dataset_name=params.dataset.name, source=source, context="training")
 
 
@@ -279,8 +279,8 @@ def main() -> None:
     arguments = parser.parse_args()
     params = load_params()
     determinism.enter(params.train.determinism)
-    training = load_split(PROCESSED_DIRECTORY, "train")
-    validation = load_split(PROCESSED_DIRECTORY, "validation")
+    training = load_split(processed_directory(params.dataset.name), "train")
+    validation = load_split(processed_directory(params.dataset.name), "validation")
     if arguments.hash_only:
         model, _ = train_with_params(params, training, validation)
         print(weights_sha256(model))

@@ -3,12 +3,17 @@
     mlp dataset add fashion_mnist --format idx --url https://example.org/fashion-mnist/ \\
         --file train_images=downloads/train-images-idx3-ubyte.gz ... --class-names t-shirt,trouser,...
 
+Each --file is a path or a file:// URL. The files are copied into data/raw/<name>/, where the download
+stage finds them, verified, without the network; DVC caches them on the first run (`dvc push` shares
+them). --url is optional: without it the dataset's only source is that copy, DVC's cache and remotes.
+
 Give the publisher's files byte for byte: a repackaged copy holds the same data under other
 checksums. Each file is pinned by size and sha256, or by md5 with --md5-only ROLE where the
 publisher gives only an md5 (CIFAR-10). Roles: idx: train_images, train_labels, test_images,
 test_labels (gzipped or not); cifar_python: archive; csv: table (numbers, the label an integer class
-from 0; a header line is skipped). Files are fetched as <url><file name> (or <remote name>); a
-mirror (MLP_DATA_MIRROR) holds them as <mirror>/<dataset name>/<file name>. Shape and classes come
+from 0; a header line is skipped). Files missing from data/raw/<name>/ are fetched as <url><file name>
+(or <remote name>), http(s):// or file://; a mirror (MLP_DATA_MIRROR) holds them as
+<mirror>/<dataset name>/<file name>. Shape and classes come
 from the files, decoded as the preprocess stage decodes them. --class-names go in label order
 (default: CIFAR's batches.meta, else 0, 1, ...); --task: binary for 2 classes.
 """
@@ -18,9 +23,12 @@ import csv
 import inspect
 import io
 import re
+import shutil
 import tarfile
 from collections.abc import Collection
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import yaml
 from pydantic import ValidationError
@@ -28,8 +36,8 @@ from pydantic import ValidationError
 from pipeline import decoders
 from pipeline.config import FORMAT_FILES, CsvLayout, DatasetConfig, FileSpec, read_yaml
 from pipeline.errors import ConfigError, DataError
-from pipeline.files import file_digest, write_text
-from pipeline.paths import CONFIG_DIRECTORY
+from pipeline.files import atomic_path, file_digest, write_json, write_text
+from pipeline.paths import CONFIG_DIRECTORY, data_sources_file, raw_directory
 
 CIFAR_CLASSES = 10
 MAX_META_BYTES = 1 << 20  # CIFAR-10's batches.meta is 158 bytes
@@ -40,6 +48,7 @@ COMMENTS = {
     "validation_fraction": "Share of the training examples held out (stratified, seeded) for validation.",
     "max_train_samples": "Keep only this many training / test examples (stratified); null keeps all.",
 }
+NO_URLS_COMMENT = "No URLs: the files come from {folder}/ (copied there by `mlp dataset add`), DVC's cache or remote."
 MD5_COMMENT = "# The publisher gives only an md5: the download is verified by md5 and size."
 
 
@@ -61,7 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add.add_argument("name", help="the dataset's name: -S dataset=<name>, <name>-mlp in the model registry")
     add.add_argument("--format", required=True, choices=FORMAT_FILES, dest="file_format", help="the files' layout")
     add.add_argument(
-        "--url", required=True, action="append", dest="urls", metavar="BASE_URL", help="repeat for mirrors, in order"
+        "--url",
+        action="append",
+        default=[],
+        dest="urls",
+        metavar="BASE_URL",
+        help="where the files are published: http(s)://, file:// or a folder; repeat for mirrors, in order",
     )
     add.add_argument(
         "--file", required=True, action=RoleValues, dest="files", metavar="ROLE=PATH", help="a local copy (see below)"
@@ -79,12 +93,18 @@ def run(arguments: argparse.Namespace) -> None:
     parameters = inspect.signature(add_dataset).parameters
     dataset = add_dataset(**{key: value for key, value in vars(arguments).items() if key in parameters})
     name, path = dataset.name, CONFIG_DIRECTORY / "dataset" / f"{dataset.name}.yaml"
+    folder = copy_into_raw_directory(dataset, arguments.files)
+    if dataset.urls:
+        shared = f"a mirror (MLP_DATA_MIRROR) serves its files as <mirror>/{name}/<file name>"
+    else:
+        shared = "no --url: the copies are its only source; `dvc push` shares them once DVC has cached them"
     print(
         f"wrote {path}: input_shape {dataset.input_shape}, {dataset.num_classes} classes "
         f"({', '.join(dataset.class_names)}), task {dataset.task}\n"
+        f"copied its files into {folder}/, where the download stage uses them without the network\n"
         f"next: git add {path}   (DVC experiments see only committed or staged files)\n"
         f"then: dvc exp run -S dataset={name}\n"
-        f"a mirror (MLP_DATA_MIRROR) serves its files as <mirror>/{name}/<file name>"
+        f"{shared}"
     )
 
 
@@ -92,7 +112,7 @@ def add_dataset(
     name: str,
     *,
     file_format: str,
-    urls: list[str],
+    urls: Collection[str] = (),
     files: dict[str, str],
     md5_only: Collection[str] = (),
     remote_names: dict[str, str] | None = None,
@@ -103,7 +123,8 @@ def add_dataset(
     force: bool = False,
     config_directory: Path = CONFIG_DIRECTORY,
 ) -> DatasetConfig:
-    """Describe the dataset whose files are `files` (role -> local path) and write conf/dataset/<name>.yaml."""
+    """Describe the dataset whose files are `files` (role -> local path or file:// URL) and write
+    conf/dataset/<name>.yaml. `urls`: base URLs (http(s)://, file://) or folders, none for local-only files."""
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):  # the schema's pattern, checked before it names a file
         raise ConfigError(f"dataset name {name!r}: use letters, digits, _ and - only")
     target = config_directory / "dataset" / f"{name}.yaml"
@@ -115,7 +136,7 @@ def add_dataset(
     if missing or unknown:
         listed = [f"{label}: {', '.join(v)}" for label, v in {"missing": missing, "unknown": unknown}.items() if v]
         raise ConfigError(f"format {file_format} takes --file for each of {', '.join(roles)}; " + "; ".join(listed))
-    paths, specs = {role: Path(files[role]) for role in roles}, {}
+    paths, specs = {role: local_path(files[role]) for role in roles}, {}
     for role, path in paths.items():
         if not path.is_file():
             raise DataError(f"{path}: no such file")
@@ -140,7 +161,7 @@ def add_dataset(
         "name": name,
         "format": file_format,
         "task": task or ("binary" if num_classes == 2 else "multiclass"),
-        "urls": [url if url.endswith("/") else f"{url}/" for url in urls],  # fetched as <base URL><file name>
+        "urls": [base_url(url) for url in urls],
         "files": specs,
         **described,  # csv (for csv), input_shape, num_classes
         "class_names": class_names or [str(label) for label in range(num_classes)],
@@ -161,6 +182,33 @@ def add_dataset(
         raise ConfigError(f"{target} would be invalid: {'; '.join(problems)}".replace("Value error, ", "")) from None
     write_text(target, text)
     return dataset
+
+
+def local_path(file: str) -> Path:
+    """The path of a local file given as a path or a file:// URL."""
+    return Path(url2pathname(urlparse(file).path)) if file.startswith("file://") else Path(file)
+
+
+def base_url(url: str) -> str:
+    """`url` (a folder: as a file:// URL) ending in /: files are fetched as <base URL><file name>."""
+    url = url if "://" in url else Path(url).expanduser().resolve().as_uri()
+    return url if url.endswith("/") else f"{url}/"
+
+
+def copy_into_raw_directory(dataset: DatasetConfig, files: dict[str, str], project: Path = Path(".")) -> Path:
+    """Copy the dataset's local `files` (role -> path or file:// URL) into data/raw/<name>/ and record where they
+    came from; return the folder. The download stage finds them there, verified, with no network; DVC caches them
+    on the first run."""
+    folder = project / raw_directory(dataset.name)
+    sources = {}
+    for role, spec in dataset.files.items():
+        source, target = local_path(files[role]).resolve(), folder / spec.name
+        if not (target.exists() and target.samefile(source)):
+            with atomic_path(target) as temporary:
+                shutil.copyfile(source, temporary)
+        sources[spec.name] = source.as_uri()
+    write_json(data_sources_file(folder), sources)
+    return folder
 
 
 def _describe_idx(paths: dict[str, Path], class_names: list[str] | None) -> dict:
@@ -242,7 +290,8 @@ def render(config: dict) -> str:
     ]
     for key, value in config.items():
         if key in COMMENTS:
-            lines.append(f"# {COMMENTS[key]}")
+            comment = NO_URLS_COMMENT.format(folder=raw_directory(name).as_posix()) if value == [] else COMMENTS[key]
+            lines.append(f"# {comment}")
         # Lists of scalars on one line, as mnist.yaml writes input_shape and class_names; not urls.
         flow = None if key in ("input_shape", "class_names", "csv") else False
         text = yaml.dump(

@@ -8,7 +8,7 @@ A registered model (from the MLflow store at MLFLOW_TRACKING_URI, or mlflow.db) 
 configuration its run recorded. Images (any format, size and mode Pillow reads) become the dataset's
 images: greyscale or RGB, resized, transparent pixels black; MNIST digits must be white on black,
 centred (--invert turns a black-on-white drawing into that). Feature rows, in an .npz file (array
-`inputs`, e.g. data/processed/test.npz) or a .csv file (a header line is skipped), are raw values in
+`inputs`, e.g. data/processed/mnist/test.npz) or a .csv file (a header line is skipped), are raw values in
 the units of the dataset's raw files: the model scales its inputs itself.
 """
 

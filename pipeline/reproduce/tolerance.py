@@ -14,7 +14,7 @@ from pipeline import determinism
 from pipeline.config import MAX_SEED, Params, load_params
 from pipeline.errors import PipelineError
 from pipeline.files import write_json
-from pipeline.paths import PROCESSED_DIRECTORY, REPORTS_DIRECTORY
+from pipeline.paths import REPORTS_DIRECTORY, processed_directory
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +60,10 @@ def write_tolerance_file(seed_count: int) -> tuple[Path, dict]:
     from pipeline.train import train_with_params
 
     seeds = [(params.seed + offset) % (MAX_SEED + 1) for offset in range(seed_count)]
-    training, validation, test = (load_split(PROCESSED_DIRECTORY, name) for name in ("train", "validation", "test"))
     dataset = params.dataset
+    training, validation, test = (
+        load_split(processed_directory(dataset.name), name) for name in ("train", "validation", "test")
+    )
     targets = training_targets(test.labels, loss=params.train.loss, task=dataset.task, num_classes=dataset.num_classes)
     metrics: dict[str, list[float]] = {}
     for index, seed in enumerate(seeds, start=1):
