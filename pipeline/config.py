@@ -108,9 +108,8 @@ class DatasetConfig(StrictModel):
     format: Literal[tuple(FORMAT_FILES)]  # type: ignore[valid-type]
     # multiclass: softmax over num_classes; binary: one sigmoid unit, binary cross-entropy.
     task: Literal["multiclass", "binary"]
-    # Base URLs (http(s):// or file://), tried in order. None for files that exist only as local copies:
-    # `mlp dataset add` puts them in data/raw/<name>/, whence DVC's cache and remotes keep them.
-    urls: list[Annotated[str, Field(pattern=r"^(https?|file)://")]]
+    # Base URLs, tried in order: http(s):// or, for files kept on this machine, file://.
+    urls: list[Annotated[str, Field(pattern=r"^(https?|file)://")]] = Field(min_length=1)
     files: dict[str, FileSpec]
     input_shape: list[PositiveInt] = Field(min_length=1, max_length=3)
     num_classes: int = Field(ge=2)

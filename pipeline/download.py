@@ -72,12 +72,6 @@ def download(
                 sources = [f"{mirror.rstrip('/')}/{dataset_name}/{spec.name}"]
             else:
                 sources = [base + (spec.remote_name or spec.name) for base in urls]
-            if not sources:  # a dataset added from local files only: its copies are the source
-                raise DownloadError(
-                    f"{path}: {local_problem}, and dataset {dataset_name} lists no URLs: `dvc pull download` brings "
-                    f"it from a DVC remote; or copy it in with `mlp dataset add {dataset_name} --force --file ...`, "
-                    f"or set {MIRROR_ENVIRONMENT_VARIABLE} to a folder holding {dataset_name}/{spec.name}"
-                )
             try:
                 served[spec.name] = _fetch(session, spec, sources, path, timeout, attempts, backoff_seconds)
             except DownloadError as error:
@@ -94,9 +88,10 @@ def download(
 
 def _fetch(session, spec: FileSpec, sources: list[str], path: Path, timeout, attempts, backoff_seconds) -> str:
     """Fetch the first of `sources` that verifies into `path`; return its URL without credentials."""
-    # A fixed name beside the final file: the next run resumes an interrupted
-    # download, and the rename is atomic (same folder).
-    partial = path.with_name(f".{spec.name}.part")
+    # A fixed name beside the dataset's folder (data/raw/.<dataset>.<file>.part), not in it: DVC empties
+    # the folder, the stage's output, before the stage runs, and the next run resumes an interrupted
+    # download. The rename is atomic (same file system).
+    partial = path.parent.with_name(f".{path.parent.name}.{spec.name}.part")
     failures = []
     for url in sources:
         try:

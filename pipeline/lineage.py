@@ -155,16 +155,12 @@ def add_lock_md5s(run_id: str) -> None:
 
 
 def data_sources(dataset_name: str, raw_files: dict[str, FileSpec]) -> dict[str, str]:
-    """Where each raw file came from, as the download stage (or `mlp dataset add`) recorded it: a mirror, a
-    public URL or a local file."""
+    """Where each raw file came from, as the download stage recorded it: a mirror or one of the URLs."""
     served = read_json_object(data_sources_file(raw_directory(dataset_name)))
     return {spec.name: str(served.get(spec.name, "unknown")) for spec in raw_files.values()}
 
 
 def dataset_source(dataset: DatasetConfig) -> str:
-    """The source to show for the dataset in MLflow: the folder the first file came from, else the first URL,
-    else the dataset's raw folder (a dataset with no URLs, added from local files)."""
+    """The source to show for the dataset in MLflow: the folder the first file came from, else the first URL."""
     first = next(iter(data_sources(dataset.name, dataset.files).values()))
-    if "/" in first:
-        return first.rsplit("/", 1)[0] + "/"
-    return dataset.urls[0] if dataset.urls else f"{raw_directory(dataset.name).as_posix()}/"
+    return first.rsplit("/", 1)[0] + "/" if "/" in first else dataset.urls[0]

@@ -3,19 +3,18 @@
     mlp dataset add fashion_mnist --format idx --url https://example.org/fashion-mnist/ \\
         --file train_images=downloads/train-images-idx3-ubyte.gz ... --class-names t-shirt,trouser,...
 
-Each --file is a path or a file:// URL. The files are copied into data/raw/<name>/, where the download
-stage finds them, verified, without the network; DVC caches them on the first run (`dvc push` shares
-them). --url is optional: without it the dataset's only source is that copy, DVC's cache and remotes.
+Each --file is a path or a file:// URL. Without --url, the files' own folders become the dataset's URLs,
+as file:// URLs: it then needs no network (nor mirror), and DVC's cache keeps its files once the
+download stage has run (`dvc push` shares them with machines that lack the folders).
 
 Give the publisher's files byte for byte: a repackaged copy holds the same data under other
 checksums. Each file is pinned by size and sha256, or by md5 with --md5-only ROLE where the
 publisher gives only an md5 (CIFAR-10). Roles: idx: train_images, train_labels, test_images,
 test_labels (gzipped or not); cifar_python: archive; csv: table (numbers, the label an integer class
-from 0; a header line is skipped). Files missing from data/raw/<name>/ are fetched as <url><file name>
-(or <remote name>), http(s):// or file://; a mirror (MLP_DATA_MIRROR) holds them as
-<mirror>/<dataset name>/<file name>. Shape and classes come
-from the files, decoded as the preprocess stage decodes them. --class-names go in label order
-(default: CIFAR's batches.meta, else 0, 1, ...); --task: binary for 2 classes.
+from 0; a header line is skipped). Files are fetched as <url><file name> (or <remote name>), the URL
+http(s):// or file://; a mirror (MLP_DATA_MIRROR) holds them as <mirror>/<dataset name>/<file name>.
+Shape and classes come from the files, decoded as the preprocess stage decodes them. --class-names go
+in label order (default: CIFAR's batches.meta, else 0, 1, ...); --task: binary for 2 classes.
 """
 
 import argparse
@@ -23,7 +22,6 @@ import csv
 import inspect
 import io
 import re
-import shutil
 import tarfile
 from collections.abc import Collection
 from pathlib import Path, PurePosixPath
@@ -36,8 +34,8 @@ from pydantic import ValidationError
 from pipeline import decoders
 from pipeline.config import FORMAT_FILES, CsvLayout, DatasetConfig, FileSpec, read_yaml
 from pipeline.errors import ConfigError, DataError
-from pipeline.files import atomic_path, file_digest, write_json, write_text
-from pipeline.paths import CONFIG_DIRECTORY, data_sources_file, raw_directory
+from pipeline.files import file_digest, write_text
+from pipeline.paths import CONFIG_DIRECTORY
 
 CIFAR_CLASSES = 10
 MAX_META_BYTES = 1 << 20  # CIFAR-10's batches.meta is 158 bytes
@@ -48,7 +46,6 @@ COMMENTS = {
     "validation_fraction": "Share of the training examples held out (stratified, seeded) for validation.",
     "max_train_samples": "Keep only this many training / test examples (stratified); null keeps all.",
 }
-NO_URLS_COMMENT = "No URLs: the files come from {folder}/ (copied there by `mlp dataset add`), DVC's cache or remote."
 MD5_COMMENT = "# The publisher gives only an md5: the download is verified by md5 and size."
 
 
@@ -93,18 +90,16 @@ def run(arguments: argparse.Namespace) -> None:
     parameters = inspect.signature(add_dataset).parameters
     dataset = add_dataset(**{key: value for key, value in vars(arguments).items() if key in parameters})
     name, path = dataset.name, CONFIG_DIRECTORY / "dataset" / f"{dataset.name}.yaml"
-    folder = copy_into_raw_directory(dataset, arguments.files)
-    if dataset.urls:
-        shared = f"a mirror (MLP_DATA_MIRROR) serves its files as <mirror>/{name}/<file name>"
+    if arguments.urls:
+        source = f"a mirror (MLP_DATA_MIRROR) serves its files as <mirror>/{name}/<file name>"
     else:
-        shared = "no --url: the copies are its only source; `dvc push` shares them once DVC has cached them"
+        source = f"no --url: its files are read from {', '.join(dataset.urls)}; `dvc push` shares them once fetched"
     print(
         f"wrote {path}: input_shape {dataset.input_shape}, {dataset.num_classes} classes "
         f"({', '.join(dataset.class_names)}), task {dataset.task}\n"
-        f"copied its files into {folder}/, where the download stage uses them without the network\n"
         f"next: git add {path}   (DVC experiments see only committed or staged files)\n"
         f"then: dvc exp run -S dataset={name}\n"
-        f"{shared}"
+        f"{source}"
     )
 
 
@@ -124,7 +119,7 @@ def add_dataset(
     config_directory: Path = CONFIG_DIRECTORY,
 ) -> DatasetConfig:
     """Describe the dataset whose files are `files` (role -> local path or file:// URL) and write
-    conf/dataset/<name>.yaml. `urls`: base URLs (http(s)://, file://) or folders, none for local-only files."""
+    conf/dataset/<name>.yaml. `urls`: base URLs (http(s)://, file://) or folders; none: the files' folders."""
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):  # the schema's pattern, checked before it names a file
         raise ConfigError(f"dataset name {name!r}: use letters, digits, _ and - only")
     target = config_directory / "dataset" / f"{name}.yaml"
@@ -136,6 +131,8 @@ def add_dataset(
     if missing or unknown:
         listed = [f"{label}: {', '.join(v)}" for label, v in {"missing": missing, "unknown": unknown}.items() if v]
         raise ConfigError(f"format {file_format} takes --file for each of {', '.join(roles)}; " + "; ".join(listed))
+    if remote_names and not urls:
+        raise ConfigError("--remote-name is a file's name at a --url: give the --url too")
     paths, specs = {role: local_path(files[role]) for role in roles}, {}
     for role, path in paths.items():
         if not path.is_file():
@@ -161,7 +158,8 @@ def add_dataset(
         "name": name,
         "format": file_format,
         "task": task or ("binary" if num_classes == 2 else "multiclass"),
-        "urls": [base_url(url) for url in urls],
+        # Without URLs, the folders of the local files: their dataset then works offline.
+        "urls": [base_url(url) for url in urls or dict.fromkeys(str(path.parent) for path in paths.values())],
         "files": specs,
         **described,  # csv (for csv), input_shape, num_classes
         "class_names": class_names or [str(label) for label in range(num_classes)],
@@ -193,22 +191,6 @@ def base_url(url: str) -> str:
     """`url` (a folder: as a file:// URL) ending in /: files are fetched as <base URL><file name>."""
     url = url if "://" in url else Path(url).expanduser().resolve().as_uri()
     return url if url.endswith("/") else f"{url}/"
-
-
-def copy_into_raw_directory(dataset: DatasetConfig, files: dict[str, str], project: Path = Path(".")) -> Path:
-    """Copy the dataset's local `files` (role -> path or file:// URL) into data/raw/<name>/ and record where they
-    came from; return the folder. The download stage finds them there, verified, with no network; DVC caches them
-    on the first run."""
-    folder = project / raw_directory(dataset.name)
-    sources = {}
-    for role, spec in dataset.files.items():
-        source, target = local_path(files[role]).resolve(), folder / spec.name
-        if not (target.exists() and target.samefile(source)):
-            with atomic_path(target) as temporary:
-                shutil.copyfile(source, temporary)
-        sources[spec.name] = source.as_uri()
-    write_json(data_sources_file(folder), sources)
-    return folder
 
 
 def _describe_idx(paths: dict[str, Path], class_names: list[str] | None) -> dict:
@@ -290,8 +272,7 @@ def render(config: dict) -> str:
     ]
     for key, value in config.items():
         if key in COMMENTS:
-            comment = NO_URLS_COMMENT.format(folder=raw_directory(name).as_posix()) if value == [] else COMMENTS[key]
-            lines.append(f"# {comment}")
+            lines.append(f"# {COMMENTS[key]}")
         # Lists of scalars on one line, as mnist.yaml writes input_shape and class_names; not urls.
         flow = None if key in ("input_shape", "class_names", "csv") else False
         text = yaml.dump(
