@@ -226,7 +226,7 @@ def main() -> None:
         write_reports(results, test_split.labels, history, metrics, class_names=dataset.class_names)
         mlflow.log_metrics({f"test_{name}": value for name, value in results["test"].items()})
         add_lock_md5s(run_id)  # dvc.lock now holds the upstream stages as they ran for this model
-        source = dataset_source(dataset)
+        source = dataset_source(dataset.name, dataset.files, dataset.urls)
         log_datasets({"test": test_split}, dataset_name=dataset.name, source=source, context="test")
         summary = run_summary(model, run_id, dataset_name=dataset.name, accuracy=accuracy, scope=scope)
         # What `mlp diff` and the registry compare runs by: their examples pair only on the same test set.

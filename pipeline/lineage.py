@@ -19,7 +19,7 @@ import mlflow
 import yaml
 
 from pipeline import hardware
-from pipeline.config import DatasetConfig, FileSpec, read_text, read_yaml
+from pipeline.config import FileSpec, read_text, read_yaml
 from pipeline.files import file_digest, read_json_object
 from pipeline.git import git_or_empty
 from pipeline.overrides import hydra_overrides
@@ -160,7 +160,7 @@ def data_sources(dataset_name: str, raw_files: dict[str, FileSpec]) -> dict[str,
     return {spec.name: str(served.get(spec.name, "unknown")) for spec in raw_files.values()}
 
 
-def dataset_source(dataset: DatasetConfig) -> str:
+def dataset_source(dataset_name: str, raw_files: dict[str, FileSpec], urls: list[str]) -> str:
     """The source to show for the dataset in MLflow: the folder the first file came from, else the first URL."""
-    first = next(iter(data_sources(dataset.name, dataset.files).values()))
-    return first.rsplit("/", 1)[0] + "/" if "/" in first else dataset.urls[0]
+    first = next(iter(data_sources(dataset_name, raw_files).values()))
+    return first.rsplit("/", 1)[0] + "/" if "/" in first else urls[0]

@@ -226,7 +226,7 @@ def record_inputs(run: mlflow.ActiveRun, params: Params, splits: dict[str, Split
     mlflow.log_artifact(str(PARAMS_FILE), artifact_path="config")
     record = lineage.log_new_run_lineage(params.dataset.name, params.dataset.files)
     mlflow.set_tag("mlflow.runName", run_name(record["config"]["overrides"]))
-    source = lineage.dataset_source(params.dataset)
+    source = lineage.dataset_source(params.dataset.name, params.dataset.files, params.dataset.urls)
     log_datasets(splits, dataset_name=params.dataset.name, source=source, context="training")
 
 
