@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 import mlflow
 
 from pipeline import hardware, tracking
+from pipeline.download import MIRROR_ENVIRONMENT_VARIABLE
 from pipeline.errors import PipelineError
 from pipeline.files import file_digest
 from pipeline.git import git, is_commit
@@ -96,11 +97,15 @@ def rerun(recorded: RecordedRun, worktree: Path, repository: Path, local_files: 
         REPRODUCES_VARIABLE: recorded.run_id,
     }
     arguments = repro_arguments(worktree, environment)
-    if arguments == RECOMPUTE_EVERYTHING:
-        folder = raw_folder(worktree, recorded.params.dataset.name)
-        folder.mkdir(parents=True, exist_ok=True)
+    if arguments == RECOMPUTE_EVERYTHING and len(local_files) == len(recorded.data):
+        # Served to the download stage as a mirror (<mirror>/<dataset>/<file>): `dvc repro --force` empties
+        # the stage's output folder before it runs, and the files need no network.
+        dataset_name = recorded.params.dataset.name
+        mirror = worktree.with_name("mirror")
+        (mirror / dataset_name).mkdir(parents=True)
         for path in local_files:
-            shutil.copy2(path, folder / path.name)
+            shutil.copy2(path, mirror / dataset_name / path.name)
+        environment[MIRROR_ENVIRONMENT_VARIABLE] = str(mirror)
     logger.info("re-running commit %s with the recorded config in %s", recorded.commit[:12], worktree)
     result = subprocess.run([DVC, *arguments], cwd=worktree, env=environment)
     if result.returncode != 0:
