@@ -3,7 +3,10 @@ through `dvc exp run`, and switching back and forth between it and a dataset who
 names works offline, each time with the weights it had before.
 
 Each dataset keeps its files in data/raw/<dataset>/ and data/processed/<dataset>/: the files of one never
-replace the other's, and DVC's run cache restores what a switch back needs.
+replace the other's. On a switch back DVC's run cache restores the raw files (the download stage is
+not run); the later stages run again (their reports are outputs kept out of DVC's cache, which keeps
+them out of its run cache too) and, training being bitwise repeatable on one machine, give the same
+weights.
 """
 
 from __future__ import annotations
@@ -85,12 +88,11 @@ def test_switching_datasets_back_and_forth_offline_gives_the_same_weights(tmp_pa
     sources = json.loads((project / f"data/raw/{LOCAL_DATASET}.sources.json").read_text())
     assert sources == {path.name: path.as_uri() for path in local.values()}
 
-    # Back and forth, offline: the same weights each time, restored by DVC rather than trained again.
+    # Back and forth, offline: the raw files from DVC's cache, the same weights each time.
     for dataset, weights in ((TINY_DATASET, first_weights), (LOCAL_DATASET, second_weights)):
         again, output = weights_after(project, dataset)
+        assert "Stage 'download' is cached - skipping run" in output, output
         assert again == weights, f"switching back to {dataset} gave other weights"
-        for stage in ("download", "train"):  # the raw files and the model: nothing fetched, nothing trained
-            assert f"Stage '{stage}' is cached - skipping run" in output, output
         for name in ("train", "validation", "test"):
             assert (project / "data/processed" / dataset / f"{name}.npz").is_file()
     # Same file names, apart: the local dataset's files never replaced the first one's.
