@@ -87,7 +87,6 @@ class FileSpec(StrictModel):
         return None if actual == expected else f"{algorithm} {actual}, expected {expected}"
 
     def verify(self, path: Path) -> None:
-        """Raise DataError unless `path` is this file."""
         if not path.exists():
             raise DataError(f"{path} not found: {rerun_hint('download')}")
         if problem := self.mismatch(path):
@@ -330,6 +329,12 @@ def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def changed(before: dict, after: dict) -> dict:
+    """{key: {"a": value, "b": value}} for each key whose value differs (None where a side lacks it)."""
+    keys = sorted(set(before) | set(after))
+    return {key: {"a": before.get(key), "b": after.get(key)} for key in keys if before.get(key) != after.get(key)}
 
 
 def compose(overrides: list[str] | None = None, config_directory: Path = CONFIG_DIRECTORY) -> str:

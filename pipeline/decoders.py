@@ -42,7 +42,6 @@ class RawData(NamedTuple):
 
 
 def read_dataset(dataset: DatasetConfig, directory: Path) -> RawData:
-    """Decode and validate the raw files of `dataset` in `directory`, whatever their format."""
     files = {role: directory / spec.name for role, spec in dataset.files.items()}
     if dataset.format == "idx":
         shape, classes = tuple(dataset.input_shape), dataset.num_classes

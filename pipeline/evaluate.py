@@ -1,11 +1,12 @@
 """Stage `evaluate`: score the trained Keras model on the test split and finish the MLflow run.
 
-Reads params `dataset.name`, `dataset.urls`, `dataset.files`, `dataset.num_classes`, `dataset.class_names`,
-`dataset.task`, `dataset.max_test_samples`, `train.loss`, `mlflow.registered_model_name`, data/model/,
-data/processed/<dataset>/test.npz and reports/training_history.csv; writes reports/metrics.json (DVC metrics: the
-test scores, the final epoch's training metrics, the weights' sha256, the MLflow run id),
-reports/per_class_metrics.json, reports/confusion_matrix.csv (for `dvc plots`' confusion template),
-reports/confusion_matrix.png, reports/learning_curves.png and reports/classification_report.txt.
+Reads params `dataset` (name, urls, files, num_classes, class_names, task, max_test_samples, and input_shape,
+which the test split is checked against), `train.loss`, `mlflow.registered_model_name`, data/model/,
+data/processed/<dataset>/test.npz and reports/training_history.csv; writes reports/metrics.json (DVC metrics:
+the test accuracy, loss and macro F1, the last epoch's validation accuracy, the weights' sha256, the MLflow run id),
+reports/per_class_metrics.json (a report, not DVC metrics: 4 scores per class would crowd `dvc exp show`),
+reports/confusion_matrix.csv (for `dvc plots`' confusion template), reports/confusion_matrix.png,
+reports/learning_curves.png and reports/classification_report.txt.
 
 The saved model itself (the file that is logged, registered and served) is scored, by Keras; the per-class
 scores, the confusion matrix and the report come from scikit-learn. The train stage's MLflow run gets the test
@@ -53,7 +54,7 @@ from pipeline.paths import (
     repair_hint,
     rerun_hint,
 )
-from pipeline.splits import load_split, training_targets
+from pipeline.splits import load_splits, training_targets
 from pipeline.stage import run_stage
 from pipeline.tracking import TEST_SET_TAG, client, log_datasets, pipeline_run, read_run_file
 
@@ -201,7 +202,7 @@ def main() -> None:
     dataset = params.dataset
     record = read_run_file()
     run_id = record["run_id"]
-    test_split = load_split(processed_directory(dataset.name), "test")
+    (test_split,) = load_splits(processed_directory(dataset.name), ["test"], dataset)
     model = load_model(MODEL_FILE)
     targets = training_targets(
         test_split.labels, loss=params.train.loss, task=dataset.task, num_classes=dataset.num_classes
@@ -215,11 +216,14 @@ def main() -> None:
             raise DataError(f"{HISTORY_FILE} holds no epochs: {rerun_hint('train')}")
         results = evaluate(model, *test_split, class_names=dataset.class_names, targets=targets)
         accuracy = results["test"]["accuracy"]
+        # What DVC shows in `dvc exp show` and `dvc metrics diff`: the few numbers that decide between runs, and
+        # the ids that tie the row to its weights and MLflow run. The other scores are in MLflow, the per-class
+        # file, the classification report and training_history.csv.
         metrics = {
-            "test": results["test"],
-            # The last epoch's training (and validation) metrics: what a tutorial reports as "training accuracy".
-            # With dropout, Keras measures it with the dropout on, as published tables report it.
-            "final_epoch": {"epochs": int(history.index[-1]), **history.iloc[-1].to_dict()},
+            "test": {name: results["test"][name] for name in ("accuracy", "loss", "f1_macro")},
+            # The last epoch's validation accuracy, when there is a validation split: what runs are chosen by
+            # without looking at the test split.
+            **({"val_accuracy": float(history["val_accuracy"].iloc[-1])} if "val_accuracy" in history else {}),
             "weights_sha256": weights_sha256(model),
             "mlflow_run_id": run_id,
         }

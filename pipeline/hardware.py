@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_info
 
-from pipeline.config import flatten
+from pipeline.config import changed, flatten
 
 # The instruction-set extensions that change which kernels run, as /proc/cpuinfo names them. Those
 # from avx512_vnni on also turn TensorFlow's oneDNN rewrites on by default (TF_ENABLE_ONEDNN_OPTS unset).
@@ -61,7 +61,6 @@ def fingerprint() -> dict[str, Any]:
 
 
 def cpu() -> dict[str, Any]:
-    """Vendor, family/model/stepping, kernel-relevant extensions, caches and cores."""
     try:  # the first processor's fields
         text = CPUINFO.read_text(encoding="utf-8", errors="replace").split("\n\n", 1)[0]
     except OSError:
@@ -132,14 +131,13 @@ def isa_summary(record: dict[str, Any]) -> str:
 
 def differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """One line per field that differs: `threads.intra_op 2 -> 1`, `cpu.isa -avx512f +amx_tile`."""
-    before, after = flatten(recorded), flatten(current)
     lines = []
-    for key in sorted(set(before) | set(after)):
-        old, new = before.get(key), after.get(key)
-        if old != new and isinstance(old, list) and isinstance(new, list):
+    for key, change in changed(flatten(recorded), flatten(current)).items():
+        old, new = change["a"], change["b"]
+        if isinstance(old, list) and isinstance(new, list):
             changes = [f"-{item}" for item in old if item not in new] + [f"+{item}" for item in new if item not in old]
             lines.append(f"{key} {' '.join(changes) or '(order)'}")
-        elif old != new:
+        else:
             lines.append(f"{key} {_show(old)} -> {_show(new)}")
     return lines
 

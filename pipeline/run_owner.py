@@ -30,7 +30,6 @@ def boot_id() -> str:
 
 
 def owner_tags() -> dict[str, str]:
-    """The tag that names this process as the owner of a run."""
     pid = os.getpid()
     values = (socket.gethostname(), str(pid), process_start_time(pid) or "", boot_id())
     return {OWNER: " ".join(f"{field}={value}" for field, value in zip(FIELDS, values, strict=True))}

@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from pipeline.config import DatasetConfig
 from pipeline.errors import DataError
 from pipeline.files import atomic_path
 from pipeline.paths import repair_hint, rerun_hint
@@ -52,6 +53,40 @@ def load_split(directory: Path, name: str) -> Split:
         # A NaN input makes a NaN loss and a meaningless score: refuse it before training or scoring.
         raise DataError(f"{path} holds NaN or infinite inputs; {repair_hint('preprocess')}")
     return split
+
+
+def load_splits(directory: Path, names: list[str], dataset: DatasetConfig) -> list[Split]:
+    """The arrays of splits `names` (load_split), each checked against the dataset config: every example as wide
+    as dataset.input_shape, labels among its classes, no empty split (validation may be, at validation_fraction 0)
+    and every class in the training split. Checked before any run starts: a bad file fails here, in one line."""
+    splits = [load_split(directory, name) for name in names]
+    for name, (inputs, labels) in zip(names, splits, strict=True):
+        path, repair = directory / f"{name}.npz", repair_hint("preprocess")
+        if inputs.shape[1] != dataset.num_features:
+            raise DataError(
+                f"{path} holds examples of {inputs.shape[1]} values, expected {dataset.num_features} "
+                f"(dataset {dataset.name}, input_shape {dataset.input_shape}); {repair}"
+            )
+        if len(labels) == 0:
+            if name == "validation" and dataset.validation_fraction == 0:
+                continue
+            raise DataError(f"{path} holds no examples, expected at least one; {repair}")
+        if labels.min() < 0 or labels.max() >= dataset.num_classes:
+            raise DataError(
+                f"{path} holds labels from {labels.min()} to {labels.max()}, expected class ids 0 to "
+                f"{dataset.num_classes - 1} (dataset {dataset.name}); {repair}"
+            )
+        if name != "train":
+            continue
+        # A class the model never sees in training cannot be learnt: its test scores would mean nothing.
+        missing = np.isin(np.arange(dataset.num_classes), labels, invert=True)
+        if missing.any():
+            missing_names = ", ".join(np.asarray(dataset.class_names)[missing])
+            raise DataError(
+                f"{path} holds no example of class {missing_names}, expected every one of the "
+                f"{dataset.num_classes} classes of dataset {dataset.name}; {repair}"
+            )
+    return splits
 
 
 def training_targets(labels: np.ndarray, *, loss: str, task: str, num_classes: int) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Stage `train`: fit the MLP on the training split and log the run to MLflow.
 
-Reads params `seed`, `dataset` (name, urls, files, num_classes, task, scaling), `model`, `optimizer`, `train`,
-`mlflow.experiment_name` and data/processed/; writes data/model/model.keras, data/model/mlflow_run.json (the MLflow
+Reads params `seed`, `dataset` (name, urls, files, num_classes, task, scaling; input_shape, class_names and
+validation_fraction, which the splits are checked against), `model`, `optimizer`, `train`, `mlflow.experiment_name`
+and data/processed/; writes data/model/model.keras, data/model/mlflow_run.json (the MLflow
 run and logged model, which the evaluate stage scores and registers), reports/training_history.csv (one row per
 epoch, for `dvc plots`) and the architecture: reports/model_summary.txt (Keras' summary), reports/model_config.json
 (the model's get_config()) and reports/architecture.png (a diagram).
@@ -43,7 +44,7 @@ from pipeline.paths import (
     processed_directory,
 )
 from pipeline.search import trial as search_trial
-from pipeline.splits import Split, load_split, training_targets
+from pipeline.splits import Split, load_splits, training_targets
 from pipeline.stage import run_stage
 from pipeline.tracking import (
     describe_experiment,
@@ -279,8 +280,8 @@ def main() -> None:
     arguments = parser.parse_args()
     params = load_params()
     determinism.enter(params.train.determinism)
-    training = load_split(processed_directory(params.dataset.name), "train")
-    validation = load_split(processed_directory(params.dataset.name), "validation")
+    processed = processed_directory(params.dataset.name)
+    training, validation = load_splits(processed, ["train", "validation"], params.dataset)
     if arguments.hash_only:
         model, _ = train_with_params(params, training, validation)
         print(weights_sha256(model))

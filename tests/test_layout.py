@@ -155,3 +155,15 @@ def test_the_scan_sees_reads_through_aliases_and_whole_sections(tmp_path):
         "flatten(params.model_dump())\n"
     )
     assert params_read(source) == {"dataset.name", "train.loss", "model", "dataset.files"}
+
+
+def test_the_readme_shows_a_result_first_then_the_two_commands_and_stays_short():
+    lines = (REPOSITORY / "README.md").read_text().splitlines()
+    assert len(lines) <= 200
+    sections = [line for line in lines if line.startswith("## ")]
+    assert sections[0] == "## Two commands"
+    picture = next(line for line in lines if line.startswith("!["))
+    assert lines.index(picture) < lines.index("## Two commands")
+    assert (REPOSITORY / picture.split("(")[1].rstrip(")")).is_file()
+    # Only the variables a user sets are in the README; the internal ones are documented elsewhere.
+    assert "MLP_DETERMINISM_RESTARTED" not in "\n".join(lines)

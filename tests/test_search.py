@@ -141,6 +141,7 @@ def test_mlp_search_refuses_a_bad_file_in_one_line_and_exits_1(tmp_path):
 def test_the_train_stage_finds_its_trial_and_the_study_pruner(tmp_path, monkeypatch, pruner):
     import optuna
 
+    from pipeline.search import storage
     from pipeline.search import trial as search_trial
     from pipeline.search.schema import Pruner
     from pipeline.search.storage import make_pruner
@@ -153,10 +154,10 @@ def test_the_train_stage_finds_its_trial_and_the_study_pruner(tmp_path, monkeypa
     asked = study.ask()
     asked.suggest_float("model.dropout_rate", 0.0, 0.5)
     for variable, value in {
-        search_trial.TRIAL_VARIABLE: str(asked.number),
-        search_trial.STORAGE_VARIABLE: location,
-        search_trial.STUDY_VARIABLE: "tiny",
-        search_trial.PARENT_RUN_VARIABLE: "parent-run",
+        storage.TRIAL_VARIABLE: str(asked.number),
+        storage.STORAGE_VARIABLE: location,
+        storage.STUDY_VARIABLE: "tiny",
+        storage.PARENT_RUN_VARIABLE: "parent-run",
     }.items():
         monkeypatch.setenv(variable, value)
     trial, metric = search_trial.current_trial()
@@ -174,9 +175,10 @@ def test_the_train_stage_finds_its_trial_and_the_study_pruner(tmp_path, monkeypa
 
 
 def test_without_a_trial_the_train_stage_gets_no_tags_and_no_callbacks(monkeypatch):
+    from pipeline.search import storage
     from pipeline.search import trial as search_trial
 
-    monkeypatch.delenv(search_trial.TRIAL_VARIABLE, raising=False)
+    monkeypatch.delenv(storage.TRIAL_VARIABLE, raising=False)
     assert search_trial.run_tags() == {} and search_trial.callbacks() == [] and search_trial.checkpoint_owner() == {}
 
 

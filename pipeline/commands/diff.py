@@ -1,16 +1,10 @@
-"""`mlp diff RUN_A RUN_B`: why two runs differ, and whether their test accuracies really do.
+"""`mlp diff RUN_A RUN_B [--json]`: why two runs differ, and whether their test accuracies really do.
 
-    mlp diff 8e8106e0dd1d4f98... 1c9a5f0b77e2455b...        # a table, then one verdict line
-    mlp diff --json RUN_A RUN_B                             # the same as data
-
-What differs: the parameters (only the keys that changed), the code (commits and
-the files changed between them), the data (digests) and the environment (CPU
-fingerprint, threads, packages), then the test metrics' deltas. Whether the
-accuracy difference is real: McNemar's exact test on the two runs' paired
-per-example predictions (the evaluate stage's `evaluation/confusion_matrix.csv`:
-one row per test example, in test-set order), beside the spread `mlp tolerance`
-measured across seeds for run A's configuration, where it has. Runs scored on
-different test sets get a warning and no p-value: their examples do not pair.
+What differs: the changed parameters, the code (commits, files changed between them), the data (digests), the
+environment (CPU fingerprint, threads, packages) and the test metrics. Whether the accuracy difference is real:
+McNemar's exact test on the runs' paired per-example predictions (the evaluate stage's
+`evaluation/confusion_matrix.csv`, one row per test example), beside the spread `mlp tolerance` measured across
+seeds for run A's configuration. Runs scored on different test sets get a warning and no p-value.
 """
 
 from __future__ import annotations
@@ -24,15 +18,15 @@ import os
 from mlflow.exceptions import MlflowException
 from scipy.stats import binomtest
 
-from pipeline.config import flatten, parse_params
+from pipeline.config import changed, flatten, parse_params
 from pipeline.errors import PipelineError
 from pipeline.git import git_or_empty
-from pipeline.reproduce.record import artifact_text, json_artifact
+from pipeline.lineage import ENVIRONMENT_ARTIFACT
+from pipeline.reproduce.record import PARAMS_ARTIFACT, artifact_text, json_artifact
 from pipeline.reproduce.tolerance import read_tolerances
 from pipeline.tracking import TEST_SET_TAG, client
 
 PREDICTIONS_ARTIFACT = "evaluation/confusion_matrix.csv"
-ENVIRONMENT_ARTIFACT = "lineage/environment.json"
 # Below this p-value McNemar's test calls the difference in accuracy real.
 SIGNIFICANCE = 0.05
 
@@ -49,7 +43,6 @@ def run(arguments: argparse.Namespace) -> None:
 
 
 def compare(run_a: str, run_b: str) -> dict:
-    """Everything `mlp diff` shows, as data."""
     # Six small reads of artifacts: MLflow's progress bars would bury the comparison.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     store = client()
@@ -78,12 +71,6 @@ def compare(run_a: str, run_b: str) -> dict:
     }
     comparison["verdict"] = verdict(comparison, same_test_set=same_test_set)
     return comparison
-
-
-def changed(before: dict, after: dict) -> dict:
-    """{key: {"a": value, "b": value}} for each key whose value differs (None where a side lacks it)."""
-    keys = sorted(set(before) | set(after))
-    return {key: {"a": before.get(key), "b": after.get(key)} for key in keys if before.get(key) != after.get(key)}
 
 
 def code_difference(commit_a: str | None, commit_b: str | None) -> dict:
@@ -158,10 +145,10 @@ def format_text(comparison: dict) -> str:
 
 
 def _artifacts(run_id: str) -> dict:
-    """The run's predictions, environment fingerprint and configuration, where it logged them."""
+    """The run's (actual, predicted) rows, environment fingerprint and params.yaml, where it logged them."""
     rows = list(csv.reader(io.StringIO(artifact_text(run_id, PREDICTIONS_ARTIFACT) or "")))[1:]
     return {
         "predictions": [(row[0], row[1]) for row in rows],
         "environment": json_artifact(run_id, ENVIRONMENT_ARTIFACT) or {},
-        "params": artifact_text(run_id, "config/params.yaml"),
+        "params": artifact_text(run_id, PARAMS_ARTIFACT),
     }

@@ -5,12 +5,16 @@
     mlp predict --model models:/pima-mlp/3 --json patients.csv
 
 A registered model (from the MLflow store at MLFLOW_TRACKING_URI, or mlflow.db) brings the dataset
-configuration its run recorded. Images (any format, size and mode Pillow reads) become the dataset's
-images: greyscale or RGB, resized, transparent pixels black; MNIST digits must be white on black,
-centred (--invert turns a black-on-white drawing into that). Feature rows, in an .npz file (array
-`inputs`, e.g. data/processed/mnist/test.npz) or a .csv file (a header line is skipped), are raw values in
-the units of the dataset's raw files: the model scales its inputs itself.
+configuration its run recorded. Images (any format, size and mode Pillow reads; transparent pixels
+the paper) become the dataset's images. A drawing for a 28x28 grey dataset such as MNIST is prepared
+as MNIST's digits were: made light on dark (a light border means dark ink; --background says it when
+the border misleads), cropped to its ink, fitted in 20x20 keeping its aspect ratio and centred by its
+centre of mass; an image already 28x28 is taken as it is. Other images are resized whole. Feature
+rows, in an .npz file (array `inputs`, e.g. data/processed/mnist/test.npz) or a .csv file (a header line is
+skipped), are raw values in the units of the dataset's raw files: the model scales its inputs itself.
 """
+
+from __future__ import annotations
 
 import argparse
 import csv
@@ -21,21 +25,29 @@ import zipfile
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
-import mlflow.tensorflow
 import numpy as np
 import yaml
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, ImageStat
 from pydantic import ValidationError
 
 from pipeline.config import DatasetConfig, load_params
 from pipeline.decoders import MAX_TABLE_BYTES
 from pipeline.errors import ConfigError, DataError
-from pipeline.evaluate import load_model as load_keras_model
-from pipeline.model import class_ids, class_probabilities
 from pipeline.paths import MODEL_FILE
-from pipeline.tracking import tracking_uri
+
+if TYPE_CHECKING:
+    import keras
+
+
+# What `--background` may say of a drawing.
+BACKGROUNDS = ("auto", "dark", "light")
+# MNIST's images, and the box its digits were scaled to fit (LeCun et al.), as (height, width).
+MNIST_SIZE, MNIST_BOX = (28, 28), (20, 20)
+# A pixel is ink, for finding a drawing's bounding box, above this level once the strongest stroke is 255:
+# a quarter of it, so that the anti-aliased rims of strokes count and faint smudges do not.
+INK_LEVEL = 64
 
 
 @dataclass(frozen=True)
@@ -55,11 +67,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", default=str(MODEL_FILE), help="a .keras file, models:/<name>@<alias> or models:/<name>/<version>"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON list, with every class's probability")
-    parser.add_argument("--invert", action="store_true", help="invert images (255 - pixel)")
+    parser.add_argument(
+        "--background",
+        choices=BACKGROUNDS,
+        default="auto",
+        help="a drawing's background, for MNIST-like datasets: auto (from the border pixels), dark or light",
+    )
 
 
 def run(arguments: argparse.Namespace) -> None:
-    predictions = predict(arguments.inputs, model=arguments.model, invert=arguments.invert)
+    predictions = predict(arguments.inputs, model=arguments.model, background=arguments.background)
     if arguments.json:
         print(json.dumps([asdict(item) for item in predictions], indent=2))
         return
@@ -69,11 +86,17 @@ def run(arguments: argparse.Namespace) -> None:
     print("\n".join(f"{name:<{widths[0]}}  {label:<{widths[1]}}  {p:>11}" for name, label, p in rows))
 
 
-def predict(inputs: list[Path], *, model: str, invert: bool = False) -> list[Prediction]:
+def predict(inputs: list[Path], *, model: str, background: str = "auto") -> list[Prediction]:
     """The predicted class of every example in `inputs`, with its probability."""
+    if missing := next((path for path in inputs if not path.is_file()), None):
+        raise DataError(f"{missing}: no such file")
+    # Imported here rather than at the top, as in load_model: `mlp predict --help` and a wrong argument
+    # answer at once, and only a prediction waits the seconds TensorFlow takes to load.
+    from pipeline.model import class_ids, class_probabilities
+
     keras_model, dataset = load_model(model)
     # Every input is read before anything is predicted: a bad one fails the whole call, with its name.
-    read = [read_inputs(path, dataset=dataset, invert=invert) for path in inputs]
+    read = [read_inputs(path, dataset=dataset, background=background) for path in inputs]
     names = [name for path_names, _ in read for name in path_names]
     outputs = keras_model.predict(np.concatenate([rows for _, rows in read]).astype(np.float32), verbose=0)
     classes = dataset.class_names
@@ -87,6 +110,8 @@ def load_model(model: str) -> tuple[keras.Model, DatasetConfig]:
     """The model (a .keras file or a models:/ URI) and the dataset configuration it was trained with."""
     if model.startswith("models:/"):
         return _registered_model(model)
+    from pipeline.evaluate import load_model as load_keras_model  # loads TensorFlow: see predict
+
     keras_model = load_keras_model(Path(model))
     dataset, width = load_params().dataset, keras_model.input_shape[-1]
     if width != dataset.num_features:  # params.yaml changed since the model was trained
@@ -101,6 +126,10 @@ def _registered_model(uri: str) -> tuple[keras.Model, DatasetConfig]:
     match = re.fullmatch(r"models:/(?P<name>[^/@]+)(?:/(?P<version>[0-9]+)|@(?P<alias>[^/@]+))", uri)
     if match is None:
         raise ConfigError(f"--model {uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    import mlflow.tensorflow  # loads TensorFlow: see predict
+
+    from pipeline.tracking import tracking_uri
+
     store = tracking_uri()
     if store.startswith("sqlite:///") and not Path(store.removeprefix("sqlite:///")).exists():
         # MLflow would create an empty store there and then report the model missing.
@@ -124,10 +153,8 @@ def _registered_model(uri: str) -> tuple[keras.Model, DatasetConfig]:
     raise ConfigError(f"--model {uri}: its run's config/params.yaml holds no valid dataset config ({problem})")
 
 
-def read_inputs(path: Path, *, dataset: DatasetConfig, invert: bool = False) -> tuple[list[str], np.ndarray]:
+def read_inputs(path: Path, *, dataset: DatasetConfig, background: str = "auto") -> tuple[list[str], np.ndarray]:
     """(a name per example, float64 rows of the dataset's raw features)."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
     reader = {".npz": _read_npz, ".csv": _read_csv}.get(path.suffix.lower())
     if reader is not None:
         return reader(path, dataset)
@@ -138,26 +165,70 @@ def read_inputs(path: Path, *, dataset: DatasetConfig, invert: bool = False) -> 
         raise DataError(
             f"{path}: the model takes {dataset.num_features} features, not an image: give .npz or .csv rows"
         )
-    pixels = read_image(path, mode=mode, height=shape[0], width=shape[1])
-    return [str(path)], (255.0 - pixels if invert else pixels).reshape(1, -1)
+    image = open_image(path, mode=mode)
+    if mode == "L" and shape[:2] == list(MNIST_SIZE):
+        pixels = as_mnist_digit(image, background=background, name=path)
+    else:
+        pixels = resize(image, height=shape[0], width=shape[1])
+    return [str(path)], pixels.reshape(1, -1)
 
 
-def read_image(path: Path, *, mode: str, height: int, width: int) -> np.ndarray:
-    """Pixels 0 to 255 as float64 (height, width[, 3]), whatever the file's size, mode and orientation."""
+def open_image(path: Path, *, mode: str) -> Image.Image:
+    """The image in `mode` ("L" or "RGB"), whatever the file's format, mode and orientation."""
     try:
         with Image.open(path) as opened:
             image = ImageOps.exif_transpose(opened)  # phones store the rotation in EXIF, not in the pixels
             if image.mode.startswith("I"):  # 16-bit grey: Pillow's conversion to 8 bits would clip at 255
                 image = Image.fromarray(np.clip(np.rint(np.asarray(image) / 257.0), 0, 255).astype(np.uint8))
-            if image.has_transparency_data:  # transparent pixels become black, MNIST's background
-                image = Image.alpha_composite(Image.new("RGBA", image.size, "black"), image.convert("RGBA"))
-            image = image.convert(mode)
-            # Shrinking averages what each output pixel covers (thin strokes survive, no ringing).
-            shrinking = image.width >= width and image.height >= height
-            resample = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
-            return np.asarray(image.resize((width, height), resample), dtype=np.float64)
+            if image.has_transparency_data:
+                # Transparent pixels become the paper: white behind dark strokes (a pen on a drawing app's
+                # transparent canvas), else black, MNIST's background.
+                rgba = image.convert("RGBA")
+                opaque = rgba.getchannel("A")
+                dark = opaque.getbbox() is not None and ImageStat.Stat(rgba.convert("L"), opaque).mean[0] < 127.5
+                image = Image.alpha_composite(Image.new("RGBA", image.size, "white" if dark else "black"), rgba)
+            return image.convert(mode)
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
         raise DataError(f"{path}: not an image Pillow can read ({error})") from None
+
+
+def resize(image: Image.Image, *, height: int, width: int) -> np.ndarray:
+    """The whole image at the dataset's size: pixels 0 to 255 as float64 (height, width[, 3])."""
+    # Shrinking averages what each output pixel covers (thin strokes survive, no ringing).
+    shrinking = image.width >= width and image.height >= height
+    resample = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
+    return np.asarray(image.resize((width, height), resample), dtype=np.float64)
+
+
+def as_mnist_digit(image: Image.Image, *, background: str = "auto", name: object = "image") -> np.ndarray:
+    """A drawing of any size as MNIST's digits were made (LeCun et al.): light ink on black, the ink's
+    bounding box scaled to fit 20x20 keeping its aspect ratio, its centre of mass at the centre of 28x28.
+
+    `background` "auto" takes the border pixels' median: light means a dark-on-light drawing, which is
+    inverted. An image already 28x28 is taken as it is (after that inversion): it has the dataset's form.
+    """
+    import scipy.ndimage  # here, not at the top: only this preparation needs it, and `--help` need not wait for it
+
+    pixels = np.asarray(image, dtype=np.float64)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    paper = float(np.median(border))
+    if background == "light" or (background == "auto" and paper > 127.5):
+        pixels, paper = 255.0 - pixels, 255.0 - paper
+    if pixels.shape == MNIST_SIZE:
+        return pixels
+    # Ink above the paper's own grey (a photographed sheet is not black), stretched to MNIST's full strokes.
+    ink = np.clip(pixels - paper, 0.0, None)
+    if ink.max() < 1.0:
+        raise DataError(f"{name}: no drawing found, the image is one colour")
+    ink = ink * (255.0 / ink.max())
+    rows, columns = np.nonzero(ink > INK_LEVEL)
+    box = (columns.min(), rows.min(), columns.max() + 1, rows.max() + 1)
+    fitted = ImageOps.contain(Image.fromarray(ink.astype(np.float32)).crop(box), MNIST_BOX, Image.Resampling.BOX)
+    # MNIST's digits have their centre of mass at pixel (14, 14), to the nearest pixel.
+    centre_row, centre_column = scipy.ndimage.center_of_mass(np.asarray(fitted))
+    digit = Image.new("F", MNIST_SIZE[::-1])
+    digit.paste(fitted, (round(MNIST_SIZE[1] / 2 - centre_column), round(MNIST_SIZE[0] / 2 - centre_row)))
+    return np.asarray(digit, dtype=np.float64)
 
 
 def _read_npz(path: Path, dataset: DatasetConfig) -> tuple[list[str], np.ndarray]:

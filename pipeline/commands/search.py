@@ -34,7 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(arguments: argparse.Namespace) -> None:
-    """Check the search, run its trials to the budget, `--workers` at a time, write the report."""
     path = Search.path_of(arguments.search)
     search = Search.load(path)
     if arguments.workers < 0 or (arguments.workers == 0 and not arguments.report_only):

@@ -11,8 +11,11 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from pipeline.server import backup, stack
+from mlflow.utils.rest_utils import MlflowHostCreds, http_request
+
+from pipeline.server import backup, names, stack
 from pipeline.server.state import ADMIN_USERNAME, STATE_DIRECTORY, Settings, StateFolder
+from pipeline.tracking import experiment_link
 
 NOT_RUNNING = 3  # the LSB status code for "not running", as `systemctl status` uses
 
@@ -70,8 +73,19 @@ def run(arguments: argparse.Namespace) -> None:
 
 def start(state: StateFolder, arguments: argparse.Namespace) -> None:
     runtime, started = stack.start(state, {field.name: getattr(arguments, field.name) for field in fields(Settings)})
+    auth = state.load_settings().auth
     print(f"MLflow server {'started' if started else 'already running'} at {runtime.url}")
     print(f"use it with:\n  export MLFLOW_TRACKING_URI={runtime.url}")
-    if state.load_settings().auth:
+    if auth:
         print(f"  export MLFLOW_TRACKING_USERNAME={ADMIN_USERNAME}")
         print(f'  export MLFLOW_TRACKING_PASSWORD="$(cat {state.admin_password_file})"')
+        credentials = MlflowHostCreds(runtime.url, username=ADMIN_USERNAME, password=state.admin_password())
+    else:
+        credentials = MlflowHostCreds(runtime.url)
+    # The runs of each pipeline experiment, in the UI's model-training view (MLflow 3 opens GenAI otherwise).
+    for name in sorted(names.pipeline_names()[0]):
+        found = http_request(
+            credentials, "/api/2.0/mlflow/experiments/get-by-name", "GET", params={"experiment_name": name}
+        )
+        if found.ok:
+            print(f"runs of {name}: {experiment_link(runtime.url, found.json()['experiment']['experiment_id'])}")

@@ -29,7 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(arguments: argparse.Namespace) -> None:
-    """Run the study's rows not yet run from the current commit, then write its report."""
     path = Study.path_of(arguments.study)
     study, name = Study.load(path), path.stem
     check_rows(study)

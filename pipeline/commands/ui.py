@@ -1,8 +1,5 @@
-"""`mlp ui [--port N]`: the MLflow UI on the project's store, and the link to its experiment's runs.
-
-Runs `mlflow ui` on 127.0.0.1 (a free port unless --port) on the store the stages log to (mlflow.db, or
-MLFLOW_TRACKING_URI), and prints the link to params.yaml's experiment in MLflow's model-training view, its runs
-table showing the test and validation accuracy and the params that differ between the runs, best first.
+"""`mlp ui [--port N]`: `mlflow ui` on 127.0.0.1 on the store the stages log to, and the link to params.yaml's
+experiment in MLflow's model-training view (test and validation accuracy, the params that differ between runs).
 With a tracking server (MLFLOW_TRACKING_URI=http...) it only prints the link on that server. Ctrl-C stops it.
 """
 
@@ -19,7 +16,7 @@ import mlflow
 
 from pipeline.config import load_params
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.tracking import client, experiment_link, open_store, save_runs_view
+from pipeline.tracking import experiment_link, open_store, save_runs_view
 
 VIEW = "mlp-ui"
 METRICS = ["test_accuracy", "val_accuracy"]
@@ -44,11 +41,9 @@ def run(arguments: argparse.Namespace) -> None:
         return
     port = arguments.port or free_port()
     base_url = f"http://127.0.0.1:{port}"
-    command = ["mlflow", "ui", "--backend-store-uri", uri, "--registry-store-uri", uri]
+    command = ["mlflow", "ui", "--backend-store-uri", uri, "--registry-store-uri", uri, "--port", str(port)]
     # The server's own messages to stderr: this command's output is the link.
-    server = subprocess.Popen(
-        [sys.executable, "-m", *command, "--host", "127.0.0.1", "--port", str(port)], stdout=sys.stderr
-    )
+    server = subprocess.Popen([sys.executable, "-m", *command, "--host", "127.0.0.1"], stdout=sys.stderr)
     try:
         wait_until_up(server, base_url)
         print(experiment_link(base_url, experiment.experiment_id, VIEW), flush=True)
@@ -60,11 +55,8 @@ def run(arguments: argparse.Namespace) -> None:
 
 def differing_params(experiment_id: str) -> list[str]:
     """The params whose values differ between the experiment's runs: what a reader compares them by."""
-    values: dict[str, set[str]] = {}
-    for found in client().search_runs([experiment_id], max_results=1000):
-        for key, value in found.data.params.items():
-            values.setdefault(key, set()).add(value)
-    return sorted(key for key, seen in values.items() if len(seen) > 1)[:MAX_PARAM_COLUMNS]
+    params = mlflow.search_runs([experiment_id], max_results=1000).filter(regex=r"^params\.")
+    return sorted(name.removeprefix("params.") for name in params if params[name].nunique() > 1)[:MAX_PARAM_COLUMNS]
 
 
 def free_port() -> int:

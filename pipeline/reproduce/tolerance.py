@@ -56,13 +56,13 @@ def write_tolerance_file(seed_count: int) -> tuple[Path, dict]:
     import keras
 
     from pipeline.evaluate import evaluate
-    from pipeline.splits import load_split, training_targets
+    from pipeline.splits import load_splits, training_targets
     from pipeline.train import train_with_params
 
     seeds = [(params.seed + offset) % (MAX_SEED + 1) for offset in range(seed_count)]
     dataset = params.dataset
-    training, validation, test = (
-        load_split(processed_directory(dataset.name), name) for name in ("train", "validation", "test")
+    training, validation, test = load_splits(
+        processed_directory(dataset.name), ["train", "validation", "test"], dataset
     )
     targets = training_targets(test.labels, loss=params.train.loss, task=dataset.task, num_classes=dataset.num_classes)
     metrics: dict[str, list[float]] = {}

@@ -1,10 +1,7 @@
-"""A search's report, in reports/search/<study>/: what was tried, what won, and what mattered.
-
-README.md, best.json (the same, for tools), trials.csv, optimization_history.png and param_importances.png
-(Optuna's matplotlib plots); docs/search.md. The best trial becomes a configuration of its own,
-conf/experiment/<study>_best.yaml, checked to compose to exactly the trial's params; a DVC experiment
-<study>-best-<NNN> retrains it (to its weights: the train stage is deterministic, the report compares both
-sha256) and evaluates it on the test split, once: it is not run again.
+"""A search's report in reports/search/<study>/ (docs/search.md): README.md, best.json, trials.csv and Optuna's
+plots. The best trial becomes conf/experiment/<study>_best.yaml, checked to compose to exactly its params, and
+one DVC experiment <study>-best-<NNN> retrains it (to the same weights: the report compares both sha256) and
+evaluates it on the test split, once.
 """
 
 from __future__ import annotations

@@ -89,7 +89,6 @@ def fail_abandoned_trials(study: optuna.Study) -> None:
 
 
 def tag_run(trial: FrozenTrial, state: str) -> None:
-    """Put the trial's final state on its MLflow run, if it started one."""
     run_id = trial.user_attrs.get(search_storage.RUN_ATTRIBUTE)
     if run_id:
         client().set_tag(run_id, search_storage.STATE_TAG, state)

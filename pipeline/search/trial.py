@@ -17,20 +17,7 @@ import mlflow
 
 from pipeline.errors import PipelineError
 from pipeline.run_owner import owner_is_alive
-from pipeline.search.storage import (
-    METRIC_ATTRIBUTE,
-    PARENT_RUN_VARIABLE,
-    PRUNED_ATTRIBUTE,
-    RUN_ATTRIBUTE,
-    STATE_TAG,
-    STORAGE_VARIABLE,
-    STUDY_VARIABLE,
-    TRIAL_VARIABLE,
-    WORKER_VARIABLE,
-    is_trial,
-    open_storage,
-    open_study,
-)
+from pipeline.search import storage
 
 
 class TrialPruned(PipelineError):
@@ -39,14 +26,14 @@ class TrialPruned(PipelineError):
 
 def run_tags() -> dict[str, str]:
     """The tags that make a trial's MLflow run a child of the study's run, with its number and params."""
-    if not is_trial():
+    if not storage.is_trial():
         return {}
     trial, _ = current_trial()
     tags = {
-        "mlflow.parentRunId": os.environ[PARENT_RUN_VARIABLE],
-        "search.study": os.environ[STUDY_VARIABLE],
-        "search.trial": os.environ[TRIAL_VARIABLE],
-        STATE_TAG: "running",
+        "mlflow.parentRunId": os.environ[storage.PARENT_RUN_VARIABLE],
+        "search.study": os.environ[storage.STUDY_VARIABLE],
+        "search.trial": os.environ[storage.TRIAL_VARIABLE],
+        storage.STATE_TAG: "running",
     }
     return tags | {f"search.param.{name}": json.dumps(value) for name, value in trial.params.items()}
 
@@ -54,22 +41,24 @@ def run_tags() -> dict[str, str]:
 def checkpoint_owner() -> dict[str, str]:
     """Part of the checkpoint's fingerprint: a trial never resumes the checkpoint another trial left
     (pruned or killed with the same params), which would continue that trial's MLflow run."""
-    return {"search_trial": f"{os.environ[STUDY_VARIABLE]}/{os.environ[TRIAL_VARIABLE]}"} if is_trial() else {}
+    if not storage.is_trial():
+        return {}
+    return {"search_trial": f"{os.environ[storage.STUDY_VARIABLE]}/{os.environ[storage.TRIAL_VARIABLE]}"}
 
 
 def callbacks() -> list[keras.callbacks.Callback]:
-    return [TrialReporter(*current_trial())] if is_trial() else []
+    return [TrialReporter(*current_trial())] if storage.is_trial() else []
 
 
 def current_trial():
     """The running trial (an optuna.Trial, with its study's pruner) this process trains, and its objective metric."""
     import optuna
 
-    storage = open_storage(os.environ[STORAGE_VARIABLE])
-    study = open_study(os.environ[STUDY_VARIABLE], storage)
-    study_id = storage.get_study_id_from_name(study.study_name)
-    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, int(os.environ[TRIAL_VARIABLE]))
-    return optuna.trial.Trial(study, trial_id), study.user_attrs[METRIC_ATTRIBUTE]
+    trials = storage.open_storage(os.environ[storage.STORAGE_VARIABLE])
+    study = storage.open_study(os.environ[storage.STUDY_VARIABLE], trials)
+    study_id = trials.get_study_id_from_name(study.study_name)
+    trial_id = trials.get_trial_id_from_study_id_trial_number(study_id, int(os.environ[storage.TRIAL_VARIABLE]))
+    return optuna.trial.Trial(study, trial_id), study.user_attrs[storage.METRIC_ATTRIBUTE]
 
 
 class TrialReporter(keras.callbacks.Callback):
@@ -80,19 +69,18 @@ class TrialReporter(keras.callbacks.Callback):
         self.trial, self.metric = trial, metric
 
     def on_train_begin(self, logs=None) -> None:
-        self.trial.set_user_attr(RUN_ATTRIBUTE, mlflow.active_run().info.run_id)
+        self.trial.set_user_attr(storage.RUN_ATTRIBUTE, mlflow.active_run().info.run_id)
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        if not owner_is_alive(json.loads(os.environ[WORKER_VARIABLE])):
-            mlflow.set_tag(STATE_TAG, "failed")
+        if not owner_is_alive(json.loads(os.environ[storage.WORKER_VARIABLE])):
+            mlflow.set_tag(storage.STATE_TAG, "failed")
             raise KeyboardInterrupt("the search worker that started this trial is gone")
-        metric = self.metric
-        if metric not in (logs or {}):
-            raise PipelineError(f"the search objective {metric} is not logged: it needs a validation split")
-        value = float(logs[metric])
+        if self.metric not in (logs or {}):
+            raise PipelineError(f"the search objective {self.metric} is not logged: it needs a validation split")
+        value = float(logs[self.metric])
         self.trial.report(value, step=epoch + 1)
         if self.trial.should_prune():
-            self.trial.set_user_attr(PRUNED_ATTRIBUTE, epoch + 1)
-            mlflow.set_tag(STATE_TAG, "pruned")
+            self.trial.set_user_attr(storage.PRUNED_ATTRIBUTE, epoch + 1)
+            mlflow.set_tag(storage.STATE_TAG, "pruned")
             mlflow.end_run("KILLED")
-            raise TrialPruned(f"trial {self.trial.number} pruned after epoch {epoch + 1}: {metric} {value:.4f}")
+            raise TrialPruned(f"trial {self.trial.number} pruned after epoch {epoch + 1}: {self.metric} {value:.4f}")

@@ -3,13 +3,12 @@ table.csv, as README.md (with a summary, the rows' notes and the discussion) and
 
 from __future__ import annotations
 
-import csv
-import io
 from datetime import UTC, datetime
 from pathlib import Path
 from statistics import mean
 
 import matplotlib.pyplot as plt
+import pandas as pd
 
 from pipeline.figures import save_figure
 from pipeline.files import write_text
@@ -129,11 +128,7 @@ def write_report(
 ) -> None:
     """Write table.csv, README.md and test_accuracy.png into `directory`: each row's figures, None if not run."""
     records = [csv_record(row, measured, study_name) for row, measured in results]
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=CSV_COLUMNS)
-    writer.writeheader()
-    writer.writerows(records)
-    write_text(directory / "table.csv", table.getvalue())
+    write_text(directory / "table.csv", pd.DataFrame(records, columns=CSV_COLUMNS).to_csv(index=False))
     done = [(row, measured) for row, measured in results if measured is not None]
     notes = [f"- Row {row.row}: {row.note}" for row, _ in results if row.note]
     lines = [

@@ -16,8 +16,10 @@ import sys
 from pathlib import Path
 from typing import IO
 
+import psutil
+
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.git import git, git_or_empty, is_commit
+from pipeline.git import git, git_or_empty
 from pipeline.paths import HISTORY_FILE, METRICS_FILE
 from pipeline.study.schema import LATE_EPOCHS, Measured, Study, StudyRow, experiment_name
 
@@ -55,8 +57,6 @@ def stop_experiments(signal_number: int) -> None:
     """Send `signal_number` to every process this one started, at any depth: SIGINT reaches each experiment's
     stage, which ends its MLflow run KILLED (DVC ignores SIGINT while its stage runs); SIGKILL ends them all.
     Their parents (this process's threads or main thread) wait for them: no process is reaped here."""
-    import psutil
-
     for process in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.NoSuchProcess):
             process.send_signal(signal_number)
@@ -70,10 +70,9 @@ def current_commit() -> str:
 
 
 def resolve_baseline(revision: str) -> str:
-    """The commit `revision` names (--baseline)."""
-    if not is_commit(revision):
-        raise ConfigError(f"--baseline {revision}: not a commit of this repository")
-    return git("rev-parse", "--verify", f"{revision}^{{commit}}")
+    if commit := git_or_empty("rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}"):
+        return commit
+    raise ConfigError(f"--baseline {revision}: not a commit of this repository")
 
 
 def finished_experiments(baseline: str) -> dict[str, str]:
@@ -122,7 +121,7 @@ def measure(row: StudyRow, commit: str | None) -> Measured | None:
         name.removeprefix("package."): value for name, value in tags.items() if name.startswith("package.")
     }
     return Measured(
-        measured_train=100 * metrics["final_epoch"]["accuracy"],
+        measured_train=accuracy[-1],
         late_gain=accuracy[-1] - accuracy[-1 - LATE_EPOCHS] if len(accuracy) > LATE_EPOCHS else None,
         reached_at=next((epoch for epoch, value in enumerate(accuracy, start=1) if value >= row.published_train), None),
         measured_test=100 * metrics["test"]["accuracy"],

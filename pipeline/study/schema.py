@@ -4,6 +4,7 @@ of Hydra overrides; and what a row measured. ConfigFile and check_overrides serv
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal, Self
@@ -35,8 +36,7 @@ class ConfigFile(StrictModel):
 
     @classmethod
     def load(cls, path: Path) -> Self:
-        """The file validated; a ConfigError with a line per problem (`path: key: reason`), or naming the
-        directory's files if it is missing."""
+        """The file validated; a ConfigError with a line per problem, or naming the directory's files."""
         kind = cls.directory.name
         try:
             return cls.model_validate(read_yaml(read_text(path), path))
@@ -86,9 +86,7 @@ class Study(ConfigFile):
     @field_validator("rows")
     @classmethod
     def unique_rows(cls, rows: list[StudyRow]) -> list[StudyRow]:
-        names = [row.row for row in rows]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
+        if duplicates := sorted(name for name, count in Counter(row.row for row in rows).items() if count > 1):
             raise ValueError(f"row names must be unique; repeated: {', '.join(duplicates)}")
         return rows
 
