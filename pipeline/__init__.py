@@ -2,9 +2,12 @@
 
 import os
 
-# TensorFlow's C++ start-up notices (CPU instruction sets, oneDNN) drown the
-# stage logs; warnings and errors still show.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ log: its start-up notices drown the stage logs, and with op determinism on (the train
+# stage), tf.data's rewrite of Keras' parallel map logs "E0000 ... NodeDef mentions attribute
+# use_unbounded_threadpool", an error line for an attribute it then ignores. Errors that stop a run reach
+# Python as exceptions; TF_CPP_MIN_LOG_LEVEL=0 shows the C++ log again. (The oneDNN notice TensorFlow prints
+# regardless, on CPUs where it turns oneDNN on: turning oneDNN off to hide it would change the weights there.)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # What the pipeline downloads from MLflow are small files (a lineage record, a
 # model): a progress bar for each is noise in the logs.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -56,7 +56,7 @@ from pipeline.paths import (
 )
 from pipeline.splits import load_splits, training_targets
 from pipeline.stage import run_stage
-from pipeline.tracking import TEST_SET_TAG, client, log_datasets, pipeline_run, read_run_file
+from pipeline.tracking import TEST_SET_TAG, client, log_datasets, log_new_metrics, pipeline_run, read_run_file
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +172,8 @@ def run_summary(model: keras.Model, run_id: str, *, dataset_name: str, accuracy:
         f"test set: MLP {'-'.join(units)} "
         f"({logged.get('model.activation')}, dropout {logged.get('model.dropout_rate')}), "
         f"{logged.get('optimizer.name')} lr {logged.get('optimizer.learning_rate')}, "
-        f"{logged.get('train.epochs')} epochs of batch {logged.get('train.batch_size')}"
+        f"{logged.get('train.epochs')} epoch{'' if logged.get('train.epochs') == '1' else 's'} "
+        f"of batch {logged.get('train.batch_size')}"
     )
 
 
@@ -228,7 +229,7 @@ def main() -> None:
             "mlflow_run_id": run_id,
         }
         write_reports(results, test_split.labels, history, metrics, class_names=dataset.class_names)
-        mlflow.log_metrics({f"test_{name}": value for name, value in results["test"].items()})
+        log_new_metrics(run_id, {f"test_{name}": value for name, value in results["test"].items()})
         add_lock_md5s(run_id)  # dvc.lock now holds the upstream stages as they ran for this model
         source = dataset_source(dataset.name, dataset.files, dataset.urls)
         log_datasets({"test": test_split}, dataset_name=dataset.name, source=source, context="test")

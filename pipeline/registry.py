@@ -68,14 +68,22 @@ def promote_if_best(client: MlflowClient, name: str, version: str) -> str:
         ]
         # The best accuracy; on a tie the version that reached it first.
         best = max(rivals, key=lambda candidate: (_accuracy(candidate), -int(candidate.version)))
+        # Scoring the champion again (a re-run of evaluate) keeps the alias where it was: not a new decision.
+        kept = str(client.get_registered_model(name).aliases.get(CHAMPION)) == str(best.version)
         client.set_registered_model_alias(name, CHAMPION, best.version)
         if str(best.version) == version:
             others = [candidate for candidate in rivals if str(candidate.version) != version]
             beaten = max(others, key=_accuracy, default=None)
-            decision = f"version {version} is the {CHAMPION} with test accuracy {_accuracy(this):.4f}" + (
-                f", beating version {beaten.version}'s {_accuracy(beaten):.4f} on the same full test set"
-                if beaten
-                else ", the first scored on this full test set"
+            if beaten:
+                against = (
+                    f"{'ahead of' if kept else 'beating'} version {beaten.version}'s {_accuracy(beaten):.4f} "
+                    "on the same full test set"
+                )
+            else:
+                against = f"the {'only version' if kept else 'first'} scored on this full test set"
+            decision = (
+                f"version {version} {'stays' if kept else 'is'} the {CHAMPION} with test accuracy "
+                f"{_accuracy(this):.4f}, {against}"
             )
         else:
             decision = (

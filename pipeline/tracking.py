@@ -16,14 +16,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
 from filelock import FileLock
+from mlflow.data.sources import HTTPDatasetSource, LocalArtifactDatasetSource
 from mlflow.entities import LifecycleStage, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.server import get_app_client
@@ -42,6 +43,7 @@ from pipeline.splits import Split
 logger = logging.getLogger(__name__)
 
 FAILURE_REASON = "failure.reason"
+MAX_REASON_CHARACTERS = 500  # a line in the MLflow UI; the stage's log has the whole error
 # The sha256 of the test inputs and labels a run was scored on: runs compare only on the same test set.
 TEST_SET_TAG = "test_set.sha256"
 
@@ -202,10 +204,19 @@ def pipeline_run(
         status = ended_status(MlflowClient(tracking_uri()), run.info.run_id)
         if status == "FINISHED":
             reason = f"a re-run failed ({type(error).__name__}); its registered evaluation stands"
-            mlflow.set_tag(FAILURE_REASON, reason)
+        else:
+            reason = failure_reason(error)
+        mlflow.set_tag(FAILURE_REASON, reason)
         mlflow.end_run(status)
         raise
     mlflow.end_run("FINISHED")
+
+
+def failure_reason(error: BaseException) -> str:
+    """One line for a run's failure.reason tag: the exception's type and message, without the user name and
+    password a URL in the message may carry."""
+    message = " ".join(f"{type(error).__name__}: {error}".split())
+    return re.sub(r"(\w+://)[^/@\s]+@", r"\1", message)[:MAX_REASON_CHARACTERS]
 
 
 def reopen_run(run_id: str) -> mlflow.ActiveRun:
@@ -257,16 +268,17 @@ def log_datasets(splits: dict[str, Split], *, dataset_name: str, source: str, co
     Logged once more when another run inserted the same dataset at the same moment: MLflow checks that a
     dataset is new and then inserts it, so runs starting together (`dvc queue start -j 4`) may all find it
     new; on the second try it is there, and only this run's link to it is added."""
+    # The source's kind named, not left to MLflow to guess: it registers its local-file source twice (for ""
+    # and "file"), so a mirror's file:// URI would "be interpreted in multiple ways" in a warning on every run.
+    located = (
+        HTTPDatasetSource(source) if source.startswith(("http://", "https://")) else LocalArtifactDatasetSource(source)
+    )
     for name, split in splits.items():
         if not len(split.labels):
             continue
-        with warnings.catch_warnings():
-            # MLflow registers its local-file source twice (for "" and "file"): a mirror's path "can be
-            # interpreted in multiple ways", which are the same.
-            warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
-            dataset = mlflow.data.from_numpy(
-                split.inputs, targets=split.labels, name=f"{dataset_name}-{name}", source=source
-            )
+        dataset = mlflow.data.from_numpy(
+            split.inputs, targets=split.labels, name=f"{dataset_name}-{name}", source=located
+        )
         split_context = "validation" if name == "validation" else context
         try:
             mlflow.log_input(dataset, context=split_context)
@@ -275,6 +287,13 @@ def log_datasets(splits: dict[str, Split], *, dataset_name: str, source: str, co
             if not any(text in str(error) for text in ("UNIQUE constraint failed", "duplicate key value")):
                 raise
             mlflow.log_input(dataset, context=split_context)
+
+
+def log_new_metrics(run_id: str, metrics: dict[str, float]) -> None:
+    """Log each metric whose value differs from the run's latest: scoring the same model on the same data again
+    (a re-run of the evaluate stage) adds no second, identical point to its history."""
+    logged = client().get_run(run_id).data.metrics
+    mlflow.log_metrics({name: value for name, value in metrics.items() if logged.get(name) != value})
 
 
 def mark_model_development(experiment_id: str) -> None:

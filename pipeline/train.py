@@ -56,7 +56,15 @@ from pipeline.tracking import (
     run_exists,
     write_run_file,
 )
-from pipeline.training import Checkpoint, EpochCheckpointer, TrainingState, check_finite, fingerprint, fit
+from pipeline.training import (
+    Checkpoint,
+    EpochCheckpointer,
+    TrainingState,
+    check_finite,
+    fingerprint,
+    fit,
+    weight_penalty,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +106,8 @@ def train(
     total_steps = math.ceil(len(training.labels) / train_config.batch_size) * train_config.epochs
     optimizer = make_optimizer(optimizer_config, schedule=train_config.learning_rate_schedule, total_steps=total_steps)
     model.compile(optimizer=optimizer, loss=keras_loss(train_config.loss), metrics=["accuracy"])
+    # Weight decay is a divergence's likely cause when its penalty is already out of range at the initial weights.
+    penalty = weight_penalty(model)
     state = checkpoint.restore(model) if checkpoint else TrainingState()
     if state.epochs_done:
         logger.info("resuming after epoch %d of %d from %s", state.epochs_done, train_config.epochs, checkpoint.path)
@@ -125,7 +135,13 @@ def train(
         jit_compile=train_config.jit_compile and train_config.determinism == "host",
     )
     logger.info("fitted in %.1f s", time.perf_counter() - start)  # benchmarks/training_speed.py reads it
-    check_finite(state.history, learning_rate=optimizer_config.learning_rate)
+    check_finite(
+        state.history,
+        inputs=training.inputs,
+        learning_rate=optimizer_config.learning_rate,
+        weight_decay=model_config.l2_weight_decay,
+        initial_penalty=penalty,
+    )
     return model, state.history
 
 

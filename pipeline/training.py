@@ -188,19 +188,21 @@ class Checkpoint:
         self.enabled = try_acquire(self.lock)
         if not self.enabled:
             logger.warning("%s is in use by another training: training without checkpoints", self.directory)
-        # Checkpoints of other fingerprints that no training holds were made for another config or data.
-        for other in self.directory.parent.glob("train-*"):
+        # Checkpoints of other fingerprints that no training holds were made for another config or data
+        # (or a lock file alone, left by a process killed before it removed the file).
+        for other in {path.with_suffix("") for path in self.directory.parent.glob("train-*")} - {self.directory}:
             lock = FileLock(f"{other}.lock")
-            if other == self.directory or other.suffix == ".lock" or not try_acquire(lock):
+            if not try_acquire(lock):
                 continue
-            logger.info("removing checkpoint %s: made for another configuration or other data", other)
-            shutil.rmtree(other, ignore_errors=True)
-            lock.release()
+            if other.exists():
+                logger.info("removing checkpoint %s: made for another configuration or other data", other)
+                shutil.rmtree(other, ignore_errors=True)
+            release_and_remove(lock)
         return self
 
     def __exit__(self, *exception) -> None:
         if self.enabled:
-            self.lock.release()
+            release_and_remove(self.lock)
 
     def load(self) -> tuple[TrainingState, dict[str, np.ndarray]] | None:
         """The saved state and variables, or None when there is nothing to resume."""
@@ -255,6 +257,14 @@ def try_acquire(lock: FileLock) -> bool:
     return True
 
 
+def release_and_remove(lock: FileLock) -> None:
+    """Release `lock` without leaving its file behind (else one per fingerprint ever trained piles up). The file
+    goes while the lock is held: a process that opened it just before and locks it next finds it unlinked, which
+    filelock checks, and does not take it; two processes never both hold a fingerprint."""
+    Path(lock.lock_file).unlink(missing_ok=True)
+    lock.release()
+
+
 def saved_list(variables: dict[str, np.ndarray], prefix: str) -> list[np.ndarray]:
     """The arrays saved as `<prefix>_0`, `<prefix>_1`, ... in order."""
     count = sum(name.startswith(f"{prefix}_") for name in variables)
@@ -296,10 +306,50 @@ class EpochCheckpointer(keras.callbacks.Callback):
         self.checkpoint.save(self.model, self.state)
 
 
-def check_finite(history: dict[str, list[float]], *, learning_rate: float) -> None:
-    """Training stops at the first epoch whose loss is not finite: the run fails there."""
+def weight_penalty(model: keras.Model) -> float:
+    """What weight decay (the layers' L2 regularizers) adds to the loss at the model's current weights, in float64:
+    the float32 Keras computes it in overflows for a huge decay."""
+    return sum(
+        variable.regularizer.l2 * float(np.sum(np.square(variable.numpy(), dtype=np.float64)))
+        for variable in model.trainable_variables
+        if variable.regularizer is not None
+    )
+
+
+def check_finite(
+    history: dict[str, list[float]],
+    *,
+    inputs: np.ndarray,
+    learning_rate: float,
+    weight_decay: float,
+    initial_penalty: float,
+) -> None:
+    """Training stops at the first epoch whose loss is not finite: the run fails there, naming the likely cause."""
     if history and not math.isfinite(loss := history["loss"][-1]):
+        cause = divergence_cause(
+            inputs, learning_rate=learning_rate, weight_decay=weight_decay, initial_penalty=initial_penalty
+        )
         raise TrainingDiverged(
             f"training diverged: the loss became {loss} in epoch {len(history['loss'])}; nothing was registered. "
-            f"Lower optimizer.learning_rate (now {learning_rate:g}) or check the input scaling"
+            + cause
         )
+
+
+def divergence_cause(inputs: np.ndarray, *, learning_rate: float, weight_decay: float, initial_penalty: float) -> str:
+    """The likely cause of a non-finite loss, from what can be checked: the inputs, the weight decay (its penalty
+    at the initial weights, and its step), and otherwise the learning rate."""
+    if np.issubdtype(inputs.dtype, np.floating) and (count := int(np.count_nonzero(~np.isfinite(inputs)))):
+        return f"The training inputs hold {count:,} NaN or infinite values: fix the data they come from"
+    if initial_penalty > float(np.finfo(np.float32).max):  # the loss is float32
+        return (
+            f"Lower model.l2_weight_decay (now {weight_decay:g}): the penalty it adds to the loss is already "
+            f"{initial_penalty:.3g} at the initial weights, beyond float32's range"
+        )
+    # Gradient descent on the penalty alone scales each weight by 1 - 2 x learning rate x decay: from a product
+    # of 1 on, every step overshoots zero by more than the weight itself, and the weights grow without bound.
+    if learning_rate * weight_decay >= 1:
+        return (
+            f"Lower model.l2_weight_decay (now {weight_decay:g}) or optimizer.learning_rate (now {learning_rate:g}): "
+            f"their product is {learning_rate * weight_decay:g}; from 1 on, the decay alone makes each step overshoot"
+        )
+    return f"Lower optimizer.learning_rate (now {learning_rate:g}) or check the input scaling"

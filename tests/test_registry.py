@@ -88,3 +88,20 @@ def test_a_registered_model_made_without_a_description_gets_one_and_a_users_stay
     client.update_registered_model(NAME, description="the team's digits models")
     add_version(client, 0.96)
     assert client.get_registered_model(NAME).description == "the team's digits models"
+
+
+def test_scoring_the_champion_again_says_it_stays(client):
+    run = client.create_run("0")
+    promote_if_best(client, NAME, add_version(client, 0.95, run=run))
+    # evaluate run again on the same run: the same version, the alias where it was
+    decision = promote_if_best(client, NAME, add_version(client, 0.95, run=run))
+    assert (
+        decision
+        == "version 1 stays the champion with test accuracy 0.9500, the only version scored on this full test set"
+    )
+    promote_if_best(client, NAME, add_version(client, 0.90))
+    decision = promote_if_best(client, NAME, add_version(client, 0.95, run=run))
+    assert champion(client) == "1"
+    assert decision == (
+        "version 1 stays the champion with test accuracy 0.9500, ahead of version 2's 0.9000 on the same full test set"
+    )

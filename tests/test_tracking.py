@@ -3,19 +3,23 @@ first users create one sound store; a run whose process was killed is ended FAIL
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import warnings
 
+import numpy as np
 import pytest
 from conftest import REPOSITORY
 from mlflow.tracking import MlflowClient
 
 from pipeline import run_owner, tracking
 from pipeline.errors import ConfigError
+from pipeline.splits import Split
 
 # A bare environment for stage-like subprocesses: no MLFLOW_TRACKING_URI, no DVC_ROOT.
 SUBPROCESS_ENVIRONMENT = {"PYTHONPATH": str(REPOSITORY), "PATH": "/usr/bin:/bin"}
@@ -41,11 +45,43 @@ def test_run_ends_finished_and_artifacts_sit_beside_the_store(store, tmp_path):
 
 def test_exception_marks_failed_and_interrupt_marks_killed(store):
     with pytest.raises(ValueError), tracking.pipeline_run(experiment_name="test") as failed:
-        raise ValueError("boom")
+        raise ValueError("boom\n  on two lines")
     with pytest.raises(KeyboardInterrupt), tracking.pipeline_run(experiment_name="test") as killed:
         raise KeyboardInterrupt
-    assert store.get_run(failed.info.run_id).info.status == "FAILED"
+    ended = store.get_run(failed.info.run_id)
+    assert ended.info.status == "FAILED"
+    assert ended.data.tags["failure.reason"] == "ValueError: boom on two lines"
     assert store.get_run(killed.info.run_id).info.status == "KILLED"
+
+
+def test_a_failure_reason_never_carries_a_login():
+    error = OSError("cannot reach https://alice:s3cret@mirror.example/mnist/ nor postgresql://bob:pw@db/mlflow")
+    reason = tracking.failure_reason(error)
+    assert reason == "OSError: cannot reach https://mirror.example/mnist/ nor postgresql://db/mlflow"
+
+
+def test_the_same_metrics_logged_again_add_no_point(store):
+    with tracking.pipeline_run(experiment_name="test") as run:
+        tracking.log_new_metrics(run.info.run_id, {"test_accuracy": 0.5, "test_loss": 1.25})
+    for accuracy in (0.5, 0.75):  # evaluate run again: the same score, then another (a changed test set)
+        with tracking.pipeline_run(run_id=run.info.run_id):
+            tracking.log_new_metrics(run.info.run_id, {"test_accuracy": accuracy, "test_loss": 1.25})
+    history = store.get_metric_history(run.info.run_id, "test_accuracy")
+    assert [point.value for point in history] == [0.5, 0.75]
+    assert len(store.get_metric_history(run.info.run_id, "test_loss")) == 1
+
+
+def test_a_mirror_folder_is_logged_as_a_local_dataset_source_without_a_warning(store, tmp_path):
+    split = Split(np.zeros((4, 3), np.uint8), np.arange(4) % 2)
+    with warnings.catch_warnings(), tracking.pipeline_run(experiment_name="test") as run:
+        warnings.simplefilter("error")  # MLflow's "can be interpreted in multiple ways" among them
+        sources = {"mirrored": tmp_path.as_uri() + "/", "public": "https://mirror.example/digits/"}
+        for name, source in sources.items():
+            tracking.log_datasets({"train": split}, dataset_name=name, source=source, context="training")
+    inputs = {item.dataset.name: item.dataset for item in store.get_run(run.info.run_id).inputs.dataset_inputs}
+    assert inputs["mirrored-train"].source_type == "local"
+    assert json.loads(inputs["mirrored-train"].source) == {"uri": sources["mirrored"]}
+    assert inputs["public-train"].source_type == "http"
 
 
 def test_reopened_run_keeps_its_id(store):
