@@ -6,7 +6,7 @@ scikit-learn's MLPClassifier with the same layers and batch, Keras' own loop at 
                                         [--output FILE]
 
 Each contender runs in its own process (so its peak memory is its own) on the
-same MNIST files: data/raw/ if the download stage ran, else MLP_DATA_MIRROR's
+same MNIST files: data/raw/mnist/ if the download stage ran, else MLP_DATA_MIRROR's
 mnist/ folder. The table gives seconds per epoch (median of epochs 2..N, the
 first one pays for tracing), images per second (the ratios compare these: the plain program's
 epochs hold 60,000 images, the pipeline's 54,000), test accuracy (with --vary-seed
@@ -48,7 +48,7 @@ PARAMETERS = 784 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10  # 269,322
 
 
 def mnist_folder() -> Path:
-    for folder in (REPOSITORY / "data/raw", Path(os.environ.get("MLP_DATA_MIRROR", "/nonexistent")) / "mnist"):
+    for folder in (REPOSITORY / "data/raw/mnist", Path(os.environ.get("MLP_DATA_MIRROR", "/nonexistent")) / "mnist"):
         if all((folder / name).exists() for name in MNIST_FILES + TEST_FILES):
             return folder
     sys.exit("no MNIST files: run `dvc repro download` or set MLP_DATA_MIRROR to a folder holding mnist/")
@@ -104,10 +104,10 @@ def sklearn(epochs: int, seed_offset: int) -> dict:
 
 
 def pipeline(epochs: int, seed_offset: int) -> dict:
-    """The train stage's path: pipeline.train.train() on data/processed (54,000 images + validation)."""
+    """The train stage's path: pipeline.train.train() on data/processed/mnist (54,000 images + validation)."""
     from pipeline.config import load_params
     from pipeline.evaluate import evaluate
-    from pipeline.paths import PARAMS_FILE, PROCESSED_DIRECTORY
+    from pipeline.paths import PARAMS_FILE, processed_directory
     from pipeline.splits import load_split
     from pipeline.train import train_with_params
 
@@ -115,8 +115,9 @@ def pipeline(epochs: int, seed_offset: int) -> dict:
     params = load_params(PARAMS_FILE)
     train = params.train.model_copy(update={"epochs": epochs})
     params = params.model_copy(update={"train": train, "seed": params.seed + seed_offset})
-    training, validation = (load_split(PROCESSED_DIRECTORY, name) for name in ("train", "validation"))
-    test = load_split(PROCESSED_DIRECTORY, "test")
+    processed = processed_directory(params.dataset.name)
+    training, validation = (load_split(processed, name) for name in ("train", "validation"))
+    test = load_split(processed, "test")
     timer = epoch_timer()
     model, _ = train_with_params(params, training, validation, callbacks=[timer])
     accuracy = evaluate(model, test.inputs, test.labels, class_names=[str(digit) for digit in range(10)])["test"][
@@ -136,13 +137,14 @@ def keras_fit(epochs: int, seed_offset: int) -> dict:
     from pipeline.config import load_params
     from pipeline.evaluate import evaluate
     from pipeline.model import build_mlp, make_optimizer
-    from pipeline.paths import PARAMS_FILE, PROCESSED_DIRECTORY
+    from pipeline.paths import PARAMS_FILE, processed_directory
     from pipeline.splits import load_split
 
     os.chdir(REPOSITORY)
     params = load_params(PARAMS_FILE)
     seed = params.seed + seed_offset
-    training, validation, test = (load_split(PROCESSED_DIRECTORY, name) for name in ("train", "validation", "test"))
+    processed = processed_directory(params.dataset.name)
+    training, validation, test = (load_split(processed, name) for name in ("train", "validation", "test"))
     keras.utils.set_random_seed(seed)
     model = build_mlp(
         training.inputs, num_classes=10, task="multiclass", config=params.model, scaling=params.dataset.scaling
@@ -267,7 +269,7 @@ def prepare_worktree(tree: Path, revision: str, environment: dict) -> None:
     subprocess.run(["git", "worktree", "add", "--detach", str(tree), revision], cwd=REPOSITORY, check=True)
     run = lambda *command: subprocess.run(command, cwd=tree, env=environment, capture_output=True, text=True)  # noqa: E731
     run("dvc", "config", "--local", "cache.dir", str(REPOSITORY / ".dvc" / "cache"))
-    run("dvc", "checkout", "data/raw", "data/processed")
+    run("dvc", "checkout", "download", "preprocess")  # their outputs, wherever the revision keeps them
     run(sys.executable, "-c", "from pipeline.tracking import open_store; open_store()")
 
 

@@ -64,7 +64,7 @@ class StrictModel(BaseModel):
 class FileSpec(StrictModel):
     """A raw file of a dataset, pinned by size and checksum."""
 
-    name: FileName  # in data/raw/ and in a mirror's <dataset>/ folder
+    name: FileName  # in data/raw/<dataset>/ and in a mirror's <dataset>/ folder
     remote_name: FileName | None = None  # the name at the public URLs, where it differs
     size: PositiveInt  # bytes
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
@@ -107,7 +107,8 @@ class DatasetConfig(StrictModel):
     format: Literal[tuple(FORMAT_FILES)]  # type: ignore[valid-type]
     # multiclass: softmax over num_classes; binary: one sigmoid unit, binary cross-entropy.
     task: Literal["multiclass", "binary"]
-    urls: list[Annotated[str, Field(pattern=r"^https?://")]] = Field(min_length=1)
+    # Base URLs, tried in order: http(s):// or, for files kept on this machine, file://.
+    urls: list[Annotated[str, Field(pattern=r"^(https?|file)://")]] = Field(min_length=1)
     files: dict[str, FileSpec]
     input_shape: list[PositiveInt] = Field(min_length=1, max_length=3)
     num_classes: int = Field(ge=2)

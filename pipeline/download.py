@@ -1,4 +1,4 @@
-"""Stage `download`: fetch the dataset's raw files into data/raw/, each verified by size and checksum.
+"""Stage `download`: fetch the dataset's raw files into data/raw/<dataset>/, each verified by size and checksum.
 
 A file already present and verified is kept without network access. URLs are tried in order,
 each with a timeout and a few attempts with backoff; a broken transfer resumes with an HTTP
@@ -22,7 +22,7 @@ from tqdm import tqdm
 from pipeline.config import FileSpec, load_params
 from pipeline.errors import ConfigError, DownloadError
 from pipeline.files import read_json_object, write_json
-from pipeline.paths import DATA_SOURCES_FILE, RAW_DIRECTORY
+from pipeline.paths import data_sources_file, raw_directory
 from pipeline.stage import run_stage
 
 logger = logging.getLogger(__name__)
@@ -49,12 +49,13 @@ def download(
     attempts: int = ATTEMPTS,
     backoff_seconds: float = BACKOFF_SECONDS,
 ) -> list[Path]:
-    """Make every file present and verified under `destination`; return their paths.
+    """Make every file present and verified under `destination`; return their paths. Where each came from is
+    recorded beside it (data/raw/<dataset>.sources.json).
 
     `urls` are base URLs tried in order. A `mirror` (a folder, file:// or http(s):// base
     holding <dataset_name>/<file name>) replaces them."""
     destination.mkdir(parents=True, exist_ok=True)
-    record = destination.with_name(DATA_SOURCES_FILE.name)  # data/raw -> data/sources.json
+    record = data_sources_file(destination)
     served = read_json_object(record)
     if mirror and "://" not in mirror:
         mirror = Path(mirror).expanduser().resolve().as_uri()
@@ -87,9 +88,10 @@ def download(
 
 def _fetch(session, spec: FileSpec, sources: list[str], path: Path, timeout, attempts, backoff_seconds) -> str:
     """Fetch the first of `sources` that verifies into `path`; return its URL without credentials."""
-    # A fixed name beside the final file: the next run resumes an interrupted
-    # download, and the rename is atomic (same folder).
-    partial = path.with_name(f".{spec.name}.part")
+    # A fixed name beside the dataset's folder (data/raw/.<dataset>.<file>.part), not in it: DVC empties
+    # the folder, the stage's output, before the stage runs, and the next run resumes an interrupted
+    # download. The rename is atomic (same file system).
+    partial = path.parent.with_name(f".{path.parent.name}.{spec.name}.part")
     failures = []
     for url in sources:
         try:
@@ -185,7 +187,13 @@ def main() -> None:
     mirror = os.environ.get(MIRROR_ENVIRONMENT_VARIABLE) or params.mirror
     if mirror:
         logger.info("downloading from mirror %s instead of the public URLs", mirror)
-    download(list(dataset.files.values()), RAW_DIRECTORY, urls=dataset.urls, dataset_name=dataset.name, mirror=mirror)
+    download(
+        list(dataset.files.values()),
+        raw_directory(dataset.name),
+        urls=dataset.urls,
+        dataset_name=dataset.name,
+        mirror=mirror,
+    )
 
 
 if __name__ == "__main__":

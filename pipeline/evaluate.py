@@ -2,8 +2,8 @@
 
 Reads params `dataset` (name, urls, files, num_classes, class_names, task, max_test_samples, and input_shape,
 which the test split is checked against), `train.loss`, `mlflow.registered_model_name`, data/model/,
-data/processed/test.npz and reports/training_history.csv; writes reports/metrics.json (DVC metrics: the test
-accuracy, loss and macro F1, the last epoch's validation accuracy, the weights' sha256, the MLflow run id),
+data/processed/<dataset>/test.npz and reports/training_history.csv; writes reports/metrics.json (DVC metrics:
+the test accuracy, loss and macro F1, the last epoch's validation accuracy, the weights' sha256, the MLflow run id),
 reports/per_class_metrics.json (a report, not DVC metrics: 4 scores per class would crowd `dvc exp show`),
 reports/confusion_matrix.csv (for `dvc plots`' confusion template), reports/confusion_matrix.png,
 reports/learning_curves.png and reports/classification_report.txt.
@@ -50,7 +50,7 @@ from pipeline.paths import (
     METRICS_FILE,
     MODEL_FILE,
     PER_CLASS_METRICS_FILE,
-    PROCESSED_DIRECTORY,
+    processed_directory,
     repair_hint,
     rerun_hint,
 )
@@ -203,7 +203,7 @@ def main() -> None:
     dataset = params.dataset
     record = read_run_file()
     run_id = record["run_id"]
-    (test_split,) = load_splits(PROCESSED_DIRECTORY, ["test"], dataset)
+    (test_split,) = load_splits(processed_directory(dataset.name), ["test"], dataset)
     model = load_model(MODEL_FILE)
     targets = training_targets(
         test_split.labels, loss=params.train.loss, task=dataset.task, num_classes=dataset.num_classes
@@ -231,7 +231,7 @@ def main() -> None:
         write_reports(results, test_split.labels, history, metrics, class_names=dataset.class_names)
         log_new_metrics(run_id, {f"test_{name}": value for name, value in results["test"].items()})
         add_lock_md5s(run_id)  # dvc.lock now holds the upstream stages as they ran for this model
-        source = dataset_source(dataset.files, dataset.urls)
+        source = dataset_source(dataset.name, dataset.files, dataset.urls)
         log_datasets({"test": test_split}, dataset_name=dataset.name, source=source, context="test")
         summary = run_summary(model, run_id, dataset_name=dataset.name, accuracy=accuracy, scope=scope)
         # What `mlp diff` and the registry compare runs by: their examples pair only on the same test set.

@@ -23,7 +23,7 @@ from pipeline.config import FileSpec, read_text, read_yaml
 from pipeline.files import file_digest, read_json_object
 from pipeline.git import git_or_empty
 from pipeline.overrides import hydra_overrides
-from pipeline.paths import CONFIG_DIRECTORY, DATA_SOURCES_FILE, LOCK_FILE, PARAMS_FILE, RAW_DIRECTORY, REQUIREMENTS_LOCK
+from pipeline.paths import CONFIG_DIRECTORY, LOCK_FILE, PARAMS_FILE, REQUIREMENTS_LOCK, data_sources_file, raw_directory
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def log_new_run_lineage(dataset_name: str, raw_files: dict[str, FileSpec]) -> di
     record = {
         "code": code,
         # Computed, not copied from the pins: a dataset may pin only an md5.
-        "data": {"dataset": dataset_name, **data_record(raw_files)},
+        "data": {"dataset": dataset_name, **data_record(dataset_name, raw_files)},
         "config": {"overrides": hydra_overrides(params), "params": params, "artifact": "config/params.yaml"},
         "software": environment["packages"],
         "environment": {
@@ -111,11 +111,12 @@ def code_record() -> tuple[dict[str, Any], str]:
     return code, diff
 
 
-def data_record(raw_files: dict[str, FileSpec]) -> dict[str, Any]:
+def data_record(dataset_name: str, raw_files: dict[str, FileSpec]) -> dict[str, Any]:
     """Each raw file's sha256 and source, and one digest over them all: `sha256sum <files> | sha256sum`."""
-    sources = data_sources(raw_files)
+    sources = data_sources(dataset_name, raw_files)
     names = sorted(spec.name for spec in raw_files.values())
-    files = {name: {"sha256": file_digest(RAW_DIRECTORY / name), "source": sources[name]} for name in names}
+    folder = raw_directory(dataset_name)
+    files = {name: {"sha256": file_digest(folder / name), "source": sources[name]} for name in names}
     listing = "".join(f"{entry['sha256']}  {name}\n" for name, entry in files.items())
     return {"sha256": hashlib.sha256(listing.encode("utf-8")).hexdigest(), "files": files}
 
@@ -153,13 +154,13 @@ def add_lock_md5s(run_id: str) -> None:
     mlflow.log_dict({**record, "dvc": lock_md5s()}, LINEAGE_ARTIFACT)
 
 
-def data_sources(raw_files: dict[str, FileSpec]) -> dict[str, str]:
-    """Where each raw file came from, as the download stage recorded it: a mirror or a public URL."""
-    served = read_json_object(DATA_SOURCES_FILE)
+def data_sources(dataset_name: str, raw_files: dict[str, FileSpec]) -> dict[str, str]:
+    """Where each raw file came from, as the download stage recorded it: a mirror or one of the URLs."""
+    served = read_json_object(data_sources_file(raw_directory(dataset_name)))
     return {spec.name: str(served.get(spec.name, "unknown")) for spec in raw_files.values()}
 
 
-def dataset_source(raw_files: dict[str, FileSpec], urls: list[str]) -> str:
+def dataset_source(dataset_name: str, raw_files: dict[str, FileSpec], urls: list[str]) -> str:
     """The source to show for the dataset in MLflow: the folder the first file came from, else the first URL."""
-    first = next(iter(data_sources(raw_files).values()))
+    first = next(iter(data_sources(dataset_name, raw_files).values()))
     return first.rsplit("/", 1)[0] + "/" if "/" in first else urls[0]

@@ -11,12 +11,11 @@ CONFIG_DIRECTORY = Path("conf")
 LOCK_FILE = Path("dvc.lock")
 REQUIREMENTS_LOCK = Path("requirements.lock")
 
-# Data: DVC-tracked, kept out of git
-RAW_DIRECTORY = Path("data/raw")
-# Where this workspace's raw files came from (a mirror or a public URL), per file. Not a
-# DVC output: the files are the same, verified by checksum, whichever source served them.
-DATA_SOURCES_FILE = RAW_DIRECTORY.with_name("sources.json")
-PROCESSED_DIRECTORY = Path("data/processed")
+# Data: DVC-tracked, kept out of git. Each dataset has folders of its own (dvc.yaml names them
+# with ${dataset.name}): datasets whose files share names (MNIST, Fashion-MNIST) never overwrite
+# each other, and switching back to one restores its raw files from DVC's cache.
+RAW_ROOT = Path("data/raw")
+PROCESSED_ROOT = Path("data/processed")
 MODEL_DIRECTORY = Path("data/model")
 MODEL_FILE = MODEL_DIRECTORY / "model.keras"
 # The MLflow run the train stage opened, which the evaluate stage finishes.
@@ -46,6 +45,24 @@ STUDY_REPORTS_DIRECTORY = REPORTS_DIRECTORY / "studies"
 # MLflow's default store, at the repository root
 STORE_FILE = "mlflow.db"
 ARTIFACTS_DIRECTORY = "mlartifacts"
+
+
+def raw_directory(dataset_name: str) -> Path:
+    """The dataset's published files, as the download stage verified them."""
+    return RAW_ROOT / dataset_name
+
+
+def data_sources_file(raw_folder: Path) -> Path:
+    """Where the files in `raw_folder` came from (a mirror, a URL, a local file), per file name.
+
+    Beside the folder, not in it: not a DVC output, as the files are the same, verified by checksum,
+    whichever source served them."""
+    return raw_folder.with_name(f"{raw_folder.name}.sources.json")  # data/raw/<dataset>.sources.json
+
+
+def processed_directory(dataset_name: str) -> Path:
+    """The dataset's splits, {train,validation,test}.npz, as the preprocess stage wrote them."""
+    return PROCESSED_ROOT / dataset_name
 
 
 def rerun_hint(stage: str) -> str:

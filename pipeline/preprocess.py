@@ -1,6 +1,6 @@
 """Stage `preprocess`: decode and validate the raw files, split and flatten.
 
-Reads params `seed`, `dataset` and data/raw/; writes data/processed/{train,validation,test}.npz
+Reads params `seed`, `dataset` and data/raw/<dataset>/; writes data/processed/<dataset>/{train,validation,test}.npz
 (raw inputs, flattened: uint8 pixels or float32 table values; integer labels),
 reports/class_counts.json (examples per class in each split) and
 reports/samples.png (a 5x5 grid of random training images with their class, or
@@ -29,7 +29,7 @@ from pipeline.decoders import RawData, read_dataset
 from pipeline.errors import DataError
 from pipeline.figures import save_figure
 from pipeline.files import write_json
-from pipeline.paths import CLASS_COUNTS_FILE, PROCESSED_DIRECTORY, RAW_DIRECTORY, SAMPLES_FILE
+from pipeline.paths import CLASS_COUNTS_FILE, SAMPLES_FILE, processed_directory, raw_directory
 from pipeline.splits import Split, save_split
 from pipeline.stage import run_stage
 
@@ -119,13 +119,13 @@ def _held_out(inputs: np.ndarray, labels: np.ndarray, seed: int, **size):
 def main() -> None:
     params = load_params()
     dataset = params.dataset
-    raw = read_dataset(dataset, RAW_DIRECTORY)
+    raw = read_dataset(dataset, raw_directory(dataset.name))
     save_samples_figure(
         raw.train_inputs, raw.train_labels, SAMPLES_FILE, class_names=dataset.class_names, seed=params.seed
     )
     splits = preprocess(raw, dataset=dataset, seed=params.seed)
     for name, split in splits.items():
-        save_split(PROCESSED_DIRECTORY / f"{name}.npz", split)
+        save_split(processed_directory(dataset.name) / f"{name}.npz", split)
         logger.info("%s: %d examples of %d features", name, *split.inputs.shape)
     write_json(CLASS_COUNTS_FILE, class_counts(splits, dataset.num_classes))
 

@@ -40,8 +40,8 @@ from pipeline.paths import (
     MODEL_CONFIG_FILE,
     MODEL_FILE,
     PARAMS_FILE,
-    PROCESSED_DIRECTORY,
     SUMMARY_FILE,
+    processed_directory,
 )
 from pipeline.search import trial as search_trial
 from pipeline.splits import Split, load_splits, training_targets
@@ -243,7 +243,7 @@ def record_inputs(run: mlflow.ActiveRun, params: Params, splits: dict[str, Split
     mlflow.log_artifact(str(PARAMS_FILE), artifact_path="config")
     record = lineage.log_new_run_lineage(params.dataset.name, params.dataset.files)
     mlflow.set_tag("mlflow.runName", run_name(record["config"]["overrides"]))
-    source = lineage.dataset_source(params.dataset.files, params.dataset.urls)
+    source = lineage.dataset_source(params.dataset.name, params.dataset.files, params.dataset.urls)
     log_datasets(splits, dataset_name=params.dataset.name, source=source, context="training")
 
 
@@ -296,7 +296,8 @@ def main() -> None:
     arguments = parser.parse_args()
     params = load_params()
     determinism.enter(params.train.determinism)
-    training, validation = load_splits(PROCESSED_DIRECTORY, ["train", "validation"], params.dataset)
+    processed = processed_directory(params.dataset.name)
+    training, validation = load_splits(processed, ["train", "validation"], params.dataset)
     if arguments.hash_only:
         model, _ = train_with_params(params, training, validation)
         print(weights_sha256(model))

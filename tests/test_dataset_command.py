@@ -10,6 +10,7 @@ import io
 import pickle
 import shutil
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,6 +67,35 @@ def test_the_command_writes_a_dataset_that_composes_into_valid_params(tmp_path, 
     params = parse_params(compose(["dataset=digits2"], config_directory=tmp_path / "conf"))
     assert params.dataset.class_names[9] == "nine"
     assert params.mlflow.registered_model_name == "digits2-mlp"
+
+
+def test_local_files_without_a_url_are_read_from_their_folders(tmp_path):
+    """Given as paths or file:// URLs, with no --url: the files' folders become file:// URLs, so the dataset
+    works with no network and no mirror; the download stage reads file:// URLs as it reads http(s)://."""
+    files, specs = tiny_idx_files(tmp_path / "downloads")
+    elsewhere = tmp_path / "elsewhere" / specs["test_labels"]["name"]
+    elsewhere.parent.mkdir()
+    shutil.move(files["test_labels"], elsewhere)
+    given = {**files, "train_labels": Path(files["train_labels"]).as_uri(), "test_labels": elsewhere.as_uri()}
+    dataset = add_dataset("local", file_format="idx", files=given, config_directory=tmp_path / "conf")
+    assert dataset.urls == [(tmp_path / "downloads").as_uri() + "/", (tmp_path / "elsewhere").as_uri() + "/"]
+    assert dataset.files["test_labels"].sha256 == specs["test_labels"]["sha256"]
+    folder = add_dataset(
+        "folder",
+        file_format="idx",
+        urls=[str(tmp_path / "downloads")],
+        files=files | {"test_labels": str(elsewhere)},
+        config_directory=tmp_path / "conf",
+    )
+    assert folder.urls == [(tmp_path / "downloads").as_uri() + "/"]  # a folder given as --url: its file:// URL
+    with pytest.raises(ConfigError, match="--remote-name is a file's name at a --url: give the --url too"):
+        add_dataset(
+            "renamed",
+            file_format="idx",
+            files=files | {"test_labels": str(elsewhere)},
+            remote_names={"train_images": "x.gz"},
+            config_directory=tmp_path / "conf",
+        )
 
 
 def test_an_existing_config_is_refused_unless_forced(tmp_path):
@@ -206,6 +236,6 @@ def test_an_added_dataset_trains_through_dvc_exp_run(tmp_path_factory, tiny_data
     assert params["dataset"]["name"] == "second_digits"
     metrics = yaml.safe_load((project / "reports/metrics.json").read_text())
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
-    assert (project / "data/raw/train-images-idx3-ubyte.gz").read_bytes() == (
+    assert (project / "data/raw/second_digits/train-images-idx3-ubyte.gz").read_bytes() == (
         served / "train-images-idx3-ubyte.gz"
     ).read_bytes()

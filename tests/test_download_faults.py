@@ -24,6 +24,7 @@ from pipeline.errors import DownloadError
 
 PAYLOAD = bytes(range(256)) * 4000  # 1,024,000 bytes: many network chunks
 NAME = "payload.bin"
+DATASET = "any"  # downloaded into <tmp_path>/any/, as into data/raw/<dataset>/
 SPEC = FileSpec(name=NAME, sha256=hashlib.sha256(PAYLOAD).hexdigest(), size=len(PAYLOAD))
 FAST = {"timeout": (2, 0.5), "attempts": 3, "backoff_seconds": 0.01}
 
@@ -91,56 +92,74 @@ def fresh_log():
 
 
 def final_files(folder):
-    return sorted(path.name for path in folder.iterdir())
+    """The files under `folder`, partial downloads included, but not the record of their sources."""
+    files = [path for path in folder.rglob("*") if path.is_file() and not path.name.endswith(".sources.json")]
+    return sorted(path.relative_to(folder).as_posix() for path in files)
 
 
 @pytest.mark.parametrize("fault", ["404", "500", "truncate", "flip", "stall", "reset"])
 def test_each_fault_moves_on_to_the_next_mirror(tmp_path, server, fault):
-    download([SPEC], tmp_path, urls=[f"{server}/{fault}/", f"{server}/ok/"], dataset_name="any", mirror=None, **FAST)
-    assert (tmp_path / NAME).read_bytes() == PAYLOAD
-    assert final_files(tmp_path) == [NAME]  # no partial file left behind
+    download(
+        [SPEC],
+        tmp_path / DATASET,
+        urls=[f"{server}/{fault}/", f"{server}/ok/"],
+        dataset_name=DATASET,
+        mirror=None,
+        **FAST,
+    )
+    assert (tmp_path / DATASET / NAME).read_bytes() == PAYLOAD
+    assert final_files(tmp_path) == [f"{DATASET}/{NAME}"]  # no partial file left behind
 
 
 @pytest.mark.parametrize("fault", ["404", "500", "truncate", "flip", "stall", "reset"])
 def test_no_unverified_file_under_the_final_name(tmp_path, server, fault):
     with pytest.raises(DownloadError):
-        download([SPEC], tmp_path, urls=[f"{server}/{fault}/"], dataset_name="any", mirror=None, **FAST)
-    assert not (tmp_path / NAME).exists()
+        download([SPEC], tmp_path / DATASET, urls=[f"{server}/{fault}/"], dataset_name=DATASET, mirror=None, **FAST)
+    assert not (tmp_path / DATASET / NAME).exists()
     assert final_files(tmp_path) == []
 
 
 def test_a_broken_transfer_is_resumed_with_a_range_request(tmp_path, server):
-    download([SPEC], tmp_path, urls=[f"{server}/reset_once/"], dataset_name="any", mirror=None, **FAST)
-    assert (tmp_path / NAME).read_bytes() == PAYLOAD
+    download([SPEC], tmp_path / DATASET, urls=[f"{server}/reset_once/"], dataset_name=DATASET, mirror=None, **FAST)
+    assert (tmp_path / DATASET / NAME).read_bytes() == PAYLOAD
     ranges = [header for _, header in FaultyHandler.requests]
     assert ranges[0] is None
     assert ranges[1] is not None and ranges[1].startswith("bytes=") and ranges[1] != "bytes=0-"
 
 
 def test_a_truncated_body_is_resumed(tmp_path, server):
-    download([SPEC], tmp_path, urls=[f"{server}/truncate_once/"], dataset_name="any", mirror=None, **FAST)
-    assert (tmp_path / NAME).read_bytes() == PAYLOAD
+    download([SPEC], tmp_path / DATASET, urls=[f"{server}/truncate_once/"], dataset_name=DATASET, mirror=None, **FAST)
+    assert (tmp_path / DATASET / NAME).read_bytes() == PAYLOAD
     # Resumed from what had arrived (whole network chunks of the first half).
     resumed_from = int(FaultyHandler.requests[1][1].removeprefix("bytes=").removesuffix("-"))
     assert 0 < resumed_from <= len(PAYLOAD) // 2
 
 
 def test_a_server_ignoring_range_restarts_cleanly(tmp_path, server):
-    download([SPEC], tmp_path, urls=[f"{server}/reset_once_norange/"], dataset_name="any", mirror=None, **FAST)
-    assert (tmp_path / NAME).read_bytes() == PAYLOAD
+    download(
+        [SPEC], tmp_path / DATASET, urls=[f"{server}/reset_once_norange/"], dataset_name=DATASET, mirror=None, **FAST
+    )
+    assert (tmp_path / DATASET / NAME).read_bytes() == PAYLOAD
 
 
 def test_an_interrupted_run_is_resumed_by_the_next(tmp_path, server):
     # What a killed run leaves: the first half under the partial name.
-    (tmp_path / f".{NAME}.part").write_bytes(PAYLOAD[:400_000])
-    download([SPEC], tmp_path, urls=[f"{server}/ok/"], dataset_name="any", mirror=None, **FAST)
-    assert (tmp_path / NAME).read_bytes() == PAYLOAD
+    (tmp_path / f".{DATASET}.{NAME}.part").write_bytes(PAYLOAD[:400_000])
+    download([SPEC], tmp_path / DATASET, urls=[f"{server}/ok/"], dataset_name=DATASET, mirror=None, **FAST)
+    assert (tmp_path / DATASET / NAME).read_bytes() == PAYLOAD
     assert FaultyHandler.requests == [("/ok/payload.bin", "bytes=400000-")]
 
 
 def test_404_is_not_retried_but_500_is(tmp_path, server):
     with pytest.raises(DownloadError):
-        download([SPEC], tmp_path, urls=[f"{server}/404/", f"{server}/500/"], dataset_name="any", mirror=None, **FAST)
+        download(
+            [SPEC],
+            tmp_path / DATASET,
+            urls=[f"{server}/404/", f"{server}/500/"],
+            dataset_name=DATASET,
+            mirror=None,
+            **FAST,
+        )
     paths = [path for path, _ in FaultyHandler.requests]
     assert paths.count("/404/payload.bin") == 1
     assert paths.count("/500/payload.bin") == FAST["attempts"]
@@ -149,7 +168,7 @@ def test_404_is_not_retried_but_500_is(tmp_path, server):
 def test_the_error_names_every_url_and_why_it_failed(tmp_path, server):
     urls = [f"{server}/{fault}/" for fault in ("404", "500", "flip", "stall")]
     with pytest.raises(DownloadError) as error:
-        download([SPEC], tmp_path, urls=urls, dataset_name="any", mirror=None, **FAST)
+        download([SPEC], tmp_path / DATASET, urls=urls, dataset_name=DATASET, mirror=None, **FAST)
     message = str(error.value)
     assert f"could not get a verified {NAME} from any URL" in message
     assert f"{server}/404/{NAME}: HTTP 404" in message

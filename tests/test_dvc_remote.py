@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 from cheroot import wsgi
-from conftest import make_tiny_project, run
+from conftest import TINY_DATASET, make_tiny_project, run
 from wsgidav.wsgidav_app import WsgiDAVApp
 
 pytestmark = pytest.mark.slow
 
 STAGES = ("validate", "download", "preprocess", "train", "evaluate")
-DATA = ("data/raw", "data/processed", "data/model")
+DATA = (f"data/raw/{TINY_DATASET}", f"data/processed/{TINY_DATASET}", "data/model")
 GIT = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com"]
 
 

@@ -54,9 +54,9 @@ def test_repro_runs_every_stage_and_writes_outputs(project):
     for stage in STAGES:
         assert f"Running stage '{stage}'" in result.stdout
     for name in ("train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
-        assert (path / "data/raw" / name).is_file()
+        assert (path / "data/raw" / TINY_DATASET / name).is_file()
     for split in ("train", "validation", "test"):
-        with np.load(path / f"data/processed/{split}.npz") as arrays:
+        with np.load(path / f"data/processed/{TINY_DATASET}/{split}.npz") as arrays:
             assert arrays["inputs"].shape[1] == 784
             assert arrays["inputs"].dtype == np.uint8  # raw pixels: the model scales them
     assert (path / "data/model/model.keras").stat().st_size > 0
@@ -69,9 +69,10 @@ def test_repro_runs_every_stage_and_writes_outputs(project):
     config = json.loads((path / "reports/model_config.json").read_text())
     assert keras.Sequential.from_config(config).count_params() == 269_322
     assert (path / "reports/architecture.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not list(path.glob("data/raw/*.part")), "no temporary download may remain"
+    assert not list(path.glob("data/raw/**/*.part")), "no temporary download may remain"
     # DVC-managed data stays out of git.
-    for name in ("data/raw/train-images-idx3-ubyte.gz", "data/processed/test.npz", "data/model/model.keras"):
+    data = (f"data/raw/{TINY_DATASET}/t10k-labels-idx1-ubyte.gz", f"data/processed/{TINY_DATASET}/test.npz")
+    for name in (*data, "data/model/model.keras"):
         run(["git", "check-ignore", "-q", name], cwd=path)
 
 
@@ -83,7 +84,7 @@ def test_the_test_metrics_are_the_saved_keras_models(project):
 
     path, _ = project
     model = keras.models.load_model(path / "data/model/model.keras")
-    with np.load(path / "data/processed/test.npz") as arrays:
+    with np.load(path / f"data/processed/{TINY_DATASET}/test.npz") as arrays:
         predicted = class_ids(model.predict(arrays["inputs"], verbose=0))
         accuracy = float(np.mean(predicted == arrays["labels"]))
     assert metrics_of(path)["test"]["accuracy"] == accuracy
@@ -201,7 +202,7 @@ def test_a_run_has_a_few_one_line_tags_and_its_lineage_in_one_json_artifact(proj
     assert tags["model.weights_sha256"] == metrics_of(path)["weights_sha256"]
     lineage = json.loads(Path(client.download_artifacts(run_id, "lineage/lineage.json")).read_text())
     assert lineage["code"]["commit"] == tags["git.commit"] and lineage["code"]["dirty"] is False
-    # One digest over the raw files, as `sha256sum <files> | sha256sum` computes it in data/raw.
+    # One digest over the raw files, as `sha256sum <files> | sha256sum` computes it in data/raw/<dataset>.
     listing = "".join(f"{entry['sha256']}  {name}\n" for name, entry in sorted(lineage["data"]["files"].items()))
     assert tags["data.sha256"] == lineage["data"]["sha256"] == hashlib.sha256(listing.encode()).hexdigest()
     served = tiny_dataset_server
@@ -242,7 +243,7 @@ def test_model_is_registered_and_loads_from_the_registry(project, client):
     mlflow.set_tracking_uri(f"sqlite:///{path / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model(f"models:/{TINY_DATASET}-mlp/1")
     assert model.metadata.signature is not None
-    with np.load(path / "data/processed/test.npz") as arrays:
+    with np.load(path / f"data/processed/{TINY_DATASET}/test.npz") as arrays:
         probabilities = np.asarray(model.predict(arrays["inputs"][:3]))
     assert probabilities.shape == (3, 10)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
@@ -439,7 +440,7 @@ def test_a_dataset_added_by_one_yaml_file_runs_end_to_end(project):
     counts = json.loads((path / "reports/class_counts.json").read_text())
     assert sum(counts["train"].values()) + sum(counts["validation"].values()) == 100  # 5 batches of 20
     assert sum(counts["test"].values()) == 20
-    with np.load(path / "data/processed/train.npz") as arrays:
+    with np.load(path / "data/processed/tiny_cifar/train.npz") as arrays:
         assert arrays["inputs"].shape[1] == 32 * 32 * 3
     metrics = metrics_of(path)
     mlflow_run = MlflowClient(f"sqlite:///{path / 'mlflow.db'}").get_run(metrics["mlflow_run_id"])

@@ -101,7 +101,7 @@ def test_registered_model_is_served_by_mlflow_models_serve(tmp_path, tiny_datase
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise AssertionError(f"server did not start: {server.stderr.read().decode()}") from None
                 time.sleep(1)
-        with np.load(path / "data/processed/test.npz") as arrays:
+        with np.load(path / f"data/processed/{TINY_DATASET}/test.npz") as arrays:
             inputs, labels = arrays["inputs"][:5], arrays["labels"][:5]
         # Raw pixels, as a client has them: the served model scales them itself.
         assert inputs.dtype == np.uint8 and inputs.max() > 1
@@ -133,7 +133,7 @@ def test_real_mnist_through_the_mirror(tmp_path):
     result = run(["dvc", "repro"], cwd=path, MLP_DATA_MIRROR=os.environ["MLP_DATA_MIRROR"])
     assert "downloading from mirror" in result.stderr
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
-        assert f"data/raw/{name} downloaded from file://" in result.stderr
+        assert f"data/raw/mnist/{name} downloaded from file://" in result.stderr
     counts = json.loads((path / "reports/class_counts.json").read_text())
     assert sum(counts["train"].values()) + sum(counts["validation"].values()) == 1000
     assert sum(counts["test"].values()) == 500
@@ -163,7 +163,7 @@ def test_real_pima_table_through_the_mirror(tmp_path):
     }
     assert sum(split["1"] for split in counts.values()) == 268
     # The raw measurements (plasma glucose in mg/dl): the model standardizes them in its first layer.
-    with np.load(path / "data/processed/train.npz") as arrays:
+    with np.load(path / "data/processed/pima/train.npz") as arrays:
         assert arrays["inputs"].dtype == np.float32 and arrays["inputs"][:, 1].max() > 100
     metrics = json.loads((path / "reports/metrics.json").read_text())
     # Well above the 65% of always answering "no diabetes".

@@ -6,19 +6,28 @@ from __future__ import annotations
 from pipeline.reproduce.rerun import blocking_changes
 
 MISSING = {
-    "download": [{"changed outs": {"data/raw": "deleted"}}],
-    "preprocess": [{"changed deps": {"data/raw": "deleted"}}, {"changed outs": {"data/processed": "not in cache"}}],
+    "download": [{"changed outs": {"data/raw/mnist": "deleted"}}],
+    "preprocess": [
+        {"changed deps": {"data/raw/mnist": "deleted"}},
+        {"changed outs": {"data/processed/mnist": "not in cache"}},
+    ],
 }
+# At commits from before each dataset had folders of its own.
+MISSING_BEFORE_DATASET_FOLDERS = {"download": [{"changed outs": {"data/raw": "deleted"}}]}
 
 
 def test_outputs_that_are_only_missing_can_be_pulled():
     assert blocking_changes(MISSING) == []
+    assert blocking_changes(MISSING_BEFORE_DATASET_FOLDERS) == []
     assert blocking_changes({}) == []
 
 
 def test_a_changed_param_code_file_or_command_means_recomputing():
     status = {
-        "download": [{"changed deps": {"pipeline/download.py": "modified"}}, {"changed outs": {"data/raw": "deleted"}}],
+        "download": [
+            {"changed deps": {"pipeline/download.py": "modified"}},
+            {"changed outs": {"data/raw/mnist": "deleted"}},
+        ],
         "preprocess": [{"changed deps": {"params.yaml": {"seed": "modified"}}}, "changed command"],
     }
     assert blocking_changes(status) == [
@@ -29,6 +38,6 @@ def test_a_changed_param_code_file_or_command_means_recomputing():
 
 
 def test_a_data_output_that_exists_but_differs_is_not_pulled_over():
-    assert blocking_changes({"preprocess": [{"changed outs": {"data/processed": "modified"}}]}) == [
-        "preprocess: outs data/processed modified"
+    assert blocking_changes({"preprocess": [{"changed outs": {"data/processed/mnist": "modified"}}]}) == [
+        "preprocess: outs data/processed/mnist modified"
     ]

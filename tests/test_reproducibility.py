@@ -63,7 +63,8 @@ def test_run_carries_the_lineage_record(project, client, tiny_dataset_server):
     lock = yaml.safe_load((path / "dvc.lock").read_text())["stages"]
     train_dependency = next(item for item in lock["train"]["deps"] if item["path"] == "pipeline/train.py")
     assert lineage["dvc"]["train"]["deps"]["pipeline/train.py"] == train_dependency["md5"]
-    assert lineage["dvc"]["preprocess"]["outs"]["data/processed"] == lock["preprocess"]["outs"][0]["md5"]
+    processed = f"data/processed/{TINY_DATASET}"
+    assert lineage["dvc"]["preprocess"]["outs"][processed] == lock["preprocess"]["outs"][0]["md5"]
     metrics = json.loads((path / "reports/metrics.json").read_text())
     assert mlflow_run.data.tags["model.weights_sha256"] == metrics["weights_sha256"]
     inputs = {item.dataset.name: item for item in mlflow_run.inputs.dataset_inputs}
@@ -180,7 +181,7 @@ def test_reproduce_in_another_environment_names_the_differences_and_judges_equiv
 
 def test_reproduce_refuses_data_that_no_longer_verifies(project):
     path, run_id, specs = project
-    data_file = path / "data/raw" / specs["test_labels"]["name"]
+    data_file = path / "data/raw" / TINY_DATASET / specs["test_labels"]["name"]
     original = data_file.read_bytes()
     data_file.write_bytes(original[:-1] + bytes([original[-1] ^ 0xFF]))
     try:

@@ -279,7 +279,7 @@ def test_backup_restored_into_a_deleted_state_folder_brings_everything_back(
     server, project, as_admin, tmp_path, monkeypatch
 ):
     path, _ = project
-    with np.load(path / "data/processed/test.npz") as arrays:
+    with np.load(path / f"data/processed/{TINY_DATASET}/test.npz") as arrays:
         test_inputs = arrays["inputs"][:5]
     before, predicted = everything(as_admin), predictions(server, as_admin, test_inputs)
     postgres_port = runtime(server)["postgres_port"]

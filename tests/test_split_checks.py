@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import yaml
-from conftest import REPOSITORY, make_tiny_project, run
+from conftest import REPOSITORY, TINY_DATASET, make_tiny_project, run
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import DatasetConfig
@@ -124,7 +124,7 @@ def test_the_stage_refuses_a_bad_split_before_any_run_or_registration(trained_pr
     experiments = [experiment.experiment_id for experiment in store.search_experiments()]
     runs_before = store.search_runs(experiments)
     versions_before = store.search_model_versions()
-    file = path / "data/processed" / f"{split}.npz"
+    file = path / "data/processed" / TINY_DATASET / f"{split}.npz"
     original = file.read_bytes()
     try:
         spoil(file, corrupt)
@@ -135,7 +135,7 @@ def test_the_stage_refuses_a_bad_split_before_any_run_or_registration(trained_pr
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if " ERROR: " in line]
     assert len(errors) == 1
-    assert f"data/processed/{split}.npz holds " in errors[0]
+    assert f"data/processed/{TINY_DATASET}/{split}.npz holds " in errors[0]
     assert expected in errors[0] and errors[0].endswith(REBUILD)
     runs_after = store.search_runs(experiments)
     assert [each.info.status for each in runs_after] == [each.info.status for each in runs_before] == ["FINISHED"]

@@ -3,14 +3,18 @@
     mlp dataset add fashion_mnist --format idx --url https://example.org/fashion-mnist/ \\
         --file train_images=downloads/train-images-idx3-ubyte.gz ... --class-names t-shirt,trouser,...
 
+Each --file is a path or a file:// URL. Without --url, the files' own folders become the dataset's URLs,
+as file:// URLs: it then needs no network (nor mirror), and DVC's cache keeps its files once the
+download stage has run (`dvc push` shares them with machines that lack the folders).
+
 Give the publisher's files byte for byte: a repackaged copy holds the same data under other
 checksums. Each file is pinned by size and sha256, or by md5 with --md5-only ROLE where the
 publisher gives only an md5 (CIFAR-10). Roles: idx: train_images, train_labels, test_images,
 test_labels (gzipped or not); cifar_python: archive; csv: table (numbers, the label an integer class
-from 0; a header line is skipped). Files are fetched as <url><file name> (or <remote name>); a
-mirror (MLP_DATA_MIRROR) holds them as <mirror>/<dataset name>/<file name>. Shape and classes come
-from the files, decoded as the preprocess stage decodes them. --class-names go in label order
-(default: CIFAR's batches.meta, else 0, 1, ...); --task: binary for 2 classes.
+from 0; a header line is skipped). Files are fetched as <url><file name> (or <remote name>), the URL
+http(s):// or file://; a mirror (MLP_DATA_MIRROR) holds them as <mirror>/<dataset name>/<file name>.
+Shape and classes come from the files, decoded as the preprocess stage decodes them. --class-names go
+in label order (default: CIFAR's batches.meta, else 0, 1, ...); --task: binary for 2 classes.
 """
 
 import argparse
@@ -21,6 +25,8 @@ import re
 import tarfile
 from collections.abc import Collection
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import yaml
 from pydantic import ValidationError
@@ -61,7 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add.add_argument("name", help="the dataset's name: -S dataset=<name>, <name>-mlp in the model registry")
     add.add_argument("--format", required=True, choices=FORMAT_FILES, dest="file_format", help="the files' layout")
     add.add_argument(
-        "--url", required=True, action="append", dest="urls", metavar="BASE_URL", help="repeat for mirrors, in order"
+        "--url",
+        action="append",
+        default=[],
+        dest="urls",
+        metavar="BASE_URL",
+        help="where the files are published: http(s)://, file:// or a folder; repeat for mirrors, in order",
     )
     add.add_argument(
         "--file", required=True, action=RoleValues, dest="files", metavar="ROLE=PATH", help="a local copy (see below)"
@@ -79,12 +90,16 @@ def run(arguments: argparse.Namespace) -> None:
     parameters = inspect.signature(add_dataset).parameters
     dataset = add_dataset(**{key: value for key, value in vars(arguments).items() if key in parameters})
     name, path = dataset.name, CONFIG_DIRECTORY / "dataset" / f"{dataset.name}.yaml"
+    if arguments.urls:
+        source = f"a mirror (MLP_DATA_MIRROR) serves its files as <mirror>/{name}/<file name>"
+    else:
+        source = f"no --url: its files are read from {', '.join(dataset.urls)}; `dvc push` shares them once fetched"
     print(
         f"wrote {path}: input_shape {dataset.input_shape}, {dataset.num_classes} classes "
         f"({', '.join(dataset.class_names)}), task {dataset.task}\n"
         f"next: git add {path}   (DVC experiments see only committed or staged files)\n"
         f"then: dvc exp run -S dataset={name}\n"
-        f"a mirror (MLP_DATA_MIRROR) serves its files as <mirror>/{name}/<file name>"
+        f"{source}"
     )
 
 
@@ -92,7 +107,7 @@ def add_dataset(
     name: str,
     *,
     file_format: str,
-    urls: list[str],
+    urls: Collection[str] = (),
     files: dict[str, str],
     md5_only: Collection[str] = (),
     remote_names: dict[str, str] | None = None,
@@ -103,7 +118,8 @@ def add_dataset(
     force: bool = False,
     config_directory: Path = CONFIG_DIRECTORY,
 ) -> DatasetConfig:
-    """Describe the dataset whose files are `files` (role -> local path) and write conf/dataset/<name>.yaml."""
+    """Describe the dataset whose files are `files` (role -> local path or file:// URL) and write
+    conf/dataset/<name>.yaml. `urls`: base URLs (http(s)://, file://) or folders; none: the files' folders."""
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):  # the schema's pattern, checked before it names a file
         raise ConfigError(f"dataset name {name!r}: use letters, digits, _ and - only")
     target = config_directory / "dataset" / f"{name}.yaml"
@@ -115,7 +131,9 @@ def add_dataset(
     if missing or unknown:
         listed = [f"{label}: {', '.join(v)}" for label, v in {"missing": missing, "unknown": unknown}.items() if v]
         raise ConfigError(f"format {file_format} takes --file for each of {', '.join(roles)}; " + "; ".join(listed))
-    paths, specs = {role: Path(files[role]) for role in roles}, {}
+    if remote_names and not urls:
+        raise ConfigError("--remote-name is a file's name at a --url: give the --url too")
+    paths, specs = {role: local_path(files[role]) for role in roles}, {}
     for role, path in paths.items():
         if not path.is_file():
             raise DataError(f"{path}: no such file")
@@ -140,7 +158,8 @@ def add_dataset(
         "name": name,
         "format": file_format,
         "task": task or ("binary" if num_classes == 2 else "multiclass"),
-        "urls": [url if url.endswith("/") else f"{url}/" for url in urls],  # fetched as <base URL><file name>
+        # Without URLs, the folders of the local files: their dataset then works offline.
+        "urls": [base_url(url) for url in urls or dict.fromkeys(str(path.parent) for path in paths.values())],
         "files": specs,
         **described,  # csv (for csv), input_shape, num_classes
         "class_names": class_names or [str(label) for label in range(num_classes)],
@@ -161,6 +180,17 @@ def add_dataset(
         raise ConfigError(f"{target} would be invalid: {'; '.join(problems)}".replace("Value error, ", "")) from None
     write_text(target, text)
     return dataset
+
+
+def local_path(file: str) -> Path:
+    """The path of a local file given as a path or a file:// URL."""
+    return Path(url2pathname(urlparse(file).path)) if file.startswith("file://") else Path(file)
+
+
+def base_url(url: str) -> str:
+    """`url` (a folder: as a file:// URL) ending in /: files are fetched as <base URL><file name>."""
+    url = url if "://" in url else Path(url).expanduser().resolve().as_uri()
+    return url if url.endswith("/") else f"{url}/"
 
 
 def _describe_idx(paths: dict[str, Path], class_names: list[str] | None) -> dict:

@@ -10,7 +10,7 @@ the paper) become the dataset's images. A drawing for a 28x28 grey dataset such 
 as MNIST's digits were: made light on dark (a light border means dark ink; --background says it when
 the border misleads), cropped to its ink, fitted in 20x20 keeping its aspect ratio and centred by its
 centre of mass; an image already 28x28 is taken as it is. Other images are resized whole. Feature
-rows, in an .npz file (array `inputs`, e.g. data/processed/test.npz) or a .csv file (a header line is
+rows, in an .npz file (array `inputs`, e.g. data/processed/mnist/test.npz) or a .csv file (a header line is
 skipped), are raw values in the units of the dataset's raw files: the model scales its inputs itself.
 """
 

@@ -12,16 +12,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import mlflow
 
 from pipeline import hardware, tracking
+from pipeline.download import MIRROR_ENVIRONMENT_VARIABLE
 from pipeline.errors import PipelineError
 from pipeline.files import file_digest
 from pipeline.git import git, is_commit
 from pipeline.lineage import ENVIRONMENT_ARTIFACT, LINEAGE_ARTIFACT, REPRODUCES_VARIABLE, lock_md5s
-from pipeline.paths import LOCK_FILE, METRICS_FILE, PARAMS_FILE, PROCESSED_DIRECTORY, RAW_DIRECTORY
+from pipeline.paths import LOCK_FILE, METRICS_FILE, PARAMS_FILE, PROCESSED_ROOT, RAW_ROOT, raw_directory
 from pipeline.reproduce.record import WEIGHTS_TAG, RecordedRun, json_artifact, lock_differences, read_record
 from pipeline.reproduce.tolerance import read_tolerances, tolerance_file
 from pipeline.reproduce.verdict import Comparison, Reproduction
@@ -33,8 +34,10 @@ DVC = shutil.which("dvc", path=Path(sys.executable).parent) or "dvc"
 # Set when this runs inside a DVC stage or experiment; the worktree's `dvc repro` is a run of its own.
 DVC_VARIABLES = ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV")
 DATA_STAGES = ("download", "preprocess")
-# What a fresh worktree lacks and a pull brings back; any other change means the data would differ.
-PULLED_PATHS = (RAW_DIRECTORY.as_posix(), PROCESSED_DIRECTORY.as_posix())
+# What a fresh worktree lacks and a pull brings back, the data stages' outputs under these folders
+# (data/raw/<dataset>, or data/raw itself at commits from before each dataset had a folder of its
+# own); any other change means the data would differ.
+DATA_ROOTS = (RAW_ROOT.as_posix(), PROCESSED_ROOT.as_posix())
 MISSING_STATES = {"deleted", "not in cache"}
 # --force: the stages run rather than being restored from DVC's run cache.
 RECOMPUTE_EVERYTHING = ("repro", "--force")
@@ -53,7 +56,7 @@ def reproduce(run_id: str, repository: Path, tolerance: float | None = None) -> 
         raise PipelineError(
             f"run {run_id} was made at commit {recorded.commit}, which this repository does not have: fetch it"
         )
-    local_files = verified_local_data(repository, recorded.data)
+    local_files = verified_local_data(repository / raw_directory(recorded.params.dataset.name), recorded.data)
     # Known before the long part, so that the log says what a difference will be judged by.
     if tolerance is not None:
         tolerances, source = {"test_accuracy": tolerance}, "given with --tolerance"
@@ -66,7 +69,8 @@ def reproduce(run_id: str, repository: Path, tolerance: float | None = None) -> 
         git("worktree", "add", "--quiet", "--detach", str(worktree), recorded.commit, cwd=repository)
         try:
             metrics = rerun(recorded, worktree, repository, local_files)
-            reproduced_data = {name: file_digest(worktree / RAW_DIRECTORY / name) for name in recorded.data}
+            folder = raw_folder(worktree, recorded.params.dataset.name)
+            reproduced_data = {name: file_digest(folder / name) for name in recorded.data}
         finally:
             git("worktree", "remove", "--force", str(worktree), cwd=repository)
     return compare(recorded, metrics["mlflow_run_id"], reproduced_data, tolerances, source)
@@ -93,10 +97,15 @@ def rerun(recorded: RecordedRun, worktree: Path, repository: Path, local_files: 
         REPRODUCES_VARIABLE: recorded.run_id,
     }
     arguments = repro_arguments(worktree, environment)
-    if arguments == RECOMPUTE_EVERYTHING:
-        (worktree / RAW_DIRECTORY).mkdir(parents=True, exist_ok=True)
+    if arguments == RECOMPUTE_EVERYTHING and len(local_files) == len(recorded.data):
+        # Served to the download stage as a mirror (<mirror>/<dataset>/<file>): `dvc repro --force` empties
+        # the stage's output folder before it runs, and the files need no network.
+        dataset_name = recorded.params.dataset.name
+        mirror = worktree.with_name("mirror")
+        (mirror / dataset_name).mkdir(parents=True)
         for path in local_files:
-            shutil.copy2(path, worktree / RAW_DIRECTORY / path.name)
+            shutil.copy2(path, mirror / dataset_name / path.name)
+        environment[MIRROR_ENVIRONMENT_VARIABLE] = str(mirror)
     logger.info("re-running commit %s with the recorded config in %s", recorded.commit[:12], worktree)
     result = subprocess.run([DVC, *arguments], cwd=worktree, env=environment)
     if result.returncode != 0:
@@ -142,11 +151,23 @@ def environment_differences(recorded: RecordedRun, new_run: mlflow.entities.Run)
     return hardware.differences(before, after), "the tags cpu.model, cpu.count, threads.* and package.* only"
 
 
-def verified_local_data(repository: Path, recorded: dict[str, str]) -> list[Path]:
-    """Local raw files that match the record; a file that exists but differs is refused, a missing one is fetched."""
+def raw_folder(worktree: Path, dataset_name: str) -> Path:
+    """Where the worktree's commit keeps the dataset's raw files: data/raw/<dataset>/, or data/raw/ itself at
+    commits whose dvc.yaml predates each dataset's folder of its own."""
+    own_folders = "${dataset.name}" in (worktree / "dvc.yaml").read_text(encoding="utf-8")
+    return worktree / (raw_directory(dataset_name) if own_folders else RAW_ROOT)
+
+
+def is_data_output(path: str) -> bool:
+    return any(PurePosixPath(path).is_relative_to(root) for root in DATA_ROOTS)
+
+
+def verified_local_data(folder: Path, recorded: dict[str, str]) -> list[Path]:
+    """Local raw files in `folder` that match the record; a file that exists but differs is refused, a missing
+    one is fetched."""
     present = []
     for name, sha256 in recorded.items():
-        path = repository / RAW_DIRECTORY / name
+        path = folder / name
         if not path.exists():
             logger.info("%s is not here: DVC or the download stage will bring it, verified", path)
             continue
@@ -184,7 +205,7 @@ def repro_arguments(worktree: Path, environment: dict[str, str]) -> tuple[str, .
             summary = "; ".join(line.strip() for line in pulled.stdout.splitlines() if " files " in line)
             locked = lock_md5s(DATA_STAGES, worktree / LOCK_FILE).values()
             outputs = [
-                f"{path} md5 {md5}" for stage in locked for path, md5 in stage["outs"].items() if path in PULLED_PATHS
+                f"{path} md5 {md5}" for stage in locked for path, md5 in stage["outs"].items() if is_data_output(path)
             ]
             logger.info(
                 "pulled from DVC (%s) %s: download and preprocess are not run again",
@@ -192,11 +213,11 @@ def repro_arguments(worktree: Path, environment: dict[str, str]) -> tuple[str, .
                 ", ".join(outputs),
             )
             return RECOMPUTE_FROM_TRAIN
-        for path in PULLED_PATHS:  # what a failed pull left: the data stages start from nothing
-            shutil.rmtree(worktree / path, ignore_errors=True)
+        for root in DATA_ROOTS:  # what a failed pull left: the data stages start from nothing
+            shutil.rmtree(worktree / root, ignore_errors=True)
         errors = [line for line in pulled.stderr.splitlines() if line.startswith("ERROR")] or ["`dvc pull` failed"]
         reason = f"neither the DVC cache nor the remote has them ({errors[-1].removeprefix('ERROR: ')})"
-    logger.info("recomputing %s: %s", " and ".join(PULLED_PATHS), reason)
+    logger.info("recomputing %s: %s", " and ".join(DATA_ROOTS), reason)
     return RECOMPUTE_EVERYTHING
 
 
@@ -224,7 +245,7 @@ def blocking_changes(status: dict) -> list[str]:
                     changes.append(f"{stage}: {kind}")
                     continue
                 for path, state in paths.items():
-                    if path in PULLED_PATHS and state in MISSING_STATES:
+                    if is_data_output(path) and state in MISSING_STATES:
                         continue
                     described = state if isinstance(state, str) else ", ".join(f"{k} {v}" for k, v in state.items())
                     changes.append(f"{stage}: {kind.removeprefix('changed ')} {path} {described}")

@@ -14,7 +14,7 @@ from pipeline import determinism
 from pipeline.config import MAX_SEED, Params, load_params
 from pipeline.errors import PipelineError
 from pipeline.files import write_json
-from pipeline.paths import PROCESSED_DIRECTORY, REPORTS_DIRECTORY
+from pipeline.paths import REPORTS_DIRECTORY, processed_directory
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,9 @@ def write_tolerance_file(seed_count: int) -> tuple[Path, dict]:
 
     seeds = [(params.seed + offset) % (MAX_SEED + 1) for offset in range(seed_count)]
     dataset = params.dataset
-    training, validation, test = load_splits(PROCESSED_DIRECTORY, ["train", "validation", "test"], dataset)
+    training, validation, test = load_splits(
+        processed_directory(dataset.name), ["train", "validation", "test"], dataset
+    )
     targets = training_targets(test.labels, loss=params.train.loss, task=dataset.task, num_classes=dataset.num_classes)
     metrics: dict[str, list[float]] = {}
     for index, seed in enumerate(seeds, start=1):
