@@ -15,6 +15,7 @@ import socket
 import struct
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -97,16 +98,14 @@ def final_files(folder):
     return sorted(path.relative_to(folder).as_posix() for path in files)
 
 
+def fetch(folder: Path, *urls: str) -> None:
+    """Download SPEC into `folder`/DATASET from `urls` in turn, with no mirror and the short test timeouts."""
+    download([SPEC], folder / DATASET, urls=list(urls), dataset_name=DATASET, mirror=None, **FAST)
+
+
 @pytest.mark.parametrize("fault", ["404", "500", "truncate", "flip", "stall", "reset"])
 def test_each_fault_moves_on_to_the_next_mirror(tmp_path, server, fault):
-    download(
-        [SPEC],
-        tmp_path / DATASET,
-        urls=[f"{server}/{fault}/", f"{server}/ok/"],
-        dataset_name=DATASET,
-        mirror=None,
-        **FAST,
-    )
+    fetch(tmp_path, f"{server}/{fault}/", f"{server}/ok/")
     assert (tmp_path / DATASET / NAME).read_bytes() == PAYLOAD
     assert final_files(tmp_path) == [f"{DATASET}/{NAME}"]  # no partial file left behind
 
@@ -114,13 +113,13 @@ def test_each_fault_moves_on_to_the_next_mirror(tmp_path, server, fault):
 @pytest.mark.parametrize("fault", ["404", "500", "truncate", "flip", "stall", "reset"])
 def test_no_unverified_file_under_the_final_name(tmp_path, server, fault):
     with pytest.raises(DownloadError):
-        download([SPEC], tmp_path / DATASET, urls=[f"{server}/{fault}/"], dataset_name=DATASET, mirror=None, **FAST)
+        fetch(tmp_path, f"{server}/{fault}/")
     assert not (tmp_path / DATASET / NAME).exists()
     assert final_files(tmp_path) == []
 
 
 def test_a_broken_transfer_is_resumed_with_a_range_request(tmp_path, server):
-    download([SPEC], tmp_path / DATASET, urls=[f"{server}/reset_once/"], dataset_name=DATASET, mirror=None, **FAST)
+    fetch(tmp_path, f"{server}/reset_once/")
     assert (tmp_path / DATASET / NAME).read_bytes() == PAYLOAD
     ranges = [header for _, header in FaultyHandler.requests]
     assert ranges[0] is None
@@ -128,7 +127,7 @@ def test_a_broken_transfer_is_resumed_with_a_range_request(tmp_path, server):
 
 
 def test_a_truncated_body_is_resumed(tmp_path, server):
-    download([SPEC], tmp_path / DATASET, urls=[f"{server}/truncate_once/"], dataset_name=DATASET, mirror=None, **FAST)
+    fetch(tmp_path, f"{server}/truncate_once/")
     assert (tmp_path / DATASET / NAME).read_bytes() == PAYLOAD
     # Resumed from what had arrived (whole network chunks of the first half).
     resumed_from = int(FaultyHandler.requests[1][1].removeprefix("bytes=").removesuffix("-"))
@@ -136,30 +135,21 @@ def test_a_truncated_body_is_resumed(tmp_path, server):
 
 
 def test_a_server_ignoring_range_restarts_cleanly(tmp_path, server):
-    download(
-        [SPEC], tmp_path / DATASET, urls=[f"{server}/reset_once_norange/"], dataset_name=DATASET, mirror=None, **FAST
-    )
+    fetch(tmp_path, f"{server}/reset_once_norange/")
     assert (tmp_path / DATASET / NAME).read_bytes() == PAYLOAD
 
 
 def test_an_interrupted_run_is_resumed_by_the_next(tmp_path, server):
     # What a killed run leaves: the first half under the partial name.
     (tmp_path / f".{DATASET}.{NAME}.part").write_bytes(PAYLOAD[:400_000])
-    download([SPEC], tmp_path / DATASET, urls=[f"{server}/ok/"], dataset_name=DATASET, mirror=None, **FAST)
+    fetch(tmp_path, f"{server}/ok/")
     assert (tmp_path / DATASET / NAME).read_bytes() == PAYLOAD
     assert FaultyHandler.requests == [("/ok/payload.bin", "bytes=400000-")]
 
 
 def test_404_is_not_retried_but_500_is(tmp_path, server):
     with pytest.raises(DownloadError):
-        download(
-            [SPEC],
-            tmp_path / DATASET,
-            urls=[f"{server}/404/", f"{server}/500/"],
-            dataset_name=DATASET,
-            mirror=None,
-            **FAST,
-        )
+        fetch(tmp_path, f"{server}/404/", f"{server}/500/")
     paths = [path for path, _ in FaultyHandler.requests]
     assert paths.count("/404/payload.bin") == 1
     assert paths.count("/500/payload.bin") == FAST["attempts"]
@@ -168,7 +158,7 @@ def test_404_is_not_retried_but_500_is(tmp_path, server):
 def test_the_error_names_every_url_and_why_it_failed(tmp_path, server):
     urls = [f"{server}/{fault}/" for fault in ("404", "500", "flip", "stall")]
     with pytest.raises(DownloadError) as error:
-        download([SPEC], tmp_path / DATASET, urls=urls, dataset_name=DATASET, mirror=None, **FAST)
+        fetch(tmp_path, *urls)
     message = str(error.value)
     assert f"could not get a verified {NAME} from any URL" in message
     assert f"{server}/404/{NAME}: HTTP 404" in message
