@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import yaml
 from PIL import Image, ImageOps, ImageStat
 from pydantic import ValidationError
 
-from pipeline.config import DatasetConfig, load_params
+from pipeline.config import DatasetConfig, load_params, read_yaml
 from pipeline.decoders import MAX_TABLE_BYTES
 from pipeline.errors import ConfigError, DataError
 from pipeline.paths import MODEL_FILE
@@ -138,11 +137,12 @@ def _registered_model(uri: str) -> tuple[keras.Model, DatasetConfig]:
     client, (name, version, alias) = mlflow.MlflowClient(store), match.group("name", "version", "alias")
     try:
         found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
-        params = yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{found.run_id}/config/params.yaml"))
+        recorded = f"runs:/{found.run_id}/config/params.yaml"
+        params = read_yaml(mlflow.artifacts.load_text(recorded), recorded)
         with tempfile.TemporaryDirectory() as directory:
             # The version just resolved, even if the alias moves meanwhile.
             model = mlflow.tensorflow.load_model(f"models:/{name}/{found.version}", dst_path=directory)
-    except (mlflow.exceptions.MlflowException, OSError, yaml.YAMLError) as error:
+    except (mlflow.exceptions.MlflowException, OSError) as error:
         shown = re.sub(r"//[^/@]*@", "//", store)  # a server URI may hold a password
         raise ConfigError(f"--model {uri}: {str(error).splitlines()[0]} (MLflow store {shown})") from None
     try:

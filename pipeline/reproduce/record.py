@@ -14,7 +14,7 @@ import mlflow
 import yaml
 
 from pipeline import tracking
-from pipeline.config import Params, parse_params
+from pipeline.config import Params, parse_params, read_yaml
 from pipeline.errors import PipelineError
 from pipeline.lineage import DIFF_ARTIFACT, ENVIRONMENT_ARTIFACT, LINEAGE_ARTIFACT
 
@@ -116,7 +116,7 @@ def lineage_from_tags(run_id: str, tags: dict[str, str]) -> dict[str, Any]:
     return {
         "code": {"commit": tags.get("git.commit"), "dirty": dirty, "diff": DIFF_ARTIFACT if dirty else None},
         "data": {"files": files},
-        "config": {"params": yaml.safe_load(params)},
+        "config": {"params": read_yaml(params, "the run's config/params.yaml")},
         "dvc": lock,
     }
 

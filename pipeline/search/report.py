@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
 
 from pipeline import hardware
-from pipeline.config import compose, flatten
+from pipeline.config import compose, flatten, read_yaml
 from pipeline.errors import PipelineError
 from pipeline.figures import save_figure
 from pipeline.files import write_json, write_text
@@ -50,8 +50,8 @@ def write_best_experiment(search: Search, study_name: str, trial, metric: str) -
     """Write conf/experiment/<study>_best.yaml for `trial`; fail if it would not compose to the trial's params."""
     overrides = trial_overrides(search, trial.params)
     groups = [item for item in overrides if "=" in item and item.split("=", 1)[0] in GROUPS]
-    trial_params = flatten(yaml.safe_load(compose(overrides)))
-    group_params = flatten(yaml.safe_load(compose(groups)))
+    trial_params = flatten(read_yaml(compose(overrides), "conf/"))
+    group_params = flatten(read_yaml(compose(groups), "conf/"))
     changed = OmegaConf.create()
     for key, value in trial_params.items():
         if group_params.get(key) != value:
@@ -67,7 +67,7 @@ def write_best_experiment(search: Search, study_name: str, trial, metric: str) -
     text = yaml.dump(OmegaConf.to_container(changed), Dumper=FlowListDumper, sort_keys=False)
     path = CONFIG_DIRECTORY / "experiment" / f"{name}.yaml"
     write_text(path, header + (f"defaults:\n{defaults}\n" if groups else "") + text)
-    if flatten(yaml.safe_load(compose([f"experiment={name}"]))) != trial_params:
+    if flatten(read_yaml(compose([f"experiment={name}"]), "conf/")) != trial_params:
         raise PipelineError(f"{path} does not compose to trial {trial.number}'s params: {' '.join(overrides)}")
     return path
 

@@ -9,10 +9,9 @@ pipeline refuses names a user other than an admin manages (pipeline.tracking.che
 import logging
 from pathlib import Path
 
-import yaml
 from mlflow.utils.rest_utils import MlflowHostCreds, http_request
 
-from pipeline.config import compose
+from pipeline.config import compose, read_yaml
 from pipeline.paths import CONFIG_DIRECTORY
 from pipeline.server.state import ADMIN_USERNAME, ServerError
 
@@ -30,7 +29,7 @@ def pipeline_names(config_directory: Path = CONFIG_DIRECTORY) -> tuple[set[str],
     ]
     experiments, models = set(), set()
     for override in overrides:
-        names = yaml.safe_load(compose([override], config_directory))["mlflow"]
+        names = read_yaml(compose([override], config_directory), f"conf/ with {override}")["mlflow"]
         experiments.add(names["experiment_name"])
         models.add(names["registered_model_name"])
     return experiments, models
