@@ -32,6 +32,7 @@ from mlflow.models import infer_signature
 
 from pipeline import determinism, lineage
 from pipeline.config import ModelConfig, OptimizerConfig, Params, TrainConfig, flatten, load_params
+from pipeline.errors import ConfigError
 from pipeline.files import atomic_path, write_json, write_text
 from pipeline.model import build_mlp, draw_architecture, keras_loss, make_optimizer, weights_sha256
 from pipeline.paths import (
@@ -298,6 +299,11 @@ def main() -> None:
     determinism.enter(params.train.determinism)
     processed = processed_directory(params.dataset.name)
     training, validation = load_splits(processed, ["train", "validation"], params.dataset)
+    if params.train.batch_size > len(training.labels):  # params.yaml alone cannot know the row count
+        raise ConfigError(
+            f"params.yaml: train.batch_size = {params.train.batch_size} is larger than the {len(training.labels)} rows "
+            f"of {processed / 'train.npz'}; use at most {len(training.labels)}"
+        )
     if arguments.hash_only:
         model, _ = train_with_params(params, training, validation)
         print(weights_sha256(model))

@@ -140,3 +140,23 @@ def test_the_stage_refuses_a_bad_split_before_any_run_or_registration(trained_pr
     runs_after = store.search_runs(experiments)
     assert [each.info.status for each in runs_after] == [each.info.status for each in runs_before] == ["FINISHED"]
     assert len(store.search_model_versions()) == len(versions_before) == 1
+
+
+@pytest.mark.slow
+def test_a_batch_larger_than_the_training_rows_is_refused_before_any_run(trained_project):
+    path, store = trained_project
+    params_file = path / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    rows = len(np.load(path / "data/processed" / TINY_DATASET / "train.npz")["labels"])
+    params["train"]["batch_size"] = rows + 1
+    try:
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        result = run(["python", "-m", "pipeline.train"], cwd=path, check=False)
+    finally:
+        params_file.write_text(original)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if " ERROR: " in line]
+    assert len(errors) == 1 and f"train.batch_size = {rows + 1} is larger than the {rows} rows" in errors[0]
+    assert errors[0].endswith(f"use at most {rows}")
+    assert len(store.search_model_versions()) == 1
