@@ -82,7 +82,10 @@ def start(state: StateFolder, arguments: argparse.Namespace) -> None:
         credentials = MlflowHostCreds(runtime.url, username=ADMIN_USERNAME, password=state.admin_password())
     else:
         credentials = MlflowHostCreds(runtime.url)
-    # The runs of each pipeline experiment, in the UI's model-training view (MLflow 3 opens GenAI otherwise).
+    if not started:
+        return
+    # The runs of each pipeline experiment, in the UI's model-training view (MLflow 3 opens GenAI otherwise);
+    # at a start only, since composing every experiment file takes seconds.
     for name in sorted(names.pipeline_names()[0]):
         found = http_request(
             credentials, "/api/2.0/mlflow/experiments/get-by-name", "GET", params={"experiment_name": name}
