@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from pipeline.errors import PipelineError
@@ -19,8 +20,20 @@ from pipeline.errors import PipelineError
 logger = logging.getLogger("pipeline")
 
 
+# Set by SIGINT or SIGTERM. Python drops an exception raised while a finalizer runs ("Exception ignored in
+# ..."), so a signal arriving then would be lost: the training loop checks the flag after every epoch.
+INTERRUPTED = threading.Event()
+
+
 def _raise_keyboard_interrupt(signal_number: int, frame: object) -> None:
+    INTERRUPTED.set()
     raise KeyboardInterrupt(f"signal {signal_number}")
+
+
+def raise_if_interrupted() -> None:
+    """Raise the KeyboardInterrupt of a SIGINT or SIGTERM that Python dropped (see INTERRUPTED)."""
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt("interrupted")
 
 
 # Where MLflow's client, its HTTP stack and its database layer raise from.
@@ -75,7 +88,7 @@ def run_stage(main: Callable[[], None]) -> None:
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     # A command started in the background by a script inherits SIGINT as
     # ignored; `dvc queue kill` and Ctrl+C send SIGINT, so take it back.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
     try:
         main()
     except PipelineError as error:

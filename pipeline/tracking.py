@@ -39,7 +39,7 @@ from pipeline.files import write_json
 from pipeline.paths import ARTIFACTS_DIRECTORY, RUN_FILE, STORE_FILE, repair_hint, rerun_hint
 from pipeline.run_owner import owner_is_alive, owner_of, owner_tags
 from pipeline.splits import Split
-from pipeline.stage import raised_by_the_store
+from pipeline.stage import raise_if_interrupted, raised_by_the_store
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +198,7 @@ def pipeline_run(
         run = reopen_run(run_id)
     try:
         yield run
+        raise_if_interrupted()  # a signal Python dropped: the run ends KILLED, not FINISHED
     except KeyboardInterrupt:
         mlflow.end_run("KILLED")
         raise

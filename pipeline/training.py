@@ -38,6 +38,7 @@ from filelock import FileLock, Timeout
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path
 from pipeline.paths import CHECKPOINTS_DIRECTORY, REQUIREMENTS_LOCK
+from pipeline.stage import raise_if_interrupted
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ def fit(
         scores = " - ".join(f"{name}: {value:.4f}" for name, value in logs.items())
         print(f"{time.perf_counter() - start:.1f}s - {scores}", flush=True)
         callback_list.on_epoch_end(epoch, logs)
+        raise_if_interrupted()  # the epoch is saved; a signal Python dropped stops here
         if model.stop_training:
             break
     callback_list.on_train_end()

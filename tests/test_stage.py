@@ -75,3 +75,25 @@ def test_an_interrupted_program_exits_with_status_130(body):
     result = run_stage_with(body)
     assert result.returncode == 130
     assert result.stderr.splitlines()[-1].endswith(" pipeline ERROR: interrupted")
+
+
+def test_a_signal_python_drops_in_a_finalizer_still_stops_the_stage_at_the_next_check():
+    # Python prints "Exception ignored in ..." for the KeyboardInterrupt raised while __del__ runs and goes on.
+    code = (
+        "import os, signal, time\n"
+        "from pipeline.stage import raise_if_interrupted, run_stage\n"
+        "class Finalized:\n"
+        "    def __del__(self):\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "        time.sleep(1)\n"
+        "def main():\n"
+        "    Finalized()\n"
+        "    print('went on', flush=True)\n"
+        "    raise_if_interrupted()\n"
+        "    print('not reached', flush=True)\n"
+        "run_stage(main)\n"
+    )
+    result = run_python(code)
+    assert "Exception ignored in" in result.stderr
+    assert result.stdout.splitlines() == ["went on"]
+    assert result.returncode == 130

@@ -13,7 +13,7 @@ import shutil
 import tarfile
 import tempfile
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import psycopg
 from werkzeug.security import generate_password_hash
@@ -134,8 +134,13 @@ def read_archive(archive: Path, destination: Path) -> dict:
         raise ServerError(f"{archive}: no such file; give an archive written by `mlp server backup`")
     try:
         with tarfile.open(archive, "r:gz") as opened:
-            # The "data" filter refuses absolute paths, links out of the folder and device files.
-            opened.extractall(destination, filter="data")
+            # Plain files and folders inside `destination` only: what the "data" filter refuses (absolute paths,
+            # links, device files) is refused here too, for the Pythons before 3.11.4 that lack the filter.
+            for member in opened.getmembers():
+                name = PurePosixPath(member.name)
+                if not (member.isfile() or member.isdir()) or name.is_absolute() or ".." in name.parts:
+                    raise ServerError(f"{archive}: refusing {member.name!r}, not a plain file or folder inside it")
+            opened.extractall(destination, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         manifest = json.loads((destination / "manifest.json").read_text())
         missing = [name for name in REQUIRED_DUMPS if not (destination / name).is_file()]
     except (tarfile.TarError, OSError, EOFError, json.JSONDecodeError) as error:
