@@ -12,6 +12,8 @@ import logging
 import os
 import time
 
+from pipeline.stage import causes
+
 TRIAL_VARIABLE = "MLP_SEARCH_TRIAL"  # the trial's number in its study; set: this run is a trial
 STORAGE_VARIABLE = "MLP_SEARCH_STORAGE"  # an SQLAlchemy URL, or the path of a journal file
 STUDY_VARIABLE = "MLP_SEARCH_STUDY"
@@ -108,13 +110,7 @@ def retried(method):
 
 def connection_lost(error: BaseException) -> bool:
     """Whether SQLAlchemy found the connection gone (it then discards the connection) anywhere in the chain."""
-    seen = []
-    while error is not None and error not in seen:
-        if getattr(error, "connection_invalidated", False):  # sqlalchemy.exc.DBAPIError's flag
-            return True
-        seen.append(error)
-        error = error.__cause__ or error.__context__
-    return False
+    return any(getattr(link, "connection_invalidated", False) for link in causes(error))  # DBAPIError's flag
 
 
 def make_pruner(spec: dict):
