@@ -1,7 +1,5 @@
 """The few git queries the pipeline makes, in one place."""
 
-from __future__ import annotations
-
 import subprocess
 from pathlib import Path
 

@@ -3,8 +3,6 @@ process owning a RUNNING MLflow run (pipeline.tracking ends FAILED those whose o
 reused once its process is gone, its start time within one boot cannot.
 """
 
-from __future__ import annotations
-
 import os
 import socket
 from pathlib import Path

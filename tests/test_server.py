@@ -4,12 +4,13 @@ modes, and the one-line errors a user can cause. The real stack runs in test_ser
 from __future__ import annotations
 
 import stat
+import subprocess
 
 import pytest
 from conftest import REPOSITORY, run
 
 from pipeline.server import postgres, stack
-from pipeline.server.state import ServerError, Settings, StateFolder, write_private
+from pipeline.server.state import ServerError, Settings, StateFolder, free_port, write_private
 
 
 def mlp_server(*arguments: str, state_dir) -> tuple[int, str, str]:
@@ -48,8 +49,8 @@ def test_secrets_are_generated_once_and_readable_by_their_owner_only(tmp_path):
     password = state.admin_password()
     assert len(password) >= 24 and state.admin_password() == password
     assert state.secrets() == state.secrets()
-    state.write_pgpass()
-    state.write_auth_config(postgres_port=5432)
+    postgres.write_passfiles(state)
+    stack.write_auth_config(state, postgres_port=5432)
     files = (state.admin_password_file, state.secrets_file, state.pgpass_file, state.search_pgpass_file)
     for path in (*files, state.auth_config_file):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
@@ -89,3 +90,9 @@ def test_postgresql_serves_other_machines_the_search_database_only_with_password
     assert "0.0.0.0/0" not in (state.postgres_data / "pg_hba.conf").read_text()
     with pytest.raises(ServerError, match="--postgres-port 70000"):
         stack.resolve_settings(state, {"postgres_port": 70000})
+
+
+def test_waiting_for_a_server_that_exits_says_so_in_one_line():
+    process = subprocess.Popen(["false"])
+    with pytest.raises(ServerError, match=r"^`mlflow ui` exited with status 1 before answering on http://127"):
+        stack.wait_until_serving(process, f"http://127.0.0.1:{free_port()}", 30, "mlflow ui")

