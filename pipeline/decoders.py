@@ -1,8 +1,7 @@
 """Decoding a dataset's raw files (IDX, the CIFAR python archive, CSV) into arrays.
 
-Every decoder validates before it allocates: a corrupted or hostile file raises
-DataError naming the file and the problem, never an IndexError or a huge
-allocation sized from an unchecked header.
+Every decoder validates before it allocates: a corrupted or hostile file raises DataError naming the file and
+the problem, never an IndexError or a huge allocation sized from an unchecked header.
 """
 
 from __future__ import annotations
@@ -15,13 +14,13 @@ import pickle
 import tarfile
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import NamedTuple
 
 import numpy as np
 
 from pipeline.config import CsvLayout, DatasetConfig, FileSpec
 from pipeline.errors import DataError
 from pipeline.paths import rerun_hint
+from pipeline.splits import Split
 
 CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{number}" for number in range(1, 6))
 CIFAR_TEST_BATCH = "test_batch"
@@ -31,27 +30,17 @@ MAX_MEMBER_BYTES = 256 << 20
 MAX_TABLE_BYTES = 256 << 20
 
 
-class RawData(NamedTuple):
-    """Decoded examples: images as uint8 (count, *input_shape), tables as float64 (count, features)."""
-
-    train_inputs: np.ndarray
-    train_labels: np.ndarray
-    # None where the format has no published test split (csv): preprocess holds one out.
-    test_inputs: np.ndarray | None
-    test_labels: np.ndarray | None
-
-
-def read_dataset(dataset: DatasetConfig, directory: Path) -> RawData:
+def read_dataset(dataset: DatasetConfig, directory: Path) -> tuple[Split, Split | None]:
+    """The training and test examples: images as uint8 (count, *input_shape), tables as float64 (count, features).
+    No test split where the format publishes none (csv): preprocess holds one out."""
     files = {role: directory / spec.name for role, spec in dataset.files.items()}
     if dataset.format == "idx":
         shape, classes = tuple(dataset.input_shape), dataset.num_classes
         train = read_idx_images_and_labels(files["train_images"], files["train_labels"], shape, classes)
-        test = read_idx_images_and_labels(files["test_images"], files["test_labels"], shape, classes)
-        return RawData(*train, *test)
+        return train, read_idx_images_and_labels(files["test_images"], files["test_labels"], shape, classes)
     if dataset.format == "cifar_python":
         return read_cifar_archive(files["archive"], dataset.files["archive"], dataset.num_classes)
-    inputs, labels = read_csv_table(files["table"], dataset.csv, dataset.num_classes)
-    return RawData(inputs, labels, None, None)
+    return read_csv_table(files["table"], dataset.csv, dataset.num_classes), None
 
 
 def read_idx(path: Path, dimensions: int, max_bytes: int = 1 << 30) -> np.ndarray:
@@ -80,7 +69,7 @@ def read_idx(path: Path, dimensions: int, max_bytes: int = 1 << 30) -> np.ndarra
 
 def read_idx_images_and_labels(
     images_path: Path, labels_path: Path, image_shape: tuple[int, int], num_classes: int
-) -> tuple[np.ndarray, np.ndarray]:
+) -> Split:
     """Images as uint8 (count, height, width) and labels as uint8 (count,), validated together."""
     images = read_idx(images_path, dimensions=3)
     labels = read_idx(labels_path, dimensions=1)
@@ -90,7 +79,7 @@ def read_idx_images_and_labels(
         raise DataError(f"{images_path} holds {len(images):,} images but {labels_path} holds {len(labels):,} labels")
     if len(labels) and labels.max() >= num_classes:
         raise DataError(f"{labels_path}: label {int(labels.max())} found, expected labels 0 to {num_classes - 1}")
-    return images, labels
+    return Split(images, labels)
 
 
 def _read_file(path: Path, max_bytes: int) -> bytes:
@@ -106,13 +95,13 @@ def _read_file(path: Path, max_bytes: int) -> bytes:
         raise DataError(f"{path}: cannot be decompressed ({error}); delete it and download again") from None
 
 
-def read_cifar_archive(path: Path, spec: FileSpec, num_classes: int) -> RawData:
+def read_cifar_archive(path: Path, spec: FileSpec, num_classes: int) -> tuple[Split, Split]:
     """The CIFAR "python version" archive: five training batches and one test batch of pickled dicts."""
     # Unpickling runs code chosen by the file: only ever on the verified archive,
     # and only with the restricted unpickler below.
     spec.verify(path)
     wanted = {*CIFAR_TRAIN_BATCHES, CIFAR_TEST_BATCH}
-    batches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    batches: dict[str, Split] = {}
     try:
         with tarfile.open(path, "r:gz") as archive:
             for member in archive:
@@ -128,12 +117,12 @@ def read_cifar_archive(path: Path, spec: FileSpec, num_classes: int) -> RawData:
         raise DataError(f"{path}: not a readable tar.gz archive ({error})") from None
     if missing := sorted(wanted - set(batches)):
         raise DataError(f"{path}: the archive lacks the batches {', '.join(missing)}")
-    train_inputs = np.concatenate([batches[name][0] for name in CIFAR_TRAIN_BATCHES])
-    train_labels = np.concatenate([batches[name][1] for name in CIFAR_TRAIN_BATCHES])
-    return RawData(train_inputs, train_labels, *batches[CIFAR_TEST_BATCH])
+    train_inputs = np.concatenate([batches[name].inputs for name in CIFAR_TRAIN_BATCHES])
+    train_labels = np.concatenate([batches[name].labels for name in CIFAR_TRAIN_BATCHES])
+    return Split(train_inputs, train_labels), batches[CIFAR_TEST_BATCH]
 
 
-def read_csv_table(path: Path, layout: CsvLayout, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def read_csv_table(path: Path, layout: CsvLayout, num_classes: int) -> Split:
     """Numeric features (float64) and integer labels from a delimited text table."""
     try:
         text = _read_file(path, MAX_TABLE_BYTES).decode("utf-8")
@@ -154,7 +143,7 @@ def read_csv_table(path: Path, layout: CsvLayout, num_classes: int) -> tuple[np.
         raise DataError(f"{path}: malformed CSV ({error})") from None
     if not labels:
         raise DataError(f"{path}: no data rows")
-    return np.asarray(features, dtype=np.float64), np.asarray(labels, dtype=np.uint8)
+    return Split(np.asarray(features, dtype=np.float64), np.asarray(labels, dtype=np.uint8))
 
 
 def _read_at_most(stream, limit: int, source: str) -> bytes:
@@ -185,7 +174,7 @@ class CifarUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _cifar_batch(source: str, data: bytes, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def _cifar_batch(source: str, data: bytes, num_classes: int) -> Split:
     try:
         batch = CifarUnpickler(io.BytesIO(data), encoding="bytes").load()
     except Exception as error:  # any failure of a hostile pickle is a bad file
@@ -204,7 +193,7 @@ def _cifar_batch(source: str, data: bytes, num_classes: int) -> tuple[np.ndarray
     if labels and not 0 <= min(labels) <= max(labels) < num_classes:
         raise DataError(f"{source}: labels outside 0 to {num_classes - 1}")
     # Rows hold the red, green and blue 32x32 planes in turn: to (count, height, width, channel).
-    return images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(labels, dtype=np.uint8)
+    return Split(images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(labels, dtype=np.uint8))
 
 
 def _number(path: Path, line_number: int, text: str) -> float:

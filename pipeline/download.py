@@ -1,8 +1,7 @@
 """Stage `download`: fetch the dataset's raw files into data/raw/<dataset>/, each verified by size and checksum.
 
-A file already present and verified is kept without network access. URLs are tried in order,
-each with a timeout and a few attempts with backoff; a broken transfer resumes with an HTTP
-Range request. Bytes go to .<name>.part, fsynced, renamed only once verified.
+A verified file already present is kept offline. URLs are tried in order, each a few times with backoff, and a
+broken transfer resumes with an HTTP Range request; bytes are renamed into place only once verified.
 """
 
 from __future__ import annotations
@@ -49,11 +48,9 @@ def download(
     attempts: int = ATTEMPTS,
     backoff_seconds: float = BACKOFF_SECONDS,
 ) -> list[Path]:
-    """Make every file present and verified under `destination`; return their paths. Where each came from is
-    recorded beside it (data/raw/<dataset>.sources.json).
-
-    `urls` are base URLs tried in order. A `mirror` (a folder, file:// or http(s):// base
-    holding <dataset_name>/<file name>) replaces them."""
+    """Make every file present and verified under `destination`, recording where each came from beside it
+    (data_sources_file); return their paths. `urls` are base URLs tried in order; a `mirror` (a folder, file://
+    or http(s):// base holding <dataset_name>/<file name>) replaces them."""
     destination.mkdir(parents=True, exist_ok=True)
     record = data_sources_file(destination)
     served = read_json_object(record)

@@ -1,17 +1,8 @@
-"""Stage `evaluate`: score the trained Keras model on the test split and finish the MLflow run.
+"""Stage `evaluate`: score the saved Keras model on the test split and finish the train stage's MLflow run.
 
-Reads params `dataset` (name, urls, files, num_classes, class_names, task, max_test_samples, and input_shape,
-which the test split is checked against), `train.loss`, `mlflow.registered_model_name`, data/model/,
-data/processed/<dataset>/test.npz and reports/training_history.csv; writes reports/metrics.json (DVC metrics:
-the test accuracy, loss and macro F1, the last epoch's validation accuracy, the weights' sha256, the MLflow run id),
-reports/per_class_metrics.json (a report, not DVC metrics: 4 scores per class would crowd `dvc exp show`),
-reports/confusion_matrix.csv (for `dvc plots`' confusion template), reports/confusion_matrix.png,
-reports/learning_curves.png and reports/classification_report.txt.
-
-The saved model itself (the file that is logged, registered and served) is scored, by Keras; the per-class
-scores, the confusion matrix and the report come from scikit-learn. The train stage's MLflow run gets the test
-metrics, the reports, and in its lineage record the md5s dvc.lock holds for the stages that made the model.
-Once the run has finished, its model is registered and the champion decided (pipeline.registry).
+Reads params `dataset`, `train.loss` and `mlflow.registered_model_name`, data/model/, the test split and
+reports/training_history.csv; writes reports/metrics.json (the DVC metrics) and the reports dvc.yaml lists
+for this stage, logs them to the run, then registers the run's model and decides the champion (pipeline.registry).
 """
 
 from __future__ import annotations
@@ -70,10 +61,7 @@ def evaluate(
     targets: np.ndarray | None = None,
 ) -> dict:
     """Test loss and accuracy, macro and per-class precision/recall/F1 (by class name), and the predictions.
-
-    `targets` are what the model's loss compares its output with, when not the
-    labels themselves (one-hot rows for mse over a softmax).
-    """
+    `targets`: what the loss compares the output with, where not the labels (training_targets)."""
     # The loss as Keras computes it for training (L2 penalties included).
     loss = model.evaluate(inputs, labels if targets is None else targets, batch_size=1024, verbose=0, return_dict=True)
     predictions = class_ids(model.predict(inputs, batch_size=1024, verbose=0))
@@ -119,16 +107,14 @@ def plot_confusion_matrix(matrix: np.ndarray, path: Path, *, class_names: list[s
 
 
 def plot_learning_curves(history: pd.DataFrame, path: Path) -> None:
-    """Loss and accuracy per epoch, training and validation, from the train stage's history."""
+    """Loss and accuracy per epoch from the train stage's history: training, and validation where there is a split."""
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
-        for name, label in ((metric, "training"), (f"val_{metric}", "validation")):
-            if name in history:
-                axis.plot(history.index, history[name], marker="o", label=label)
-        axis.set(xlabel="epoch", ylabel=metric)
+        names = {metric: "training", f"val_{metric}": "validation"}
+        curves = history.filter(items=list(names)).rename(columns=names)
+        curves.plot(ax=axis, marker="o", xlabel="epoch", ylabel=metric)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
-        axis.legend()
     figure.suptitle("Learning curves")
     save_figure(figure, path)
 
@@ -161,10 +147,9 @@ def write_reports(results: dict, labels: np.ndarray, history: pd.DataFrame, metr
         mlflow.log_artifact(str(path))
 
 
-def run_summary(model: keras.Model, run_id: str, *, dataset_name: str, accuracy: float, scope: str) -> str:
-    """One line, accuracy first: how the model scored, the network and how it was trained."""
-    # From the run's logged params: this stage does not read (nor re-run for) the training settings.
-    logged = client().get_run(run_id).data.params
+def run_summary(model: keras.Model, logged: dict[str, str], *, dataset_name: str, accuracy: float, scope: str) -> str:
+    """One line, accuracy first: how the model scored, the network and how it was trained, the latter from the
+    run's `logged` params (this stage does not read, nor re-run for, the training settings)."""
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     units = [str(model.input_shape[-1]), *(str(layer.units) for layer in dense)]
     return (
@@ -177,21 +162,11 @@ def run_summary(model: keras.Model, run_id: str, *, dataset_name: str, accuracy:
     )
 
 
-def register_model(record: dict, summary: str, *, name: str, dataset_name: str, scope: str) -> None:
+def register_model(record: dict, summary: str, tags: dict[str, str], *, name: str) -> None:
     """Register the run's model (once per run) and decide the champion; a reproduction registers nothing."""
-    reproduces = os.environ.get(REPRODUCES_VARIABLE)
-    if reproduces:
+    if reproduces := os.environ.get(REPRODUCES_VARIABLE):
         logger.info("%s: nothing registered: this run reproduces run %s", name, reproduces)
         return
-    run = client().get_run(record["run_id"])
-    tags = {
-        "dataset": dataset_name,
-        registry.ACCURACY_TAG: f"{run.data.metrics['test_accuracy']:.6f}",
-        registry.TEST_SET_TAG: run.data.tags[TEST_SET_TAG],
-        registry.SCOPE_TAG: scope,
-        "run_id": record["run_id"],
-        "commit": run.data.tags.get("git.commit", "unknown"),
-    }
     version = registry.register(
         client(), name, run_id=record["run_id"], model_uri=record["model_uri"], description=summary, tags=tags
     )
@@ -217,13 +192,11 @@ def main() -> None:
             raise DataError(f"{HISTORY_FILE} holds no epochs: {rerun_hint('train')}")
         results = evaluate(model, *test_split, class_names=dataset.class_names, targets=targets)
         accuracy = results["test"]["accuracy"]
-        # What DVC shows in `dvc exp show` and `dvc metrics diff`: the few numbers that decide between runs, and
-        # the ids that tie the row to its weights and MLflow run. The other scores are in MLflow, the per-class
-        # file, the classification report and training_history.csv.
+        # What `dvc exp show` and `dvc metrics diff` show: the few numbers that decide between runs, and the ids
+        # that tie the row to its weights and MLflow run.
         metrics = {
             "test": {name: results["test"][name] for name in ("accuracy", "loss", "f1_macro")},
-            # The last epoch's validation accuracy, when there is a validation split: what runs are chosen by
-            # without looking at the test split.
+            # What runs are chosen by without looking at the test split, where there is a validation split.
             **({"val_accuracy": float(history["val_accuracy"].iloc[-1])} if "val_accuracy" in history else {}),
             "weights_sha256": weights_sha256(model),
             "mlflow_run_id": run_id,
@@ -233,14 +206,23 @@ def main() -> None:
         add_lock_md5s(run_id)  # dvc.lock now holds the upstream stages as they ran for this model
         source = dataset_source(dataset.name, dataset.files, dataset.urls)
         log_datasets({"test": test_split}, dataset_name=dataset.name, source=source, context="test")
-        summary = run_summary(model, run_id, dataset_name=dataset.name, accuracy=accuracy, scope=scope)
+        run = client().get_run(run_id)
+        summary = run_summary(model, run.data.params, dataset_name=dataset.name, accuracy=accuracy, scope=scope)
         # What `mlp diff` and the registry compare runs by: their examples pair only on the same test set.
         test_set = hashlib.sha256(test_split.inputs.tobytes() + test_split.labels.tobytes()).hexdigest()
         mlflow.set_tags({TEST_SET_TAG: test_set, "mlflow.note.content": summary})  # the note: the run's description
     # Registered once the run has FINISHED with its test metrics: no version points at an unfinished run,
     # and a crash before this leaves none (dvc repro then runs this stage again).
-    register_model(record, summary, name=params.mlflow.registered_model_name, dataset_name=dataset.name, scope=scope)
-    logger.info("test accuracy %.4f, test loss %.4f", results["test"]["accuracy"], results["test"]["loss"])
+    tags = {
+        "dataset": dataset.name,
+        registry.ACCURACY_TAG: f"{accuracy:.6f}",
+        registry.TEST_SET_TAG: test_set,
+        registry.SCOPE_TAG: scope,
+        "run_id": run_id,
+        "commit": run.data.tags.get("git.commit", "unknown"),
+    }
+    register_model(record, summary, tags, name=params.mlflow.registered_model_name)
+    logger.info("test accuracy %.4f, test loss %.4f", accuracy, results["test"]["loss"])
 
 
 if __name__ == "__main__":

@@ -53,10 +53,8 @@ def raw_directory(dataset_name: str) -> Path:
 
 
 def data_sources_file(raw_folder: Path) -> Path:
-    """Where the files in `raw_folder` came from (a mirror, a URL, a local file), per file name.
-
-    Beside the folder, not in it: not a DVC output, as the files are the same, verified by checksum,
-    whichever source served them."""
+    """Where each file in `raw_folder` came from (a mirror, a URL, a local file): beside the folder, not a DVC
+    output, as the verified files are the same whichever source served them."""
     return raw_folder.with_name(f"{raw_folder.name}.sources.json")  # data/raw/<dataset>.sources.json
 
 

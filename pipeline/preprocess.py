@@ -1,18 +1,8 @@
-"""Stage `preprocess`: decode and validate the raw files, split and flatten.
+"""Stage `preprocess`: decode the raw files, hold out the validation (and where needed test) examples, flatten.
 
-Reads params `seed`, `dataset` and data/raw/<dataset>/; writes data/processed/<dataset>/{train,validation,test}.npz
-(raw inputs, flattened: uint8 pixels or float32 table values; integer labels),
-reports/class_counts.json (examples per class in each split) and
-reports/samples.png (a 5x5 grid of random training images with their class, or
-for tables each feature's histogram per class).
-
-Nothing is scaled here: the model scales its raw inputs in its first layer
-(pipeline.model.input_scaling), so the served model takes what the files hold.
-
-The validation set is a stratified, seeded share of the training examples;
-where the format has no test split (csv), a stratified, seeded share of all
-rows is held out first (scikit-learn's train_test_split). The test examples are
-only ever used by the evaluate stage.
+Reads params `seed`, `dataset` and data/raw/<dataset>/; writes data/processed/<dataset>/{train,validation,test}.npz,
+reports/class_counts.json and reports/samples.png. Each held-out share is stratified and seeded; values stay raw,
+as the model scales its inputs itself (pipeline.model.input_scaling), so the served model takes what the files hold.
 """
 
 from __future__ import annotations
@@ -25,7 +15,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from pipeline.config import DatasetConfig, load_params
-from pipeline.decoders import RawData, read_dataset
+from pipeline.decoders import read_dataset
 from pipeline.errors import DataError
 from pipeline.figures import save_figure
 from pipeline.files import write_json
@@ -38,36 +28,26 @@ logger = logging.getLogger(__name__)
 GRID_SIZE = 5
 
 
-def preprocess(raw: RawData, *, dataset: DatasetConfig, seed: int) -> dict[str, Split]:
-    """Split, subsample and flatten; return {split name: Split} with the raw values."""
-    train_inputs, train_labels, test_inputs, test_labels = raw
-    if test_inputs is None:
-        train_inputs, train_labels, test_inputs, test_labels = _held_out(
-            train_inputs, train_labels, seed, test_size=dataset.test_fraction
-        )
-    if (size := dataset.max_train_samples) is not None and size < len(train_labels):
-        train_inputs, train_labels, *_ = _held_out(train_inputs, train_labels, seed, train_size=size)
-    if (size := dataset.max_test_samples) is not None and size < len(test_labels):
-        test_inputs, test_labels, *_ = _held_out(test_inputs, test_labels, seed, train_size=size)
+def preprocess(train: Split, test: Split | None, *, dataset: DatasetConfig, seed: int) -> dict[str, Split]:
+    """Split, subsample and flatten the decoded examples; return {split name: Split} with the raw values."""
+    if test is None:
+        train, test = _held_out(train, seed, test_size=dataset.test_fraction)
+    if (size := dataset.max_train_samples) is not None and size < len(train.labels):
+        train, _ = _held_out(train, seed, train_size=size)
+    if (size := dataset.max_test_samples) is not None and size < len(test.labels):
+        test, _ = _held_out(test, seed, train_size=size)
     if dataset.validation_fraction > 0:
-        train_inputs, train_labels, validation_inputs, validation_labels = _held_out(
-            train_inputs, train_labels, seed, test_size=dataset.validation_fraction
-        )
+        train, validation = _held_out(train, seed, test_size=dataset.validation_fraction)
     else:
-        validation_inputs, validation_labels = train_inputs[:0], train_labels[:0]
-    splits = {
-        "train": (train_inputs, train_labels),
-        "validation": (validation_inputs, validation_labels),
-        "test": (test_inputs, test_labels),
-    }
+        validation = Split(train.inputs[:0], train.labels[:0])
     # Images stay uint8; a table's values become float32, the precision the model computes in.
-    dtype = np.uint8 if train_inputs.dtype == np.uint8 else np.float32
+    dtype = np.uint8 if train.inputs.dtype == np.uint8 else np.float32
     # Flat, e.g. 28x28 -> 784 features for the Dense input layer; the width is explicit because
     # -1 cannot be inferred for an empty split.
-    features = int(np.prod(train_inputs.shape[1:]))
+    features = int(np.prod(train.inputs.shape[1:]))
     return {
         name: Split(inputs.reshape(len(inputs), features).astype(dtype, copy=False), labels.astype(np.int64))
-        for name, (inputs, labels) in splits.items()
+        for name, (inputs, labels) in {"train": train, "validation": validation, "test": test}.items()
     }
 
 
@@ -106,24 +86,23 @@ def save_samples_figure(
     save_figure(figure, path)
 
 
-def _held_out(inputs: np.ndarray, labels: np.ndarray, seed: int, **size):
-    """(kept inputs, kept labels, held-out inputs, held-out labels); each class keeps its share on both
-    sides, drawn with `seed`; `size` is train_test_split's test_size or train_size."""
+def _held_out(split: Split, seed: int, **size) -> tuple[Split, Split]:
+    """(kept, held out), each class keeping its share on both sides, drawn with `seed`; `size` is
+    train_test_split's test_size or train_size."""
+    inputs, labels = split
     try:
         kept, held_out = train_test_split(np.arange(len(labels)), stratify=labels, random_state=seed, **size)
     except ValueError as error:  # e.g. a class with one example, or fewer rows on a side than classes
         raise DataError(f"cannot split the {len(labels)} examples keeping every class on both sides: {error}") from None
-    return inputs[kept], labels[kept], inputs[held_out], labels[held_out]
+    return Split(inputs[kept], labels[kept]), Split(inputs[held_out], labels[held_out])
 
 
 def main() -> None:
     params = load_params()
     dataset = params.dataset
-    raw = read_dataset(dataset, raw_directory(dataset.name))
-    save_samples_figure(
-        raw.train_inputs, raw.train_labels, SAMPLES_FILE, class_names=dataset.class_names, seed=params.seed
-    )
-    splits = preprocess(raw, dataset=dataset, seed=params.seed)
+    train, test = read_dataset(dataset, raw_directory(dataset.name))
+    save_samples_figure(*train, SAMPLES_FILE, class_names=dataset.class_names, seed=params.seed)
+    splits = preprocess(train, test, dataset=dataset, seed=params.seed)
     for name, split in splits.items():
         save_split(processed_directory(dataset.name) / f"{name}.npz", split)
         logger.info("%s: %d examples of %d features", name, *split.inputs.shape)

@@ -16,8 +16,8 @@ from pipeline.paths import repair_hint, rerun_hint
 
 
 class Split(NamedTuple):
-    """One split as the stages pass it on: raw inputs (count, features), uint8 pixels or float32
-    table values, and integer labels (count,)."""
+    """Examples and their class ids (count,). As the stages pass a split on, its inputs are flat and raw
+    (count, features): uint8 pixels or float32 table values."""
 
     inputs: np.ndarray
     labels: np.ndarray
@@ -56,9 +56,8 @@ def load_split(directory: Path, name: str) -> Split:
 
 
 def load_splits(directory: Path, names: list[str], dataset: DatasetConfig) -> list[Split]:
-    """The arrays of splits `names` (load_split), each checked against the dataset config: every example as wide
-    as dataset.input_shape, labels among its classes, no empty split (validation may be, at validation_fraction 0)
-    and every class in the training split. Checked before any run starts: a bad file fails here, in one line."""
+    """Splits `names` (load_split) checked against `dataset` before any run starts, failing in one line: their
+    width, labels among its classes, none empty (but validation at validation_fraction 0), every class in train."""
     splits = [load_split(directory, name) for name in names]
     for name, (inputs, labels) in zip(names, splits, strict=True):
         path, repair = directory / f"{name}.npz", repair_hint("preprocess")

@@ -1,10 +1,7 @@
 """Stage `validate`: refuse a params.yaml that no stage would accept, whatever changed in it.
 
-Reads all of params.yaml; writes nothing. Every stage validates the whole file
-before it works, but DVC runs a stage only when a key it declares changed: an
-unknown key (`dvc exp run -S +foo=1`, or a line added to params.yaml) would
-otherwise be recorded as an experiment without any stage noticing. This stage
-declares the whole file, so any change runs it, and a bad one fails the run.
+Reads all of params.yaml; writes nothing. DVC runs a stage only when a key it declares changed, so an unknown key
+(`dvc exp run -S +foo=1`) would be recorded without any stage noticing: this stage declares the whole file.
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ from conftest import REPOSITORY, synthetic_digits
 from sklearn.model_selection import train_test_split
 
 from pipeline.config import DatasetConfig
-from pipeline.decoders import RawData
 from pipeline.errors import DataError
 from pipeline.preprocess import class_counts, preprocess, save_samples_figure
+from pipeline.splits import Split
 
 
 def dataset_config(template: str = "mnist", **changes) -> DatasetConfig:
@@ -23,8 +23,8 @@ def dataset_config(template: str = "mnist", **changes) -> DatasetConfig:
 def tiny_splits(seed=0, **options):
     train_images, train_labels = synthetic_digits(200, seed=1)
     test_images, test_labels = synthetic_digits(50, seed=2)
-    raw = RawData(train_images, train_labels, test_images, test_labels)
-    return preprocess(raw, dataset=dataset_config(validation_fraction=0.2, **options), seed=seed)
+    train, test = Split(train_images, train_labels), Split(test_images, test_labels)
+    return preprocess(train, test, dataset=dataset_config(validation_fraction=0.2, **options), seed=seed)
 
 
 def test_images_stay_flat_uint8_pixels():
@@ -41,11 +41,11 @@ def test_a_class_with_one_example_cannot_be_split_and_the_error_says_so():
     train_images, train_labels = synthetic_digits(40, seed=1)
     train_labels[:] = 0
     train_labels[0] = 1  # class 1 has one example
-    raw = RawData(train_images, train_labels, train_images, train_labels)
+    split = Split(train_images, train_labels)
     with pytest.raises(
         DataError, match="cannot split the 40 examples keeping every class on both sides.*only 1 member"
     ):
-        preprocess(raw, dataset=dataset_config(validation_fraction=0.2), seed=0)
+        preprocess(split, split, dataset=dataset_config(validation_fraction=0.2), seed=0)
 
 
 def test_validation_is_a_stratified_share_of_training_and_test_is_untouched():
@@ -70,8 +70,8 @@ def test_subsets_are_stratified():
 
 def test_no_validation_split_leaves_an_empty_validation_set():
     train_images, train_labels = synthetic_digits(40, seed=1)
-    raw = RawData(train_images, train_labels, train_images, train_labels)
-    splits = preprocess(raw, dataset=dataset_config(validation_fraction=0.0), seed=0)
+    split = Split(train_images, train_labels)
+    splits = preprocess(split, split, dataset=dataset_config(validation_fraction=0.0), seed=0)
     assert splits["validation"][0].shape == (0, 784)
     assert len(splits["train"][1]) == 40
 
@@ -86,7 +86,7 @@ def test_a_table_without_test_split_gets_a_stratified_held_out_test_set():
     table = generator.normal(5.0, 3.0, size=(200, 8))
     labels = np.array([0] * 130 + [1] * 70, dtype=np.uint8)
     pima = dataset_config("pima", validation_fraction=0.1, test_fraction=0.2)
-    splits = preprocess(RawData(table, labels, None, None), dataset=pima, seed=0)
+    splits = preprocess(Split(table, labels), None, dataset=pima, seed=0)
     assert [len(splits[name][1]) for name in ("train", "validation", "test")] == [144, 16, 40]
     assert np.bincount(splits["test"][1]).tolist() == [26, 14]
     # The raw measurements, as float32: the model standardizes them itself.
