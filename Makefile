@@ -60,9 +60,9 @@ test: $(INSTALLED)
 	python -m pytest --numprocesses auto --dist loadfile
 
 # Slower end-to-end checks: a queued DVC sweep, serving the registered model,
-# and (with MLP_DATA_MIRROR set) the real MNIST files.
+# and (with MLP_DATA_MIRROR set) the real MNIST files. The 15 slowest are listed at the end.
 test-slow: $(INSTALLED)
-	python -m pytest -m slow --numprocesses auto --dist loadfile
+	python -m pytest -m slow --numprocesses auto --dist loadfile --durations 15
 
 lint: $(INSTALLED)
 	ruff check .
