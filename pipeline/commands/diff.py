@@ -23,7 +23,7 @@ from pipeline.errors import PipelineError
 from pipeline.git import git_or_empty
 from pipeline.lineage import ENVIRONMENT_ARTIFACT
 from pipeline.reproduce.record import PARAMS_ARTIFACT, artifact_text, json_artifact
-from pipeline.reproduce.tolerance import read_tolerances
+from pipeline.reproduce.verdict import read_tolerances
 from pipeline.tracking import TEST_SET_TAG, client
 
 PREDICTIONS_ARTIFACT = "evaluation/confusion_matrix.csv"
