@@ -8,6 +8,7 @@ params.yaml, then the keys that still differ (`model.dropout_rate=0.3`, `+key=va
 from __future__ import annotations
 
 import functools
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -88,12 +89,8 @@ def key_overrides(composed: dict[str, Any], target: dict[str, Any]) -> list[str]
 
 def hydra_value(value: Any) -> str:
     """A flattened params value (never a mapping) in Hydra's override grammar, on one line: 0.3, [256,256], 'a b'."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, int | float):
-        return repr(value)
+    if value is None or isinstance(value, bool | int | float):
+        return json.dumps(value)  # null, true, 10, 0.3, 1e-05: as Hydra reads them
     if isinstance(value, list | tuple):
         return "[" + ",".join(hydra_value(item) for item in value) + "]"
     text = str(value)

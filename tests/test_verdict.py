@@ -9,8 +9,17 @@ import yaml
 
 from pipeline.config import compose, parse_params
 from pipeline.errors import PipelineError
-from pipeline.reproduce.tolerance import configuration_sha256, read_tolerances, tolerance_file
-from pipeline.reproduce.verdict import EQUIVALENT, EXIT_STATUS, IDENTICAL, MISMATCH, Comparison, Reproduction
+from pipeline.reproduce.verdict import (
+    EQUIVALENT,
+    EXIT_STATUS,
+    IDENTICAL,
+    MISMATCH,
+    Comparison,
+    Reproduction,
+    configuration_sha256,
+    read_tolerances,
+    tolerance_file,
+)
 
 RECORDED_HASH, OTHER_HASH = "a" * 64, "b" * 64
 ANOTHER_CPU = ["cpu.isa -avx512f -avx512_bf16", "threads.intra_op 8 -> 2"]

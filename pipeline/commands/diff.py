@@ -1,11 +1,6 @@
-"""`mlp diff RUN_A RUN_B [--json]`: why two runs differ, and whether their test accuracies really do.
-
-What differs: the changed parameters, the code (commits, files changed between them), the data (digests), the
-environment (CPU fingerprint, threads, packages) and the test metrics. Whether the accuracy difference is real:
-McNemar's exact test on the runs' paired per-example predictions (the evaluate stage's
-`evaluation/confusion_matrix.csv`, one row per test example), beside the spread `mlp tolerance` measured across
-seeds for run A's configuration. Runs scored on different test sets get a warning and no p-value.
-"""
+"""`mlp diff RUN_A RUN_B [--json]`: what differs between two runs (params, code, data, environment, test
+metrics) and whether their test accuracies really do: McNemar's exact test on their paired per-example
+predictions, beside the spread `mlp tolerance` measured across seeds for run A's configuration."""
 
 from __future__ import annotations
 
@@ -23,9 +18,10 @@ from pipeline.errors import PipelineError
 from pipeline.git import git_or_empty
 from pipeline.lineage import ENVIRONMENT_ARTIFACT
 from pipeline.reproduce.record import PARAMS_ARTIFACT, artifact_text, json_artifact
-from pipeline.reproduce.tolerance import read_tolerances
+from pipeline.reproduce.verdict import read_tolerances
 from pipeline.tracking import TEST_SET_TAG, client
 
+# The evaluate stage's per-example (actual, predicted) rows, one per test example.
 PREDICTIONS_ARTIFACT = "evaluation/confusion_matrix.csv"
 # Below this p-value McNemar's test calls the difference in accuracy real.
 SIGNIFICANCE = 0.05
@@ -43,15 +39,15 @@ def run(arguments: argparse.Namespace) -> None:
 
 
 def compare(run_a: str, run_b: str) -> dict:
-    # Six small reads of artifacts: MLflow's progress bars would bury the comparison.
+    # A few small reads of artifacts: MLflow's progress bars would bury the comparison.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     store = client()
     try:
         a, b = store.get_run(run_a), store.get_run(run_b)
     except MlflowException as error:
         raise PipelineError(f"{error.message.splitlines()[0]}: give the ids of two runs of this store") from None
-    artifacts = [_artifacts(run.info.run_id) for run in (a, b)]
     data = [{key: run.data.tags.get(key) for key in ("dataset", "data.sha256")} for run in (a, b)]
+    environments = [flatten(json_artifact(run_id, ENVIRONMENT_ARTIFACT) or {}) for run_id in (run_a, run_b)]
     metrics = {}
     for name in sorted(key for key in {*a.data.metrics, *b.data.metrics} if key.startswith("test_")):
         values = {"a": a.data.metrics.get(name), "b": b.data.metrics.get(name)}
@@ -64,13 +60,19 @@ def compare(run_a: str, run_b: str) -> dict:
         "params": changed(a.data.params, b.data.params),
         "code": code_difference(a.data.tags.get("git.commit"), b.data.tags.get("git.commit")),
         "data": changed(*data),
-        "environment": changed(flatten(artifacts[0]["environment"]), flatten(artifacts[1]["environment"])),
+        "environment": changed(*environments),
         "metrics": metrics,
-        "significance": mcnemar(artifacts[0]["predictions"], artifacts[1]["predictions"]) if same_test_set else None,
-        "seed_spread": seed_spread(artifacts[0]["params"]),
+        "significance": mcnemar(predictions(run_a), predictions(run_b)) if same_test_set else None,
+        "seed_spread": seed_spread(artifact_text(run_a, PARAMS_ARTIFACT)),
     }
     comparison["verdict"] = verdict(comparison, same_test_set=same_test_set)
     return comparison
+
+
+def predictions(run_id: str) -> list[tuple[str, str]]:
+    """The run's (actual, predicted) rows, without the header; [] when it logged none."""
+    rows = list(csv.reader(io.StringIO(artifact_text(run_id, PREDICTIONS_ARTIFACT) or "")))[1:]
+    return [(row[0], row[1]) for row in rows]
 
 
 def code_difference(commit_a: str | None, commit_b: str | None) -> dict:
@@ -99,10 +101,9 @@ def seed_spread(params_text: str | None) -> float | None:
     if params_text is None:
         return None
     try:
-        tolerances = read_tolerances(parse_params(params_text))
+        return (read_tolerances(parse_params(params_text)) or {}).get("test_accuracy")
     except PipelineError:
         return None
-    return None if tolerances is None else tolerances.get("test_accuracy")
 
 
 def verdict(comparison: dict, *, same_test_set: bool) -> str:
@@ -142,13 +143,3 @@ def format_text(comparison: dict) -> str:
             f"only B right {test['only_b_right']}"
         )
     return "\n".join([*lines, "", comparison["verdict"]])
-
-
-def _artifacts(run_id: str) -> dict:
-    """The run's (actual, predicted) rows, environment fingerprint and params.yaml, where it logged them."""
-    rows = list(csv.reader(io.StringIO(artifact_text(run_id, PREDICTIONS_ARTIFACT) or "")))[1:]
-    return {
-        "predictions": [(row[0], row[1]) for row in rows],
-        "environment": json_artifact(run_id, ENVIRONMENT_ARTIFACT) or {},
-        "params": artifact_text(run_id, PARAMS_ARTIFACT),
-    }

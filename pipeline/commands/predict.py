@@ -201,12 +201,9 @@ def resize(image: Image.Image, *, height: int, width: int) -> np.ndarray:
 
 
 def as_mnist_digit(image: Image.Image, *, background: str = "auto", name: object = "image") -> np.ndarray:
-    """A drawing of any size as MNIST's digits were made (LeCun et al.): light ink on black, the ink's
-    bounding box scaled to fit 20x20 keeping its aspect ratio, its centre of mass at the centre of 28x28.
+    """A drawing of any size prepared as MNIST's digits were (LeCun et al.; see the module's docstring).
 
-    `background` "auto" takes the border pixels' median: light means a dark-on-light drawing, which is
-    inverted. An image already 28x28 is taken as it is (after that inversion): it has the dataset's form.
-    """
+    `background` "auto" takes the border pixels' median: light means a dark-on-light drawing, inverted."""
     import scipy.ndimage  # here, not at the top: only this preparation needs it, and `--help` need not wait for it
 
     pixels = np.asarray(image, dtype=np.float64)

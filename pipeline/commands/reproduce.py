@@ -1,11 +1,5 @@
-"""`mlp reproduce`: re-run a recorded MLflow run from its lineage alone and judge the result.
-
-mlp reproduce RUN_ID [--tolerance ACCURACY]: rebuild the run (pipeline.reproduce.rerun) and judge it
-    identical (exit status 0), equivalent within tolerance in another environment (3) or mismatch (1)
-    (pipeline.reproduce.verdict); the reproduction is an MLflow run tagged `reproduces`.
-mlp reproduce --repeatability: train the current configuration twice, in separate processes, and
-    compare the weights' sha256.
-"""
+"""`mlp reproduce RUN_ID`: rebuild a recorded MLflow run from its lineage and judge the result
+(pipeline.reproduce); `mlp reproduce --repeatability`: train the current configuration twice and compare."""
 
 from __future__ import annotations
 
@@ -45,17 +39,17 @@ def run(arguments: argparse.Namespace) -> None:
     sys.exit(EXIT_STATUS[reproduction.verdict])
 
 
-def check_repeatability(repetitions: int = 2) -> bool:
-    """Train the current configuration `repetitions` times in separate processes; print the weights' hashes."""
+def check_repeatability() -> bool:
+    """Train the current configuration twice, in separate processes; print the weights' hashes."""
     hashes = []
-    for attempt in range(1, repetitions + 1):
-        logger.info("training %d of %d", attempt, repetitions)
+    for attempt in (1, 2):
+        logger.info("training %d of 2", attempt)
         command = [sys.executable, "-m", "pipeline.train", "--hash-only"]
         result = subprocess.run(command, stdout=subprocess.PIPE, text=True)
         if result.returncode != 0:
-            raise PipelineError(f"training {attempt} of {repetitions} failed (exit status {result.returncode})")
+            raise PipelineError(f"training {attempt} of 2 failed (exit status {result.returncode})")
         hashes.append(result.stdout.strip().splitlines()[-1])
         print(f"training {attempt}: weights sha256 {hashes[-1]}")
-    repeatable = len(set(hashes)) == 1
+    repeatable = hashes[0] == hashes[1]
     print("verdict: " + ("repeatable" if repeatable else "NOT repeatable"))
     return repeatable

@@ -28,8 +28,7 @@ class RecordedRun:
 
     run_id: str
     commit: str
-    dirty: bool
-    diff_artifact: str | None  # the uncommitted diff to apply to the commit
+    diff_artifact: str | None  # the uncommitted diff to apply to the commit, if the tree was dirty
     weights_sha256: str
     test_metrics: dict[str, float]
     params_text: str
@@ -67,7 +66,6 @@ def read_record(run_id: str) -> RecordedRun:
     return RecordedRun(
         run_id=run_id,
         commit=code["commit"],
-        dirty=bool(code.get("dirty")),
         diff_artifact=code.get("diff"),
         weights_sha256=tags[WEIGHTS_TAG],
         test_metrics=test_metrics,
@@ -114,7 +112,7 @@ def lineage_from_tags(run_id: str, tags: dict[str, str]) -> dict[str, Any]:
         if name.startswith("data.") and name.endswith(".sha256")
     }
     return {
-        "code": {"commit": tags.get("git.commit"), "dirty": dirty, "diff": DIFF_ARTIFACT if dirty else None},
+        "code": {"commit": tags.get("git.commit"), "diff": DIFF_ARTIFACT if dirty else None},
         "data": {"files": files},
         "config": {"params": read_yaml(params, "the run's config/params.yaml")},
         "dvc": lock,

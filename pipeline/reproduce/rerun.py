@@ -24,8 +24,7 @@ from pipeline.git import git, is_commit
 from pipeline.lineage import ENVIRONMENT_ARTIFACT, LINEAGE_ARTIFACT, REPRODUCES_VARIABLE, lock_md5s
 from pipeline.paths import LOCK_FILE, METRICS_FILE, PARAMS_FILE, PROCESSED_ROOT, RAW_ROOT, raw_directory
 from pipeline.reproduce.record import WEIGHTS_TAG, RecordedRun, json_artifact, lock_differences, read_record
-from pipeline.reproduce.tolerance import read_tolerances, tolerance_file
-from pipeline.reproduce.verdict import Comparison, Reproduction
+from pipeline.reproduce.verdict import Comparison, Reproduction, read_tolerances, tolerance_file
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +49,7 @@ def reproduce(run_id: str, repository: Path, tolerance: float | None = None) -> 
     """Rebuild run `run_id` from its lineage record and compare it; raise PipelineError if it cannot be rebuilt.
 
     `tolerance`: of the test accuracy, instead of the measured ones in reports/tolerance/."""
-    mlflow.set_tracking_uri(tracking.tracking_uri())
-    recorded = read_record(run_id)
+    recorded = read_record(run_id)  # through tracking.client(), which points MLflow at the store
     if not is_commit(recorded.commit, cwd=repository):
         raise PipelineError(
             f"run {run_id} was made at commit {recorded.commit}, which this repository does not have: fetch it"
@@ -78,7 +76,7 @@ def reproduce(run_id: str, repository: Path, tolerance: float | None = None) -> 
 
 def rerun(recorded: RecordedRun, worktree: Path, repository: Path, local_files: list[Path]) -> dict:
     """Prepare the worktree as the run had it and run `dvc repro --force` there; return its metrics.json."""
-    if recorded.dirty and recorded.diff_artifact:
+    if recorded.diff_artifact:
         patch = mlflow.artifacts.download_artifacts(run_id=recorded.run_id, artifact_path=recorded.diff_artifact)
         if subprocess.run(["git", "apply", patch], cwd=worktree).returncode != 0:
             raise PipelineError(

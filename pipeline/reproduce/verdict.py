@@ -1,20 +1,48 @@
-"""The three verdicts of `mlp reproduce` and how a reproduction reaches one.
-
-identical (exit status 0): the weights' sha256, every test metric and the data are the recorded ones.
-equivalent (3): the weights differ, but so does the environment (CPU fingerprint, thread counts,
-    packages), where bitwise identity is not expected, and every test metric lies within its
-    tolerance (`mlp tolerance`'s spread across seeds, or --tolerance).
-mismatch (1): anything else. In an identical environment the same operations in the same order give
-    the same bits, so any difference means code, data or configuration changed, or training is not
-    deterministic.
-"""
+"""The three verdicts of `mlp reproduce` (identical 0, equivalent 3, mismatch 1), how a reproduction reaches one,
+and the tolerances it is judged by. In an identical environment the same operations in the same order give the
+same bits, so any difference there is a mismatch. In another one (another CPU or thread count rounds differently)
+the weights may differ, but no test metric may move further than another seed moves it: `mlp tolerance`
+measures that spread into reports/tolerance/<configuration sha256>.json (small, meant to be committed)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.config import Params
+from pipeline.errors import PipelineError
+from pipeline.paths import REPORTS_DIRECTORY
 
 IDENTICAL, EQUIVALENT, MISMATCH = "identical", "equivalent", "mismatch"
 EXIT_STATUS = {IDENTICAL: 0, EQUIVALENT: 3, MISMATCH: 1}
+TOLERANCE_DIRECTORY = REPORTS_DIRECTORY / "tolerance"
+# Not part of what is measured: the seed is what varies, the others only name things.
+UNMEASURED_KEYS = {"seed", "mirror", "mlflow"}
+
+
+def configuration_sha256(params: Params) -> str:
+    """sha256 of the configuration without seed, mirror and MLflow names: the key of its tolerance file."""
+    measured = params.model_dump(mode="json", exclude=UNMEASURED_KEYS)
+    return hashlib.sha256(json.dumps(measured, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def tolerance_file(params: Params, repository: Path = Path()) -> Path:
+    return repository / TOLERANCE_DIRECTORY / f"{configuration_sha256(params)}.json"
+
+
+def read_tolerances(params: Params, repository: Path = Path()) -> dict[str, float] | None:
+    """Metric -> tolerance measured for this configuration, or None when `mlp tolerance` has not measured it."""
+    path = tolerance_file(params, repository)
+    if not path.exists():
+        return None
+    try:
+        return {name: float(value) for name, value in json.loads(path.read_text(encoding="utf-8"))["tolerance"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise PipelineError(
+            f"{path} is not a tolerance file ({error}): measure it again with `mlp tolerance`"
+        ) from None
 
 
 @dataclass
