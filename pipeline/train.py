@@ -67,12 +67,6 @@ logger = logging.getLogger(__name__)
 MAX_RUN_NAME_CHANGES = 120
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and TensorFlow from one seed and make TensorFlow's ops deterministic."""
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
-
-
 def train(
     training: Split,
     validation: Split,
@@ -94,7 +88,8 @@ def train(
     # (MLflow picks run names with Python's global `random`, which Keras also
     # draws initializer seeds from) cannot change the weights.
     determinism.require(train_config.determinism)
-    seed_everything(seed)
+    keras.utils.set_random_seed(seed)  # Python's, NumPy's and TensorFlow's generators
+    tf.config.experimental.enable_op_determinism()
     model = build_mlp(training.inputs, num_classes=num_classes, task=task, config=model_config, scaling=scaling)
     total_steps = math.ceil(len(training.labels) / train_config.batch_size) * train_config.epochs
     optimizer = make_optimizer(optimizer_config, schedule=train_config.learning_rate_schedule, total_steps=total_steps)
