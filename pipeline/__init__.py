@@ -2,11 +2,10 @@
 
 import os
 
-# TensorFlow's C++ log: its start-up notices drown the stage logs, and with op determinism on (the train
-# stage), tf.data's rewrite of Keras' parallel map logs "E0000 ... NodeDef mentions attribute
-# use_unbounded_threadpool", an error line for an attribute it then ignores. Errors that stop a run reach
-# Python as exceptions; TF_CPP_MIN_LOG_LEVEL=0 shows the C++ log again. (The oneDNN notice TensorFlow prints
-# regardless, on CPUs where it turns oneDNN on: turning oneDNN off to hide it would change the weights there.)
+# TensorFlow's C++ log: its start-up notices, and the error-looking line tf.data logs under op determinism for an
+# attribute it then ignores ("NodeDef mentions attribute use_unbounded_threadpool"), drown the stage logs. Errors
+# that stop a run reach Python as exceptions; TF_CPP_MIN_LOG_LEVEL=0 shows the C++ log again.
+# (The oneDNN notice still prints: turning oneDNN off to hide it would change the weights on CPUs that use it.)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # What the pipeline downloads from MLflow are small files (a lineage record, a
 # model): a progress bar for each is noise in the logs.

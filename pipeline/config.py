@@ -1,7 +1,5 @@
-"""The parameters every stage reads: params.yaml, the Hydra composition of conf/, validated against one schema.
-
-Each stage validates the whole file before it touches any data or creates any MLflow run, so a
-wrong value fails at once with a message naming the key, the value and what is allowed.
+"""The parameters every stage reads: params.yaml, the Hydra composition of conf/, validated against one schema
+before a stage touches any data or MLflow run; a wrong value fails with the key, the value and what is allowed.
 """
 
 from __future__ import annotations
@@ -246,11 +244,7 @@ class Params(StrictModel):
                 f"train.loss {self.train.loss} does not fit dataset.task {self.dataset.task} "
                 f"({self.dataset.name}): use {right} or mse"
             )
-        self.fits()
-        return self
-
-    def fits(self) -> None:
-        """Refuse a batch larger than the training rows, or a network that cannot fit in this machine's memory."""
+        # A batch larger than the training rows, or a network that cannot fit in this machine's memory.
         dataset, batch_size, hidden_units = self.dataset, self.train.batch_size, self.model.hidden_units
         if dataset.max_train_samples:  # an upper bound: train_test_split holds out ceil(fraction * rows)
             rows = dataset.max_train_samples - math.ceil(dataset.validation_fraction * dataset.max_train_samples)
@@ -265,6 +259,7 @@ class Params(StrictModel):
                 f"train.batch_size {batch_size} and model.hidden_units {hidden_units} need about "
                 f"{needed / 2**30:,.1f} GiB ({parameters:,} parameters); this machine has {available / 2**30:,.1f} GiB"
             )
+        return self
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:

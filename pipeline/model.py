@@ -1,9 +1,6 @@
-"""The multilayer perceptron: the one implementation of the network, from raw inputs to class ids.
-
-The model takes the dataset's raw values (pixels 0 to 255, a table's measurements)
-and scales them itself, in its first layer: the trained, logged, registered and
-served model is the same network, and no caller scales anything. Every stage
-and command turns its outputs into classes with `class_ids`.
+"""The multilayer perceptron, the one implementation of the network: it takes the dataset's raw values and
+scales them in its first layer, so the trained and the served model are the same; `class_ids` is the one
+decision rule.
 """
 
 from __future__ import annotations
@@ -18,14 +15,14 @@ import numpy as np
 from pipeline.config import ModelConfig, OptimizerConfig
 from pipeline.figures import save_figure
 
+OPTIMIZERS = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
+
 
 def build_mlp(
     training_inputs: np.ndarray, *, num_classes: int, task: str, config: ModelConfig, scaling: str | None
 ) -> keras.Model:
-    """The input scaling (see `input_scaling`; None: inputs are taken as they are), Dense hidden
-    layers (each followed by Dropout when the rate is > 0), then the output layer: a softmax over
-    the classes, or for a binary task one sigmoid unit."""
-
+    """The input scaling (None: none), Dense hidden layers each followed by Dropout when the rate is > 0, then
+    a softmax over the classes or, for a binary task, one sigmoid unit."""
     regularizer = keras.regularizers.L2(config.l2_weight_decay) if config.l2_weight_decay > 0 else None
     layers = [keras.Input(shape=(training_inputs.shape[1],), name="features")]
     if scaling is not None:
@@ -35,7 +32,8 @@ def build_mlp(
             keras.layers.Dense(
                 units,
                 activation=config.activation,
-                kernel_initializer=_initializer(config.kernel_initializer),
+                # Keras' "uniform" and "normal": the Keras 1/2 tutorials' fixed ranges (+-0.05, sd 0.05).
+                kernel_initializer=config.kernel_initializer,
                 kernel_regularizer=regularizer,
                 name=f"hidden_{index}",
             )
@@ -82,29 +80,13 @@ def class_probabilities(outputs: np.ndarray) -> np.ndarray:
 def make_optimizer(
     config: OptimizerConfig, *, schedule: str = "constant", total_steps: int | None = None
 ) -> keras.optimizers.Optimizer:
-    """The optimizer at `config.learning_rate`; with schedule "cosine" the rate falls to 0
-    along a half cosine over `total_steps` optimizer steps (Keras' CosineDecay, per step:
-    the optimizer's step count is in its checkpointed state, so a resumed run continues it)."""
+    """The optimizer at `config.learning_rate`; with schedule "cosine" the rate falls to 0 along a half cosine over
+    `total_steps` steps (per step: the optimizer's step count is checkpointed, so a resumed run continues it)."""
     learning_rate = config.learning_rate
     if schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=total_steps)
-    if config.name == "adam":
-        return keras.optimizers.Adam(learning_rate=learning_rate)
-    if config.name == "sgd":
-        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=config.momentum or 0.0)
-    if config.name == "rmsprop":
-        return keras.optimizers.RMSprop(learning_rate=learning_rate, momentum=config.momentum or 0.0)
-    raise ValueError(f"unknown optimizer {config.name!r}: expected adam, sgd or rmsprop")
-
-
-def _initializer(name: str) -> str | keras.initializers.Initializer:
-    # The Keras 1/2 tutorials' "uniform" and "normal" meant these fixed ranges,
-    # not the fan-scaled Glorot/He initializers.
-    if name == "uniform":
-        return keras.initializers.RandomUniform(minval=-0.05, maxval=0.05)
-    if name == "normal":
-        return keras.initializers.RandomNormal(mean=0.0, stddev=0.05)
-    return name
+    momentum = {} if config.momentum is None else {"momentum": config.momentum}  # sgd's and rmsprop's only
+    return OPTIMIZERS[config.name](learning_rate=learning_rate, **momentum)
 
 
 def keras_loss(loss: str) -> str:
@@ -144,10 +126,7 @@ def draw_architecture(model: keras.Model, path: Path) -> None:
 
 
 def weights_sha256(model: keras.Model) -> str:
-    """sha256 over the model's weights in layer order (dtype, shape and bytes of each): the run's identity.
-
-    Independent of how or when the model file was written: two trainings that
-    end with the same weights have the same digest."""
+    """sha256 over the weights in layer order (dtype, shape and bytes of each), whatever file holds them."""
     digest = hashlib.sha256()
     for weights in model.get_weights():
         digest.update(f"{weights.dtype.str}{weights.shape}".encode())

@@ -1,14 +1,7 @@
 """The Model Registry: one described version per evaluated run, and a champion that is the best.
 
-The evaluate stage registers the model its run logged once the run's test
-metrics are logged and the run has finished, at most once per run: a re-run or
-a resumed evaluate finds the run's version instead of adding one. The version
-is created with its description and tags in one call, so it is complete or
-absent. The alias `champion` belongs to the version with the best test accuracy
-among those scored on the dataset's full test set, compared only with versions
-scored on the same test set (the same digest). A version scored on a subset
-(dataset.max_test_samples) never takes it, and a reproduction (`mlp
-reproduce`) registers nothing; search trials never reach the evaluate stage.
+The alias `champion` goes to the best test accuracy among the versions scored on the dataset's full test set (the
+same digest); a version scored on a subset never takes it, and a reproduction (`mlp reproduce`) registers nothing.
 """
 
 from __future__ import annotations
@@ -32,7 +25,8 @@ MODEL_DESCRIPTION = (
 def register(
     client: MlflowClient, name: str, *, run_id: str, model_uri: str, description: str, tags: dict[str, str]
 ) -> str:
-    """The version of `name` holding run `run_id`'s model: the one registered before, else a new one."""
+    """The version of `name` holding run `run_id`'s model: the one registered before (a re-run or a resumed
+    evaluate), else a new one, created with its description and tags in one call so that it is never incomplete."""
     try:
         client.create_registered_model(name, description=MODEL_DESCRIPTION)
     except MlflowException as error:

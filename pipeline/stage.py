@@ -1,10 +1,8 @@
-"""How every stage and `mlp` command runs: `python -m pipeline.<stage>` and `mlp <command>` call `run_stage(main)`.
-
-It sets up logging and turns SIGTERM into Ctrl+C (and takes SIGINT back), so that a stopped run ends its MLflow
-run KILLED and exits with status 130. An error of ours (pipeline.errors) becomes one or two lines on stderr and exit
-status 1, without a traceback (MLP_TRACEBACK=1 shows it). So does a failure of the MLflow store (unreachable,
-refused, corrupt, read-only) or of the disk (full, read-only): one line with the first failure and what to do, since
-finished epochs are checkpointed and the run resumes. Anything else is a bug and keeps its traceback.
+"""How every stage and `mlp` command runs: `run_stage(main)` sets up logging and turns SIGTERM into Ctrl+C (and
+takes SIGINT back), so that a stopped run ends its MLflow run KILLED and exits with status 130. An error of ours
+(pipeline.errors), or a failure of the MLflow store or of the disk, becomes one line on stderr and status 1 without
+a traceback (MLP_TRACEBACK=1 shows it); finished epochs are checkpointed, so the run resumes. Anything else is a
+bug and keeps its traceback.
 """
 
 import errno

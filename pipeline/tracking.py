@@ -1,14 +1,10 @@
 """Where MLflow runs go, how a stage opens and closes one, and what it logs.
 
-One MLflow run per pipeline execution: the train stage creates it and records the run id next to the model; the
-evaluate stage reopens that run to add the test metrics and plots. A stage that fails leaves the run FAILED, one
-that is interrupted leaves it KILLED; neither leaves it RUNNING, and the first process to open the store after a
-SIGKILL, crash or reboot ends FAILED the runs of this host whose owner process is gone (pipeline.run_owner).
-
-The default store is an SQLite file at the repository root, addressed by absolute path: `dvc exp run --queue` and
-`--temp` run the stages in a copy under .dvc/tmp/exps/, and DVC passes the original root in DVC_ROOT, so those
-runs land in the same store. MLFLOW_TRACKING_URI overrides it. Processes started together (parallel `dvc exp run
---temp`, `dvc queue start -j N`) create and migrate it one at a time, under a file lock (`mlflow.db.lock`).
+One MLflow run per pipeline execution: the train stage creates it, the evaluate stage reopens it. A run ends
+FINISHED, FAILED or KILLED, never RUNNING: the first process to open the store after a SIGKILL, crash or reboot
+ends FAILED the runs of this host whose owner process is gone (pipeline.run_owner). The default store is an SQLite
+file at the repository root (DVC_ROOT, also for experiments DVC runs in a temporary copy), created and migrated
+under a file lock; MLFLOW_TRACKING_URI overrides it.
 """
 
 from __future__ import annotations
@@ -102,8 +98,7 @@ def experiment_id(name: str) -> str:
     uri = open_store()
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
-        # A tracking server keeps its own artifact root. Any other store gets the repository's, absolute:
-        # MLflow's default (./mlruns) follows the working directory, which DVC may make a temporary copy.
+        # A tracking server keeps its own artifact root.
         location = None if uri.startswith(("http://", "https://")) else default_artifact_root()
         try:
             mlflow.create_experiment(name, artifact_location=location)
@@ -266,11 +261,7 @@ def client() -> MlflowClient:
 
 
 def log_datasets(splits: dict[str, Split], *, dataset_name: str, source: str, context: str) -> None:
-    """Log each non-empty split as an MLflow dataset input (MLflow computes its digest).
-
-    Logged once more when another run inserted the same dataset at the same moment: MLflow checks that a
-    dataset is new and then inserts it, so runs starting together (`dvc queue start -j 4`) may all find it
-    new; on the second try it is there, and only this run's link to it is added."""
+    """Log each non-empty split as an MLflow dataset input (MLflow computes its digest)."""
     # The source's kind named, not left to MLflow to guess: it registers its local-file source twice (for ""
     # and "file"), so a mirror's file:// URI would "be interpreted in multiple ways" in a warning on every run.
     located = (
@@ -286,7 +277,8 @@ def log_datasets(splits: dict[str, Split], *, dataset_name: str, source: str, co
         try:
             mlflow.log_input(dataset, context=split_context)
         except MlflowException as error:
-            # How SQLite and PostgreSQL refuse a second insert of the same row.
+            # Runs starting together (`dvc queue start -j 4`) may all find the dataset new and insert it (SQLite's and
+            # PostgreSQL's words for a second insert): on the second try only this run's link to it is added.
             if not any(text in str(error) for text in ("UNIQUE constraint failed", "duplicate key value")):
                 raise
             mlflow.log_input(dataset, context=split_context)
@@ -297,16 +289,6 @@ def log_new_metrics(run_id: str, metrics: dict[str, float]) -> None:
     (a re-run of the evaluate stage) adds no second, identical point to its history."""
     logged = client().get_run(run_id).data.metrics
     mlflow.log_metrics({name: value for name, value in metrics.items() if logged.get(name) != value})
-
-
-def mark_model_development(experiment_id: str) -> None:
-    """MLflow 3 opens an experiment without this tag in its GenAI view, which hides the model registry."""
-    set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
-
-
-def describe_experiment(experiment_id: str, description: str) -> None:
-    """The description MLflow shows above the experiment's runs, unless it has one (a user's stays)."""
-    set_experiment_tag(experiment_id, "mlflow.note.content", description, keep=True)
 
 
 def set_experiment_tag(experiment_id: str, tag: str, value: str, *, keep: bool = False) -> None:

@@ -1,22 +1,16 @@
 """Stage `train`: fit the MLP on the training split and log the run to MLflow.
 
-Reads params `seed`, `dataset` (name, urls, files, num_classes, task, scaling; input_shape, class_names and
-validation_fraction, which the splits are checked against), `model`, `optimizer`, `train`, `mlflow.experiment_name`
-and data/processed/; writes data/model/model.keras, data/model/mlflow_run.json (the MLflow
-run and logged model, which the evaluate stage scores and registers), reports/training_history.csv (one row per
-epoch, for `dvc plots`) and the architecture: reports/model_summary.txt (Keras' summary), reports/model_config.json
-(the model's get_config()) and reports/architecture.png (a diagram).
-
-The MLflow run gets every composed parameter (flattened), per-epoch metrics with the epoch as step, the model with
-a signature and an input example, the run's lineage (pipeline.lineage) and the sha256 of the trained weights.
-`python -m pipeline.train --hash-only` trains without writing anything and prints the weights' sha256: the
-repeatability check runs it twice.
+Reads params `seed`, `dataset`, `model`, `optimizer`, `train`, `mlflow.experiment_name` and data/processed/; writes
+data/model/model.keras, data/model/mlflow_run.json (the MLflow run and logged model, for the evaluate stage),
+reports/training_history.csv (one row per epoch, for `dvc plots`) and the architecture: reports/model_summary.txt,
+reports/model_config.json and reports/architecture.png. The run gets the chosen params, per-epoch metrics, the
+model with a signature and an input example, the lineage (pipeline.lineage) and the weights' sha256.
+`--hash-only` trains without writing anything and prints the weights' sha256 (for repeatability checks).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import math
 import os
@@ -27,6 +21,7 @@ from pathlib import Path
 import keras
 import mlflow
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 from mlflow.models import infer_signature
 
@@ -48,13 +43,12 @@ from pipeline.search import trial as search_trial
 from pipeline.splits import Split, load_splits, training_targets
 from pipeline.stage import run_stage
 from pipeline.tracking import (
-    describe_experiment,
     epoch_logger,
     log_datasets,
-    mark_model_development,
     pipeline_run,
     repository_root,
     run_exists,
+    set_experiment_tag,
     write_run_file,
 )
 from pipeline.training import (
@@ -73,12 +67,6 @@ logger = logging.getLogger(__name__)
 MAX_RUN_NAME_CHANGES = 120
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and TensorFlow from one seed and make TensorFlow's ops deterministic."""
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
-
-
 def train(
     training: Split,
     validation: Split,
@@ -94,15 +82,14 @@ def train(
     checkpoint: Checkpoint | None = None,
     run_id: str | None = None,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
-    """Build, compile and fit the MLP, resuming from `checkpoint` when it holds a saved state;
-    return (model, history) with history as {metric: [value per epoch]}, every epoch included.
-
-    `scaling` is dataset.scaling: the model's first layer scales the raw inputs (None: it takes them as they are)."""
+    """Build, compile and fit the MLP, resuming from `checkpoint` when it holds a saved state; return the model and
+    {metric: [value per epoch]}. `scaling` is dataset.scaling, which the model's first layer applies (None: none)."""
     # Seeded here, right before the first random draw: anything that ran before
     # (MLflow picks run names with Python's global `random`, which Keras also
     # draws initializer seeds from) cannot change the weights.
     determinism.require(train_config.determinism)
-    seed_everything(seed)
+    keras.utils.set_random_seed(seed)  # Python's, NumPy's and TensorFlow's generators
+    tf.config.experimental.enable_op_determinism()
     model = build_mlp(training.inputs, num_classes=num_classes, task=task, config=model_config, scaling=scaling)
     total_steps = math.ceil(len(training.labels) / train_config.batch_size) * train_config.epochs
     optimizer = make_optimizer(optimizer_config, schedule=train_config.learning_rate_schedule, total_steps=total_steps)
@@ -162,13 +149,11 @@ def train_with_params(params: Params, training: Split, validation: Split, **opti
     )
 
 
-def write_history(history: dict[str, list[float]], path) -> None:
-    names = list(history)
-    with atomic_path(path) as temporary, temporary.open("w", newline="", encoding="utf-8") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(["epoch", *names])
-        for epoch, values in enumerate(zip(*(history[name] for name in names), strict=True), start=1):
-            writer.writerow([epoch, *(f"{value:.6g}" for value in values)])
+def write_history(history: dict[str, list[float]], path: Path) -> None:
+    table = pd.DataFrame(history)
+    table.index += 1  # epochs count from 1
+    with atomic_path(path) as temporary:
+        table.to_csv(temporary, index_label="epoch", float_format="%.6g")
 
 
 def model_summary(model: keras.Model) -> str:
@@ -178,8 +163,7 @@ def model_summary(model: keras.Model) -> str:
 
 
 def write_architecture(model: keras.Model) -> None:
-    """The summary, the layer-by-layer definition Keras can rebuild the network from
-    (keras.Sequential.from_config), and a diagram; logged to the run too."""
+    """The summary, the definition Keras rebuilds the network from (Sequential.from_config), a diagram; all logged."""
     write_text(SUMMARY_FILE, model_summary(model))
     write_json(MODEL_CONFIG_FILE, model.get_config())
     draw_architecture(model, ARCHITECTURE_FILE)
@@ -188,10 +172,8 @@ def write_architecture(model: keras.Model) -> None:
 
 
 def log_model(model: keras.Model, example_inputs: np.ndarray) -> str:
-    """Log the model with its signature and an input example; return its URI (models:/<model id>).
-
-    The model scales its raw inputs itself: the served model takes what the dataset's files hold.
-    Registering it is the evaluate stage's part, once the model's test metrics are logged."""
+    """Log the model, which takes raw inputs, with its signature and an input example; return its URI
+    (models:/<model id>). The evaluate stage registers it once its test metrics are logged."""
     # The example's type is the signature's: uint8 pixels, or a table's float32 values, as the data holds them.
     # Calling the model: `predict` would build and trace a prediction function for five rows.
     signature = infer_signature(example_inputs, model(example_inputs, training=False).numpy())
@@ -233,12 +215,15 @@ def chosen_params(params: Params) -> dict:
 
 def record_inputs(run: mlflow.ActiveRun, params: Params, splits: dict[str, Split]) -> None:
     """What a new run records before training: the params, the config file, the lineage and the datasets."""
-    mark_model_development(run.info.experiment_id)
-    describe_experiment(
+    # MLflow 3 opens an experiment without this tag in its GenAI view, which hides the model registry.
+    set_experiment_tag(run.info.experiment_id, "mlflow.experimentKind", "custom_model_development")
+    set_experiment_tag(  # the description MLflow shows above the runs; a user's stays
         run.info.experiment_id,
+        "mlflow.note.content",
         "Keras MLPs trained by this pipeline's `dvc repro` and `dvc exp run`, one run each: its name says what "
         "differs from the default configuration, its description begins with its test accuracy. The evaluate "
         "stage registers each model; the alias @champion marks the best on the full test set.",
+        keep=True,
     )
     mlflow.log_params(chosen_params(params))
     mlflow.log_artifact(str(PARAMS_FILE), artifact_path="config")
@@ -249,9 +234,8 @@ def record_inputs(run: mlflow.ActiveRun, params: Params, splits: dict[str, Split
 
 
 def train_and_log(params: Params, training: Split, validation: Split) -> keras.Model:
-    """Train inside an MLflow run that records params, lineage, per-epoch metrics and the model.
-
-    After a crash, training resumes from its checkpoint and continues the same run."""
+    """Train inside an MLflow run that records params, lineage, metrics and the model; after a crash, training
+    resumes from its checkpoint and continues the same run."""
     splits = {"train": training, "validation": validation}
     settings = params.model_dump(include={"seed", "model", "optimizer", "train"}) | search_trial.checkpoint_owner()
     key = fingerprint(settings, [array for split in splits.values() for array in split], Path(__file__).parent)

@@ -1,21 +1,17 @@
 """Deterministic, resumable training: the loop that fits the model, and the checkpoint it resumes from.
 
-Why not `model.fit`: with TensorFlow's op determinism on (the same weights run after run), Keras compiles
-without XLA (`Model.compile` warns and sets jit_compile=False). This loop runs the model's own `train_step` and
-`test_step` under XLA, 64 steps per call, with Keras' callbacks and logs. benchmarks/training_speed.py puts it
-beside `model.fit` at its fastest (XLA, 64 steps per execution, op determinism off) in one run: 35,094 against
-27,994 images per second (+25%) on a 2-core AMD EPYC, 2026-12-06.
+Why not `model.fit`: with TensorFlow's op determinism on, Keras compiles without XLA. This loop runs the model's
+own `train_step` and `test_step` under XLA, 64 steps per call, with Keras' callbacks and logs.
+benchmarks/training_speed.py puts it beside `model.fit` at its fastest (XLA, 64 steps per execution, op
+determinism off) in one run: 35,094 against 27,994 images per second (+25%) on a 2-core AMD EPYC, 2026-12-06.
 
-Resumed training ends bitwise identical to uninterrupted training: each epoch's order is a permutation seeded by
-(seed, epoch), not a random stream that runs on from epoch to epoch, and the checkpoint saved at every epoch end
-holds every variable of the model (weights, the dropout layers' seed state) and of the optimizer (moments,
-iteration count). Checkpoints live in .checkpoints/ at the repository root (DVC deletes a stage's outputs before
-running it), each named by a fingerprint of the train params, the training data, the code and the packages, so
-one made for another configuration or other data is never resumed; a lock keeps two processes from sharing one.
-
-Why not `keras.callbacks.BackupAndRestore`: it hands the epoch to `model.fit` alone; it writes the weights, then
-the epoch in a second file, so a kill between the two resumes epoch k's count with epoch k+1's weights; and it
-holds none of the rest a resume needs: the history, early stopping's counters and best weights, the MLflow run.
+A resumed training ends bitwise identical to an uninterrupted one: each epoch's order is seeded by (seed, epoch),
+and the checkpoint saved at every epoch end holds every variable of the model (the dropout layers' seed state
+too) and of the optimizer. Checkpoints live in .checkpoints/ at the repository root (DVC deletes a stage's outputs
+before running it), named by a fingerprint of the train params, the data, the code and the packages, and locked
+by the process using one. Why not `keras.callbacks.BackupAndRestore`: it works for `model.fit` alone; it writes
+the weights and the epoch in two files, so a kill between the two resumes with the wrong weights; and it holds
+none of the history, early stopping's counters and best weights, or the MLflow run.
 """
 
 from __future__ import annotations
@@ -62,13 +58,8 @@ def fit(
     callbacks: list[keras.callbacks.Callback],
     jit_compile: bool = False,
 ) -> None:
-    """Keras' `model.fit` for data that fits in memory, each epoch one call of one compiled loop.
-
-    The same steps as `fit` (the model's own train_step on the same batches, so
-    the same weights), without its per-step input pipeline: the arrays stay in
-    memory and each batch is gathered from them by the epoch's seeded order.
-    Callbacks get the epoch hooks, with the logs `fit` would give them.
-    """
+    """Keras' `model.fit` for data in memory, each epoch one call of one compiled loop: the model's own train_step
+    on batches gathered by the epoch's seeded order; callbacks get the epoch hooks with the logs `fit` gives."""
     inputs, targets = tf.constant(inputs), tf.constant(targets)
     validation = tuple(tf.constant(array) for array in validation) if validation is not None else None
     run_epoch = epoch_loop(model, batch_size, jit_compile=jit_compile)
@@ -228,10 +219,7 @@ class Checkpoint:
         state, variables = loaded
         model.optimizer.build(model.trainable_variables)
         for prefix, targets in (("model", model.variables), ("optimizer", model.optimizer.variables)):
-            saved = saved_list(variables, prefix)
-            if len(saved) != len(targets):
-                raise ValueError(f"the checkpoint holds {len(saved)} {prefix} variables, the model has {len(targets)}")
-            for variable, value in zip(targets, saved, strict=True):
+            for variable, value in zip(targets, saved_list(variables, prefix), strict=True):
                 variable.assign(value)
         return state
 
@@ -326,32 +314,27 @@ def check_finite(
     weight_decay: float,
     initial_penalty: float,
 ) -> None:
-    """Training stops at the first epoch whose loss is not finite: the run fails there, naming the likely cause."""
-    if history and not math.isfinite(loss := history["loss"][-1]):
-        cause = divergence_cause(
-            inputs, learning_rate=learning_rate, weight_decay=weight_decay, initial_penalty=initial_penalty
-        )
-        raise TrainingDiverged(
-            f"training diverged: the loss became {loss} in epoch {len(history['loss'])}; nothing was registered. "
-            + cause
-        )
-
-
-def divergence_cause(inputs: np.ndarray, *, learning_rate: float, weight_decay: float, initial_penalty: float) -> str:
-    """The likely cause of a non-finite loss, from what can be checked: the inputs, the weight decay (its penalty
-    at the initial weights, and its step), and otherwise the learning rate."""
+    """Training stops at the first epoch whose loss is not finite: the run fails there, naming the likely cause from
+    what can be checked: the inputs, the weight decay (its penalty at the initial weights, and its step), and
+    otherwise the learning rate."""
+    if not history or math.isfinite(loss := history["loss"][-1]):
+        return
     if np.issubdtype(inputs.dtype, np.floating) and (count := int(np.count_nonzero(~np.isfinite(inputs)))):
-        return f"The training inputs hold {count:,} NaN or infinite values: fix the data they come from"
-    if initial_penalty > float(np.finfo(np.float32).max):  # the loss is float32
-        return (
+        cause = f"The training inputs hold {count:,} NaN or infinite values: fix the data they come from"
+    elif initial_penalty > float(np.finfo(np.float32).max):  # the loss is float32
+        cause = (
             f"Lower model.l2_weight_decay (now {weight_decay:g}): the penalty it adds to the loss is already "
             f"{initial_penalty:.3g} at the initial weights, beyond float32's range"
         )
-    # Gradient descent on the penalty alone scales each weight by 1 - 2 x learning rate x decay: from a product
-    # of 1 on, every step overshoots zero by more than the weight itself, and the weights grow without bound.
-    if learning_rate * weight_decay >= 1:
-        return (
+    elif learning_rate * weight_decay >= 1:
+        # Gradient descent on the penalty alone scales each weight by 1 - 2 x learning rate x decay: from a product
+        # of 1 on, every step overshoots zero by more than the weight itself, and the weights grow without bound.
+        cause = (
             f"Lower model.l2_weight_decay (now {weight_decay:g}) or optimizer.learning_rate (now {learning_rate:g}): "
             f"their product is {learning_rate * weight_decay:g}; from 1 on, the decay alone makes each step overshoot"
         )
-    return f"Lower optimizer.learning_rate (now {learning_rate:g}) or check the input scaling"
+    else:
+        cause = f"Lower optimizer.learning_rate (now {learning_rate:g}) or check the input scaling"
+    raise TrainingDiverged(
+        f"training diverged: the loss became {loss} in epoch {len(history['loss'])}; nothing was registered. {cause}"
+    )

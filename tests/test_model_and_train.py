@@ -10,7 +10,7 @@ from conftest import synthetic_digits
 from pipeline.config import ModelConfig, OptimizerConfig, TrainConfig
 from pipeline.model import build_mlp, class_ids, class_probabilities, draw_architecture, keras_loss, make_optimizer
 from pipeline.splits import Split, training_targets
-from pipeline.train import model_summary, seed_everything, train, write_history
+from pipeline.train import model_summary, train, write_history
 
 # One row of MNIST's width: build_mlp takes its input width (and a scaling's statistics) from training inputs.
 PIXELS = np.zeros((1, 784), np.uint8)
@@ -43,7 +43,7 @@ def test_no_dropout_layers_at_rate_zero_and_l2_on_every_hidden_layer():
 
 @pytest.mark.parametrize(("name", "low", "high"), [("uniform", -0.05, 0.05), ("zeros", 0.0, 0.0)])
 def test_fixed_range_initializers(name, low, high):
-    seed_everything(0)
+    keras.utils.set_random_seed(0)
     config = DEFAULT_MODEL.model_copy(update={"kernel_initializer": name})
     model = build_mlp(PIXELS, num_classes=10, task="multiclass", config=config, scaling=None)
     kernel = model.layers[0].kernel.numpy()
@@ -51,7 +51,7 @@ def test_fixed_range_initializers(name, low, high):
 
 
 def test_normal_initializer_has_standard_deviation_005():
-    seed_everything(0)
+    keras.utils.set_random_seed(0)
     config = DEFAULT_MODEL.model_copy(update={"kernel_initializer": "normal"})
     model = build_mlp(PIXELS, num_classes=10, task="multiclass", config=config, scaling=None)
     assert model.layers[0].kernel.numpy().std() == pytest.approx(0.05, rel=0.02)
@@ -156,7 +156,8 @@ def test_an_epoch_has_the_weights_of_its_steps_one_by_one(steps_per_call, jit_co
     order = epoch_order(100, seed=3, epoch=0)  # 3 batches of 32, then 4 rows
     models = []
     for _ in range(2):
-        seed_everything(5)
+        keras.utils.set_random_seed(5)
+        tf.config.experimental.enable_op_determinism()  # as train() runs its steps
         model = build_mlp(inputs.numpy(), num_classes=10, task="multiclass", config=DEFAULT_MODEL, scaling=None)
         optimizer = make_optimizer(OptimizerConfig(name="adam", learning_rate=0.01))
         model.compile(optimizer=optimizer, loss=keras_loss("categorical_crossentropy"))
@@ -196,7 +197,7 @@ NUMPY_ACTIVATIONS = {
 
 @pytest.mark.parametrize("activation", sorted(NUMPY_ACTIVATIONS))
 def test_hidden_activation_from_config(activation):
-    seed_everything(0)
+    keras.utils.set_random_seed(0)
     config = DEFAULT_MODEL.model_copy(update={"activation": activation, "hidden_units": [6], "dropout_rate": 0.0})
     model = build_mlp(np.zeros((1, 4)), num_classes=3, task="multiclass", config=config, scaling=None)
     inputs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
@@ -327,9 +328,9 @@ def test_the_model_scales_raw_pixels_itself():
     """Pixels 0-255 in, the same outputs as the same network on pixels / 255."""
     images, _ = synthetic_digits(20, seed=3)
     pixels = images.reshape(20, -1)
-    seed_everything(0)
+    keras.utils.set_random_seed(0)
     scaled = build_mlp(pixels, num_classes=10, task="multiclass", config=DEFAULT_MODEL, scaling="unit_interval")
-    seed_everything(0)
+    keras.utils.set_random_seed(0)
     plain = build_mlp(pixels, num_classes=10, task="multiclass", config=DEFAULT_MODEL, scaling=None)
     np.testing.assert_allclose(
         scaled(pixels, training=False).numpy(), plain(pixels / 255.0, training=False).numpy(), rtol=1e-5, atol=1e-6
