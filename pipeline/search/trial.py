@@ -1,5 +1,5 @@
 """The train stage's side of a search trial: tags for its MLflow run, and a Keras callback that reports each
-epoch's validation metric to Optuna and stops a pruned trial. Both are empty when no trial runs.
+epoch's validation metric to Optuna and stops a pruned trial; without a trial, no tags, no callback, no Optuna.
 """
 
 from __future__ import annotations
