@@ -143,9 +143,9 @@ def test_the_train_stage_finds_its_trial_and_the_study_pruner(tmp_path, monkeypa
 
     from pipeline.search import storage
     from pipeline.search import trial as search_trial
+    from pipeline.search.coordinator import create_study
     from pipeline.search.schema import Pruner
     from pipeline.search.storage import make_pruner
-    from pipeline.search.study import create_study
 
     search = Search.load(write(tmp_path, changed(pruner={"name": pruner})))
     location = str(tmp_path / "study.journal")

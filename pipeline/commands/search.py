@@ -1,9 +1,4 @@
-"""`mlp search`: search hyperparameters with Optuna; every trial is a DVC experiment and an MLflow run.
-
-    mlp search mnist --workers 2 [--storage postgresql+psycopg://...] [--study NAME]
-
-How a search runs, where its study is kept and what the report holds: pipeline.search, docs/search.md.
-"""
+"""`mlp search`: check the search file and the study's name, then run the search (pipeline.search)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""What `mlp search` does on its machine once the search is checked: run the trials on `--workers` threads,
-show the study's progress, keep the study's MLflow run, write the report.
+"""What `mlp search` does on its machine: create or join the study, run its trials on `--workers` threads,
+fail the trials whose worker is gone, keep the study's MLflow run and write the report.
 
-Each thread asks the study for a trial and runs it as a `dvc exp run --temp ... train` child of this process,
-in its process group: when `mlp search` is killed, its whole group goes, and no trial runs on unrecorded.
+Each trial runs as a `dvc exp run --temp ... train` child of this process, in its process group: when
+`mlp search` is killed, its whole group goes, and no trial runs on unrecorded.
 """
 
 from __future__ import annotations
@@ -14,10 +14,13 @@ import logging
 import os
 import re
 import signal
+import socket
 import threading
 import time
+import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, wait
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import optuna
@@ -26,23 +29,22 @@ from tqdm import tqdm
 
 from pipeline.config import compose, parse_params
 from pipeline.download import MIRROR_ENVIRONMENT_VARIABLE
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.git import git
-from pipeline.run_owner import owner_of, owner_tags
+from pipeline.run_owner import owner_is_alive, owner_of, owner_tags
 from pipeline.search import storage as search_storage
 from pipeline.search.report import write_report
-from pipeline.search.schema import CategoricalParameter, FloatParameter, Search, max_epochs, trial_overrides
-from pipeline.search.study import (
-    PARENT_RUN_ATTRIBUTE,
-    create_study,
-    fail_abandoned_trials,
-    log_directory,
-    record_owner,
-    tag_run,
+from pipeline.search.schema import (
+    METRIC_DIRECTIONS,
+    CategoricalParameter,
+    FloatParameter,
+    Search,
+    max_epochs,
     trial_name,
+    trial_overrides,
 )
 from pipeline.study.runner import STOP_TIMEOUT_SECONDS, current_commit, run_experiment, stop_experiments
-from pipeline.tracking import client, experiment_id
+from pipeline.tracking import client, experiment_id, repository_root
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,10 @@ MAX_FAILURES_IN_A_ROW = 3
 FITTED = re.compile(r"fitted in ([0-9.]+) s")
 # Paths a user may give relative to where `mlp search` runs; a trial runs in DVC's temporary copy.
 PATH_VARIABLES = ("PGPASSFILE", MIRROR_ENVIRONMENT_VARIABLE)
+OWNER_ATTRIBUTE = "worker"
+SEARCH_ATTRIBUTE = "search"  # the search file's content the study was started from
+PARENT_RUN_ATTRIBUTE = "mlflow_parent_run_id"
+UNNAMED_SECONDS = 60  # a worker names itself on its trial within a second of the trial's start
 
 
 class TrialFailed(PipelineError):
@@ -100,6 +106,37 @@ def absolute_location(location: str) -> str:
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         return url.set(database=os.path.abspath(url.database)).render_as_string(hide_password=False)
     return location
+
+
+def log_directory(study_name: str) -> Path:
+    directory = repository_root() / ".search" / study_name
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def create_study(study_name: str, location: str, search: Search, *, max_epochs: int) -> optuna.Study:
+    """Create the study or join it; refuse to join one started from another search file."""
+    pruner_spec = search.pruner.spec(max_epochs)
+    # The budget may change between runs (a longer search); what is searched, and for what, may not.
+    fingerprint = json.dumps(search.model_dump(mode="json", exclude={"budget"}), sort_keys=True)
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=search_storage.open_storage(location),
+        direction=METRIC_DIRECTIONS[search.objective.metric],
+        pruner=search_storage.make_pruner(pruner_spec),
+        load_if_exists=True,
+    )
+    started_from = study.user_attrs.get(SEARCH_ATTRIBUTE)
+    if started_from is None:
+        study.set_user_attr(SEARCH_ATTRIBUTE, fingerprint)
+        study.set_user_attr(search_storage.METRIC_ATTRIBUTE, search.objective.metric)
+        study.set_user_attr(search_storage.PRUNER_ATTRIBUTE, pruner_spec)
+    elif started_from != fingerprint:
+        raise ConfigError(
+            f"study {study_name} was started from another version of its search file: "
+            "restore that file, or start a new study with --study NEW_NAME"
+        )
+    return study
 
 
 def parent_run(study: optuna.Study, experiment_name: str) -> str:
@@ -159,6 +196,27 @@ def show_progress(bar: tqdm, study: optuna.Study) -> Counter:
     return counts
 
 
+def fail_abandoned_trials(study: optuna.Study) -> None:
+    """Mark FAIL the RUNNING trials whose worker is gone, or that never named one (killed as it started)."""
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.9; what optimize() itself calls
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # heartbeats, where the storage keeps them
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = trial.system_attrs.get(OWNER_ATTRIBUTE)
+        # Other hosts' workers cannot be probed from here: heartbeats judge those.
+        unnamed = not owner and trial.datetime_start < datetime.now() - timedelta(seconds=UNNAMED_SECONDS)
+        if unnamed or (owner and owner.get("host") == socket.gethostname() and not owner_is_alive(owner)):
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)  # another process may be first
+            tag_run(trial, "failed")  # its train process may have finished the MLflow run after the worker died
+            logger.warning("trial %d: its worker is gone (killed or crashed); marked FAIL", trial.number)
+
+
+def tag_run(trial: FrozenTrial, state: str) -> None:
+    run_id = trial.user_attrs.get(search_storage.RUN_ATTRIBUTE)
+    if run_id:
+        client().set_tag(run_id, search_storage.STATE_TAG, state)
+
+
 def work(search: Search, study_name: str, location: str, deadline: float, stop: threading.Event) -> None:
     """One worker: run the study's trials, one at a time, until the budget is spent or `stop` is set.
 
@@ -214,6 +272,13 @@ def trial_environment(trial: optuna.Trial, location: str) -> dict[str, str]:
         search_storage.PARENT_RUN_VARIABLE: trial.study.user_attrs[PARENT_RUN_ATTRIBUTE],
         search_storage.WORKER_VARIABLE: json.dumps(owner_of(owner_tags())),
     }
+
+
+def record_owner(trial: optuna.Trial) -> None:
+    """Name this process, `mlp search`, as the trial's worker (a system attribute: Trial sets user ones only)."""
+    study_id = trial.storage.get_study_id_from_name(trial.study.study_name)
+    trial_id = trial.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+    trial.storage.set_trial_system_attr(trial_id, OWNER_ATTRIBUTE, owner_of(owner_tags()))
 
 
 def run_trial(trial: optuna.Trial, search: Search, location: str) -> float:

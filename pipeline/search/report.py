@@ -1,7 +1,5 @@
 """A search's report in reports/search/<study>/ (docs/search.md): README.md, best.json, trials.csv and Optuna's
-plots. The best trial becomes conf/experiment/<study>_best.yaml, checked to compose to exactly its params, and
-one DVC experiment <study>-best-<NNN> retrains it (to the same weights: the report compares both sha256) and
-evaluates it on the test split, once.
+plots; the best trial written as conf/experiment/<study>_best.yaml, retrained and evaluated on the test split once.
 """
 
 from __future__ import annotations
@@ -26,9 +24,8 @@ from pipeline.errors import PipelineError
 from pipeline.figures import save_figure
 from pipeline.files import write_json, write_text
 from pipeline.paths import CONFIG_DIRECTORY, METRICS_FILE, REPORTS_DIRECTORY
-from pipeline.search.schema import Search, trial_overrides
+from pipeline.search.schema import Search, trial_name, trial_overrides
 from pipeline.search.storage import RUN_ATTRIBUTE
-from pipeline.search.study import trial_name
 from pipeline.study.runner import committed_file, current_commit, finished_experiments, run_experiment
 from pipeline.tracking import client
 
@@ -63,7 +60,7 @@ def write_best_experiment(search: Search, study_name: str, trial, metric: str) -
         f"# written by `mlp search`. Run with: dvc exp run -S experiment={name}\n"
     )
     # The group choices as defaults (the list of single-key mappings Hydra expects, one per line).
-    defaults = "".join(f"  - override /{item.split('=', 1)[0]}: {item.split('=', 1)[1]}\n" for item in groups)
+    defaults = "".join(f"  - override /{item.replace('=', ': ', 1)}\n" for item in groups)
     text = yaml.dump(OmegaConf.to_container(changed), Dumper=FlowListDumper, sort_keys=False)
     path = CONFIG_DIRECTORY / "experiment" / f"{name}.yaml"
     write_text(path, header + (f"defaults:\n{defaults}\n" if groups else "") + text)
@@ -74,7 +71,7 @@ def write_best_experiment(search: Search, study_name: str, trial, metric: str) -
 
 def evaluate_best(search: Search, study_name: str, trial, *, parent_run_id: str) -> dict | None:
     """The test metrics and weights of the best trial, from one DVC experiment that retrains and evaluates it."""
-    name = f"{study_name.replace('_', '-')}-best-{trial.number:03d}"
+    name = trial_name(study_name, trial.number, "best")
     commit = current_commit()
     done = finished_experiments(commit).get(name)
     if done is None:
@@ -115,10 +112,16 @@ def counts(study: optuna.Study) -> dict:
     timed = [
         trial.user_attrs for trial in trials if trial.state == TrialState.COMPLETE and "fit_seconds" in trial.user_attrs
     ]
+    ended = [trial for trial in trials if trial.datetime_start and trial.datetime_complete]
+    # From the first trial's start to the last one's end, over every worker and machine.
+    wall_minutes = None
+    if ended:
+        wall = max(trial.datetime_complete for trial in ended) - min(trial.datetime_start for trial in ended)
+        wall_minutes = round(wall.total_seconds() / 60, 1)
     return {
         "study": study.study_name,
         "trials": {state.name.lower(): sum(trial.state == state for trial in trials) for state in TrialState},
-        "trials_wall_minutes": wall_minutes(trials),
+        "trials_wall_minutes": wall_minutes,
         # Everything a trial costs beyond fitting: DVC, Python and TensorFlow start, MLflow logging.
         "overhead_seconds_per_trial": median([times["wall_seconds"] - times["fit_seconds"] for times in timed]),
         "median_trial_seconds": median([times["wall_seconds"] for times in timed]),
@@ -127,15 +130,6 @@ def counts(study: optuna.Study) -> dict:
 
 def median(values: list[float]) -> float | None:
     return round(statistics.median(values), 1) if values else None
-
-
-def wall_minutes(trials: list) -> float | None:
-    """From the first trial's start to the last one's end, over every worker and machine."""
-    ended = [trial for trial in trials if trial.datetime_start and trial.datetime_complete]
-    if not ended:
-        return None
-    first, last = min(trial.datetime_start for trial in ended), max(trial.datetime_complete for trial in ended)
-    return round((last - first).total_seconds() / 60, 1)
 
 
 def best_facts(study: optuna.Study, search: Search, *, parent_run_id: str) -> dict:

@@ -1,6 +1,5 @@
-"""A search file, conf/search/<name>.yaml (its keys: docs/search.md): what is searched, for what, how, and
-for how long. Everything is checked before any trial: the schema here, then every range end and every
-choice composed and validated as the train stage would.
+"""A search file, conf/search/<name>.yaml (its keys: docs/search.md), checked before any trial: the schema here,
+then every range end and every choice composed and validated as the train stage would; and a trial's overrides.
 """
 
 from __future__ import annotations
@@ -174,3 +173,8 @@ def check_values(search: Search, path: Path) -> None:
 def max_epochs(search: Search, base_epochs: int) -> int:
     """The most epochs a trial may train: Hyperband's maximum resource."""
     return max(int(values.get("train.epochs", base_epochs)) for values in corners(search))
+
+
+def trial_name(study_name: str, number: int, kind: str = "trial") -> str:
+    """The DVC experiment (and MLflow run) name of a trial, e.g. mnist-trial-007, or of its retraining (kind "best")."""
+    return f"{study_name.replace('_', '-')}-{kind}-{number:03d}"

@@ -1,7 +1,6 @@
-"""What `mlp search` and a trial's train stage share: the environment variables that make a run a trial,
-the study and trial attributes each side writes for the other, and how each side opens the study.
-
-Optuna is imported where used: a train stage that is no trial never loads it.
+"""What `mlp search` and a trial's train stage share: the variables that make a run a trial, the attributes
+each side writes for the other, and how each side opens the study. Optuna is imported where used: a train
+stage that is no trial never loads it.
 """
 
 from __future__ import annotations
@@ -91,26 +90,19 @@ def retry_through_restarts(storage) -> None:
     for name in dir(storage):
         method = getattr(storage, name)
         if not name.startswith("_") and inspect.ismethod(method):
-            setattr(storage, name, retried(method))
+            setattr(storage, name, functools.partial(call_retrying, method))
 
 
-def retried(method):
-    @functools.wraps(method)
-    def call(*arguments, **keywords):
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            try:
-                return method(*arguments, **keywords)
-            except Exception as error:
-                if attempt == MAX_ATTEMPTS or not connection_lost(error):
-                    raise
-                logger.warning("the search database ended its connection in %s: retrying", method.__name__)
-
-    return call
-
-
-def connection_lost(error: BaseException) -> bool:
-    """Whether SQLAlchemy found the connection gone (it then discards the connection) anywhere in the chain."""
-    return any(getattr(link, "connection_invalidated", False) for link in causes(error))  # DBAPIError's flag
+def call_retrying(method, *arguments, **keywords):
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            return method(*arguments, **keywords)
+        except Exception as error:
+            # DBAPIError's flag: SQLAlchemy found the connection gone (and discarded it), somewhere in the chain.
+            lost = any(getattr(link, "connection_invalidated", False) for link in causes(error))
+            if attempt == MAX_ATTEMPTS or not lost:
+                raise
+            logger.warning("the search database ended its connection in %s: retrying", method.__name__)
 
 
 def make_pruner(spec: dict):
@@ -128,7 +120,7 @@ def make_pruner(spec: dict):
 
 
 def open_study(study_name: str, storage):
-    """Load the study pipeline.search.study created, with its pruner (Hyperband's brackets steer the sampler)."""
+    """Load the study pipeline.search.coordinator created, with its pruner (Hyperband's brackets steer the sampler)."""
     import optuna
 
     attributes = storage.get_study_user_attrs(storage.get_study_id_from_name(study_name))

@@ -1,10 +1,5 @@
 """The train stage's side of a search trial: tags for its MLflow run, and a Keras callback that reports each
-epoch's validation metric to Optuna and stops the training when the trial is pruned. Both are empty when no
-trial runs (the variables of pipeline.search.storage unset), so a plain run never imports Optuna.
-
-A pruned trial ends its MLflow run KILLED with the tag `search.state=pruned` and exits 1, so DVC records no
-experiment for a model that did not train the epochs its params say; the worker reads `pruned_at_epoch` and
-marks the trial PRUNED. A trial whose worker is gone (kill -9) stops too: its result could not be recorded.
+epoch's validation metric to Optuna and stops a pruned trial; without a trial, no tags, no callback, no Optuna.
 """
 
 from __future__ import annotations
@@ -72,7 +67,7 @@ class TrialReporter(keras.callbacks.Callback):
         self.trial.set_user_attr(storage.RUN_ATTRIBUTE, mlflow.active_run().info.run_id)
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        if not owner_is_alive(json.loads(os.environ[storage.WORKER_VARIABLE])):
+        if not owner_is_alive(json.loads(os.environ[storage.WORKER_VARIABLE])):  # kill -9: nothing would record it
             mlflow.set_tag(storage.STATE_TAG, "failed")
             raise KeyboardInterrupt("the search worker that started this trial is gone")
         if self.metric not in (logs or {}):
@@ -81,6 +76,7 @@ class TrialReporter(keras.callbacks.Callback):
         self.trial.report(value, step=epoch + 1)
         if self.trial.should_prune():
             self.trial.set_user_attr(storage.PRUNED_ATTRIBUTE, epoch + 1)
+            # The stage exits 1: DVC records no experiment for a model that did not train the epochs its params say.
             mlflow.set_tag(storage.STATE_TAG, "pruned")
             mlflow.end_run("KILLED")
             raise TrialPruned(f"trial {self.trial.number} pruned after epoch {epoch + 1}: {self.metric} {value:.4f}")

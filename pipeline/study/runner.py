@@ -1,8 +1,5 @@
-"""A study's rows as DVC experiments, run one at a time and read back; `dvc exp run --temp` as the search
-runs it too. A finished row is an experiment whose baseline is the study's commit; its figures come from its
-commit's reports and its MLflow run."""
-
-# DVC and MLflow (with TensorFlow) are imported where used: `mlp study --help` and the report need neither.
+"""DVC experiments run with `dvc exp run --temp` and read back from their commits: a study's rows, a search's
+trials; and what a finished row measured. DVC and MLflow are imported where used: `mlp study --help` needs neither."""
 
 from __future__ import annotations
 
@@ -21,7 +18,7 @@ import psutil
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.git import git, git_or_empty
 from pipeline.paths import HISTORY_FILE, METRICS_FILE
-from pipeline.study.schema import LATE_EPOCHS, Measured, Study, StudyRow, experiment_name
+from pipeline.study.schema import LATE_EPOCHS, Measured, StudyRow
 
 logger = logging.getLogger(__name__)
 
@@ -37,21 +34,9 @@ def run_experiment(
     Its processes stay in this process's group: killing the group (kill -9 of `mlp search` or `mlp study`)
     leaves no experiment running. Interrupted (KeyboardInterrupt here), it stops the experiment (stop_experiments)
     and the interruption goes on."""
-    settings = [argument for override in overrides for argument in ("-S", override)]
     # Experiments that start together (two search workers) queue for the repository's lock instead of failing.
-    command = [
-        sys.executable,
-        "-m",
-        "dvc",
-        "--wait-for-lock",
-        "exp",
-        "run",
-        "--temp",
-        "--name",
-        name,
-        *stages,
-        *settings,
-    ]
+    command = [sys.executable, "-m", "dvc", "--wait-for-lock", "exp", "run", "--temp", "--name", name, *stages]
+    command += [argument for override in overrides for argument in ("-S", override)]
     stderr = subprocess.STDOUT if output else None
     process = subprocess.Popen(command, env=env, stdout=output, stderr=stderr)
     try:
@@ -102,13 +87,6 @@ def finished_experiments(baseline: str) -> dict[str, str]:
             if info.baseline_sha == baseline:
                 experiments[info.name] = sha
     return experiments
-
-
-def run_rows(pending: list[StudyRow], *, study: Study, study_name: str) -> None:
-    """Run the pending rows as DVC experiments, one at a time: rows sharing the CPU would not compare by wall time."""
-    for row in pending:
-        if run_experiment(experiment_name(study_name, row), study.overrides + row.overrides()) != 0:
-            logger.warning("row %s failed; the report lists it as missing", row.row)
 
 
 def committed_file(commit: str, path: Path) -> str:
