@@ -6,29 +6,34 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+# The mode of a file only its owner may read (passwords, backups).
+PRIVATE = 0o600
+
 
 @contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path` to write to; renamed to `path` when the block succeeds."""
+def atomic_path(path: Path, mode: int = 0o666) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; renamed to `path` when the block succeeds. The file gets
+    `mode` less the umask, as `open` would give it (PRIVATE: only its owner reads it, from the start)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder (so the rename is atomic) and same suffix (Keras and NumPy choose the format by it).
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
+    # Same folder (so the rename is atomic) and same suffix (Keras and NumPy choose the format by it). Not
+    # mkstemp: its mode 0600 would stay on every output after the rename.
+    temporary = path.with_name(f".{path.stem}.{secrets.token_hex(6)}{path.suffix}")
+    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
     try:
-        yield Path(temporary)
+        yield temporary
         os.replace(temporary, path)
     finally:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
 
 
-def write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as temporary:
+def write_text(path: Path, text: str, mode: int = 0o666) -> None:
+    with atomic_path(path, mode) as temporary:
         temporary.write_text(text, encoding="utf-8")
 
 

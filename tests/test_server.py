@@ -9,8 +9,9 @@ import subprocess
 import pytest
 from conftest import REPOSITORY, run
 
+from pipeline.files import PRIVATE, write_text
 from pipeline.server import postgres, stack
-from pipeline.server.state import ServerError, Settings, StateFolder, free_port, write_private
+from pipeline.server.state import ServerError, Settings, StateFolder, free_port
 
 
 def mlp_server(*arguments: str, state_dir) -> tuple[int, str, str]:
@@ -59,7 +60,7 @@ def test_secrets_are_generated_once_and_readable_by_their_owner_only(tmp_path):
     assert state.secrets()["database_role"] not in state.auth_config_file.read_text()
     # An existing file loosened by hand is tightened when written again.
     state.pgpass_file.chmod(0o644)
-    write_private(state.pgpass_file, "x")
+    write_text(state.pgpass_file, "x", PRIVATE)
     assert stat.S_IMODE(state.pgpass_file.stat().st_mode) == 0o600
 
 

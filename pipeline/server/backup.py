@@ -16,9 +16,10 @@ from pathlib import Path, PurePosixPath
 import psycopg
 from werkzeug.security import generate_password_hash
 
+from pipeline.files import PRIVATE, atomic_path
 from pipeline.server import postgres, stack
 from pipeline.server.postgres import AUTH_DATABASE, SEARCH_DATABASE, SUPERUSER, TRACKING_DATABASE
-from pipeline.server.state import ADMIN_USERNAME, ServerError, Settings, StateFolder, write_private
+from pipeline.server.state import ADMIN_USERNAME, ServerError, Settings, StateFolder
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +102,9 @@ def backup(state: StateFolder, output: Path | None) -> str:
                 found["artifact_files"] = count_files(work / "artifacts")
             StateFolder(work).save_settings(settings)  # the ports travel: search URLs stay valid after a restore
             (work / "manifest.json").write_text(json.dumps({"created": stamp, "counts": found}, indent=2) + "\n")
-            output.parent.mkdir(parents=True, exist_ok=True)
-            partial = output.with_name(f".{output.name}.partial")
-            write_private(partial, "")
-            with tarfile.open(partial, "w:gz") as archive:
+            with atomic_path(output, PRIVATE) as partial, tarfile.open(partial, "w:gz") as archive:
                 for path in sorted(work.iterdir()):
                     archive.add(path, arcname=path.name)
-            partial.replace(output)
     finally:
         if not was_running:
             postgres.stop(state)

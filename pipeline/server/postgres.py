@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 import psycopg
 
+from pipeline.files import PRIVATE, write_text
 from pipeline.server.state import (
     ServerError,
     Settings,
@@ -25,7 +26,6 @@ from pipeline.server.state import (
     check_port_free,
     free_port,
     is_loopback,
-    write_private,
 )
 
 logger = logging.getLogger(__name__)
@@ -130,8 +130,9 @@ def write_passfiles(state: StateFolder) -> None:
     # the search role's, the only one a user gets, from any host (users copy the file to theirs).
     values = state.secrets()
     roles = {SUPERUSER: values["superuser"], DATABASE_ROLE: values["database_role"]}
-    write_private(state.pgpass_file, "".join(f"127.0.0.1:*:*:{role}:{secret}\n" for role, secret in roles.items()))
-    write_private(state.search_pgpass_file, f"*:*:*:{SEARCH_ROLE}:{values['search_role']}\n")
+    passwords = "".join(f"127.0.0.1:*:*:{role}:{secret}\n" for role, secret in roles.items())
+    write_text(state.pgpass_file, passwords, PRIVATE)
+    write_text(state.search_pgpass_file, f"*:*:*:{SEARCH_ROLE}:{values['search_role']}\n", PRIVATE)
 
 
 def write_access_rules(state: StateFolder, settings: Settings) -> None:

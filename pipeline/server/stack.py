@@ -17,6 +17,7 @@ from mlflow.utils.rest_utils import MlflowHostCreds, http_request
 from pydantic import ValidationError
 
 from pipeline.config import compose, read_yaml
+from pipeline.files import PRIVATE, write_text
 from pipeline.paths import CONFIG_DIRECTORY
 from pipeline.server import postgres
 from pipeline.server.state import (
@@ -27,7 +28,6 @@ from pipeline.server.state import (
     StateFolder,
     check_port_free,
     is_loopback,
-    write_private,
 )
 
 logger = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def launch(state: StateFolder, settings: Settings) -> Runtime:
     runtime = Runtime(
         mlflow_pid=process.pid, mlflow_started=psutil.Process(process.pid).create_time(), postgres_port=port, url=url
     )
-    state.runtime_file.write_text(runtime.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    write_text(state.runtime_file, runtime.model_dump_json(indent=2) + "\n")
     logger.info("MLflow server at %s, started in %.1f s", url, time.monotonic() - began)
     return runtime
 
@@ -160,7 +160,7 @@ def write_auth_config(state: StateFolder, postgres_port: int) -> None:
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         f"auth_cache_ttl_seconds = {AUTH_CACHE_SECONDS}\n"
     )
-    write_private(state.auth_config_file, text)
+    write_text(state.auth_config_file, text, PRIVATE)
 
 
 def command(state: StateFolder, settings: Settings, postgres_port: int) -> list[str]:

@@ -2,7 +2,6 @@
 
 import ipaddress
 import json
-import os
 import secrets
 import socket
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.errors import PipelineError
+from pipeline.files import PRIVATE, write_text
 
 STATE_DIRECTORY = Path(".server")
 ADMIN_USERNAME = "admin"
@@ -78,7 +78,7 @@ class StateFolder:
             raise ServerError(f"{self.settings_file} is not valid ({reason}): delete it and start again") from None
 
     def save_settings(self, settings: Settings) -> None:
-        self.settings_file.write_text(settings.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        write_text(self.settings_file, settings.model_dump_json(indent=2) + "\n")
 
     def artifacts_destination(self, settings: Settings) -> str:
         return settings.artifacts_destination or str(self.artifacts)
@@ -95,12 +95,12 @@ class StateFolder:
         missing = {"superuser", "database_role", "search_role", "flask_secret_key"} - values.keys()
         if missing:
             values |= {name: secrets.token_urlsafe(32) for name in missing}
-            write_private(self.secrets_file, json.dumps(values, indent=2) + "\n")
+            write_text(self.secrets_file, json.dumps(values, indent=2) + "\n", PRIVATE)
         return values
 
     def admin_password(self) -> str:
         if not self.admin_password_file.is_file():
-            write_private(self.admin_password_file, secrets.token_urlsafe(24) + "\n")
+            write_text(self.admin_password_file, secrets.token_urlsafe(24) + "\n", PRIVATE)
         return self.admin_password_file.read_text(encoding="utf-8").strip()
 
 
@@ -130,11 +130,3 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write `text` to a file only its owner can read (mode 0600 from the moment it exists)."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(descriptor, 0o600)  # an existing file keeps its mode through O_CREAT
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(text)
