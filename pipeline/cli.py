@@ -22,6 +22,7 @@ COMMANDS = {
     "study": "re-run a published table of configurations as DVC experiments and report",
     "server": "run the team's tracking server (PostgreSQL + MLflow with basic auth): start, stop, status, backup",
     "predict": "classify images or feature rows with the trained model or a registered one",
+    "serve": "serve a registered model over HTTP (MLflow's scoring server, one-line errors), on 127.0.0.1",
     "dataset": "add a dataset: write conf/dataset/<name>.yaml from local copies of its published files",
     "ui": "open the MLflow UI on the project's runs: start `mlflow ui` and print the link to the experiment",
 }

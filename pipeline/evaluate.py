@@ -26,12 +26,13 @@ from sklearn.metrics import (
 )
 
 from pipeline import registry
+from pipeline.classifier import class_ids
 from pipeline.config import load_params
 from pipeline.errors import DataError
 from pipeline.figures import save_figure
 from pipeline.files import atomic_path, write_json, write_text
 from pipeline.lineage import REPRODUCES_VARIABLE, add_lock_md5s, dataset_source
-from pipeline.model import class_ids, weights_sha256
+from pipeline.model import weights_sha256
 from pipeline.paths import (
     CLASSIFICATION_REPORT_FILE,
     CONFUSION_CSV,

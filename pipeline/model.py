@@ -1,6 +1,6 @@
 """The multilayer perceptron, the one implementation of the network: it takes the dataset's raw values and
-scales them in its first layer, so the trained and the served model are the same; `class_ids` is the one
-decision rule.
+scales them in its first layer, so the trained and the served model are the same (pipeline.classifier holds
+the decision rule).
 """
 
 from __future__ import annotations
@@ -58,23 +58,6 @@ def input_scaling(scaling: str, training_inputs: np.ndarray) -> keras.layers.Lay
         layer.adapt(training_inputs.astype(np.float32))
         return layer
     raise ValueError(f"unknown scaling {scaling!r}: expected unit_interval or standardize")
-
-
-def class_ids(outputs: np.ndarray) -> np.ndarray:
-    """The class each row of the model's outputs predicts: the one decision rule of the project.
-
-    One sigmoid unit (binary task): class 1 when its probability is above one half, as Keras'
-    accuracy counts it; else the most probable class."""
-    outputs = np.asarray(outputs)
-    if outputs.shape[1] == 1:
-        return (outputs[:, 0] > 0.5).astype(np.int64)
-    return outputs.argmax(axis=1)
-
-
-def class_probabilities(outputs: np.ndarray) -> np.ndarray:
-    """Every class's probability per row: one sigmoid unit's p becomes (1 - p, p)."""
-    outputs = np.asarray(outputs, dtype=np.float64)
-    return np.concatenate([1.0 - outputs, outputs], axis=1) if outputs.shape[1] == 1 else outputs
 
 
 def make_optimizer(

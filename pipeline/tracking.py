@@ -70,6 +70,19 @@ def default_artifact_root() -> str:
     return (repository_root() / ARTIFACTS_DIRECTORY).as_uri()
 
 
+def registry_store(model_uri: str) -> tuple[str, str]:
+    """Point MLflow at the store to load registered model `model_uri` from, without creating one: (its URI,
+    the URI to show, without a password)."""
+    store = tracking_uri()
+    if store.startswith("sqlite:///") and not Path(store.removeprefix("sqlite:///")).exists():
+        # MLflow would create an empty store there and then report the model missing.
+        raise ConfigError(
+            f"--model {model_uri}: no MLflow store at {store}: train a model first, or set MLFLOW_TRACKING_URI"
+        )
+    mlflow.set_tracking_uri(store)
+    return store, re.sub(r"//[^/@]*@", "//", store)
+
+
 def open_store() -> str:
     """Point MLflow at the store; on first use in this process, create it safely and end abandoned runs."""
     uri = tracking_uri()

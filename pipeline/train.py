@@ -4,7 +4,8 @@ Reads params `seed`, `dataset`, `model`, `optimizer`, `train`, `mlflow.experimen
 data/model/model.keras, data/model/mlflow_run.json (the MLflow run and logged model, for the evaluate stage),
 reports/training_history.csv (one row per epoch, for `dvc plots`) and the architecture: reports/model_summary.txt,
 reports/model_config.json and reports/architecture.png. The run gets the chosen params, per-epoch metrics, the
-model with a signature and an input example, the lineage (pipeline.lineage) and the weights' sha256.
+classifier (pipeline.classifier: the Keras model, answering with class names) with a signature and an
+input example, the lineage (pipeline.lineage) and the weights' sha256.
 `--hash-only` trains without writing anything and prints the weights' sha256 (for repeatability checks).
 """
 
@@ -25,7 +26,8 @@ import pandas as pd
 import tensorflow as tf
 from mlflow.models import infer_signature
 
-from pipeline import determinism, lineage
+from pipeline import classifier, determinism, lineage
+from pipeline.classifier import Classifier
 from pipeline.config import ModelConfig, OptimizerConfig, Params, TrainConfig, flatten, load_params
 from pipeline.errors import ConfigError
 from pipeline.files import atomic_path, write_json, write_text
@@ -171,17 +173,17 @@ def write_architecture(model: keras.Model) -> None:
         mlflow.log_artifact(str(path), artifact_path="architecture")
 
 
-def log_model(model: keras.Model, example_inputs: np.ndarray) -> str:
-    """Log the model, which takes raw inputs, with its signature and an input example; return its URI
-    (models:/<model id>). The evaluate stage registers it once its test metrics are logged."""
+def log_model(model: keras.Model, example_inputs: np.ndarray, class_names: list[str]) -> str:
+    """Log the classifier (pipeline.classifier around MODEL_FILE), which takes raw inputs and answers with class
+    names, with its signature and an input example; return its URI (models:/<model id>). The evaluate stage
+    registers it once its test metrics are logged."""
     # The example's type is the signature's: uint8 pixels, or a table's float32 values, as the data holds them.
-    # Calling the model: `predict` would build and trace a prediction function for five rows.
-    signature = infer_signature(example_inputs, model(example_inputs, training=False).numpy())
-    # The tensorflow flavor: it saves Keras 3 models as .keras files too, and
-    # (unlike mlflow.keras in this release) stores the input example correctly.
-    info = mlflow.tensorflow.log_model(
-        model,
+    signature = infer_signature(example_inputs, Classifier(model, class_names).predict(None, example_inputs))
+    info = mlflow.pyfunc.log_model(
         name="model",
+        python_model=Path(classifier.__file__),
+        artifacts={classifier.KERAS_MODEL: str(MODEL_FILE)},
+        model_config={"class_names": class_names},
         signature=signature,
         input_example=example_inputs,
         # Listed rather than inferred: inference re-loads the model in a
@@ -190,6 +192,7 @@ def log_model(model: keras.Model, example_inputs: np.ndarray) -> str:
             f"tensorflow-cpu=={tf.__version__}",
             f"keras=={keras.__version__}",
             f"mlflow=={mlflow.__version__}",
+            f"pandas=={pd.__version__}",
         ],
     )
     return info.model_uri
@@ -266,7 +269,7 @@ def train_and_log(params: Params, training: Split, validation: Split) -> keras.M
             write_architecture(model)
             mlflow.log_param("model.parameter_count", model.count_params())
             mlflow.set_tag("model.weights_sha256", weights_sha256(model))
-            write_run_file(run, model_uri=log_model(model, training.inputs[:5]))
+            write_run_file(run, model_uri=log_model(model, training.inputs[:5], params.dataset.class_names))
         checkpoint.remove()
     return model
 

@@ -80,7 +80,7 @@ def test_the_test_metrics_are_the_saved_keras_models(project):
     """One model, one truth: the file DVC tracks (and MLflow serves) gives the evaluated predictions."""
     import keras
 
-    from pipeline.model import class_ids
+    from pipeline.classifier import class_ids
 
     path, _ = project
     model = keras.models.load_model(path / "data/model/model.keras")
@@ -243,10 +243,17 @@ def test_model_is_registered_and_loads_from_the_registry(project, client):
     mlflow.set_tracking_uri(f"sqlite:///{path / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model(f"models:/{TINY_DATASET}-mlp/1")
     assert model.metadata.signature is not None
+    # Logged as code, with the Keras model beside it: nothing to unpickle.
+    files = [item.path for item in mlflow.artifacts.list_artifacts(f"models:/{TINY_DATASET}-mlp/1")]
+    assert "classifier.py" in files and not any(name.endswith(".pkl") for name in files)
     with np.load(path / f"data/processed/{TINY_DATASET}/test.npz") as arrays:
-        probabilities = np.asarray(model.predict(arrays["inputs"][:3]))
-    assert probabilities.shape == (3, 10)
-    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+        answers = model.predict(arrays["inputs"][:3])
+    assert list(answers.columns) == ["class", "probability", "probabilities"]
+    for answer in answers.to_dict(orient="records"):  # class names, and every class's probability
+        assert list(answer["probabilities"]) == [str(digit) for digit in range(10)]
+        assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert answer["probability"] == max(answer["probabilities"].values())
+        assert answer["probabilities"][answer["class"]] == answer["probability"]
 
 
 def test_dvc_views_show_metrics_plots_and_params(project, tmp_path):

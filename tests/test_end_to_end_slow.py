@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -73,16 +74,26 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_registered_model_is_served_by_mlflow_models_serve(tmp_path, tiny_dataset_server):
-    path = make_tiny_project(tmp_path / "project", tiny_dataset_server)
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_dataset_server):
+    """A tiny project after `dvc repro`: (its path, 5 raw test rows, their labels, evaluate's classes for them)."""
+    path = make_tiny_project(tmp_path_factory.mktemp("served") / "project", tiny_dataset_server)
     run(["dvc", "repro"], cwd=path)
+    with np.load(path / f"data/processed/{TINY_DATASET}/test.npz") as arrays:
+        inputs, labels = arrays["inputs"][:5], arrays["labels"][:5]
+    with (path / "reports/confusion_matrix.csv").open() as stream:
+        evaluated = [row["predicted"] for row in csv.DictReader(stream)][:5]
+    return path, inputs, labels, evaluated
+
+
+def start_server(path, command: list[str]) -> tuple[subprocess.Popen, str]:
+    """`command` serving on a free port of 127.0.0.1 in project `path`, once it answers /ping: (process, URL)."""
     port = free_port()
     environment = {
         **os.environ,
         "PATH": f"{BIN_DIRECTORY}{os.pathsep}{os.environ['PATH']}",
         "MLFLOW_TRACKING_URI": f"sqlite:///{path / 'mlflow.db'}",
     }
-    command = ["mlflow", "models", "serve", "-m", f"models:/{TINY_DATASET}-mlp/1", "--env-manager", "local"]
     server = subprocess.Popen(
         [*command, "--host", "127.0.0.1", "--port", str(port)],
         cwd=path,
@@ -91,38 +102,87 @@ def test_registered_model_is_served_by_mlflow_models_serve(tmp_path, tiny_datase
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                return server, f"http://127.0.0.1:{port}"
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                stop(server)
+                raise AssertionError(f"server did not start: {server.stderr.read().decode()}") from None
+            time.sleep(1)
+
+
+def stop(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        os.killpg(server.pid, 15)
+    server.wait(timeout=30)
+
+
+def post(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, str]:
+    request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": content_type})
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"server did not start: {server.stderr.read().decode()}") from None
-                time.sleep(1)
-        with np.load(path / f"data/processed/{TINY_DATASET}/test.npz") as arrays:
-            inputs, labels = arrays["inputs"][:5], arrays["labels"][:5]
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def check_answers(body: str, labels: np.ndarray, evaluated: list[str]) -> None:
+    answers = json.loads(body)["predictions"]
+    # A row per input: its class name, that class's probability, and every class's.
+    assert [set(answer) for answer in answers] == [{"class", "probability", "probabilities"}] * 5
+    for answer in answers:
+        assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert answer["probabilities"][answer["class"]] == answer["probability"]
+    classes = [answer["class"] for answer in answers]
+    # The tiny dataset is learnable: the served model gets most of these right.
+    assert np.mean([name == str(label) for name, label in zip(classes, labels, strict=True)]) >= 0.6
+    # The served model is the evaluated one: the same class as the evaluate stage's for every row.
+    assert classes == evaluated
+
+
+def test_registered_model_is_served_by_mlflow_models_serve(trained):
+    path, inputs, labels, evaluated = trained
+    command = ["mlflow", "models", "serve", "-m", f"models:/{TINY_DATASET}-mlp/1", "--env-manager", "local"]
+    server, url = start_server(path, command)
+    try:
         # Raw pixels, as a client has them: the served model scales them itself.
         assert inputs.dtype == np.uint8 and inputs.max() > 1
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations",
-            data=json.dumps({"inputs": inputs.tolist()}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            predictions = np.asarray(json.loads(response.read())["predictions"])
-        assert predictions.shape == (5, 10)
-        np.testing.assert_allclose(predictions.sum(axis=1), 1.0, rtol=1e-5)
-        # The tiny dataset is learnable: the served model gets most of these right.
-        assert (predictions.argmax(axis=1) == labels).mean() >= 0.6
-        # The served model is the evaluated one: the same class as the evaluate stage's for every row.
-        with (path / "reports/confusion_matrix.csv").open() as stream:
-            evaluated = [row["predicted"] for row in csv.DictReader(stream)][:5]
-        assert [str(index) for index in predictions.argmax(axis=1)] == evaluated
+        status, body = post(url, json.dumps({"inputs": inputs.tolist()}).encode())
+        assert status == 200
+        check_answers(body, labels, evaluated)
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+        stop(server)
+
+
+def test_mlp_serve_answers_the_champion_and_refuses_bad_requests_in_one_line(trained):
+    path, inputs, labels, evaluated = trained
+    server, url = start_server(path, ["mlp", "serve"])  # params.yaml's registered model, its champion
+    try:
+        status, body = post(url, json.dumps({"inputs": inputs.tolist()}).encode())
+        assert status == 200
+        check_answers(body, labels, evaluated)
+        wanted = 'Send JSON {"inputs": [rows of 784 uint8 values]}.'
+        refused = {
+            "a row too short": post(url, json.dumps({"inputs": [[0] * 783]}).encode()),
+            "a pixel above 255": post(url, json.dumps({"inputs": [[0] * 783 + [400]]}).encode()),
+            "not JSON": post(url, b"{inputs"),
+            "CSV": post(url, b"a,b\n1,2\n", "text/csv"),
+        }
+        for case, (status, body) in refused.items():
+            print(f"{case}: HTTP {status} {body}")
+            error = json.loads(body)
+            assert status in (400, 415) and set(error) == {"error_code", "message"}, case
+            # One line, the reason and what to send; no traceback, no echo of the input.
+            assert "\n" not in error["message"] and "[[" not in error["message"], case
+            assert error["message"].endswith(wanted), case
+        assert refused["a row too short"][1].count("(1, 783) does not match expected shape (-1, 784)") == 1
+        assert "400 out of bounds for uint8" in refused["a pixel above 255"][1]
+        assert refused["CSV"][0] == 415
+    finally:
+        stop(server)
 
 
 @pytest.mark.skipif(not os.environ.get("MLP_DATA_MIRROR"), reason="set MLP_DATA_MIRROR to a folder holding mnist/")

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from conftest import synthetic_digits
 
+from pipeline.classifier import class_ids, class_probabilities
 from pipeline.config import ModelConfig, OptimizerConfig, TrainConfig
-from pipeline.model import build_mlp, class_ids, class_probabilities, draw_architecture, keras_loss, make_optimizer
+from pipeline.model import build_mlp, draw_architecture, keras_loss, make_optimizer
 from pipeline.splits import Split, training_targets
 from pipeline.train import model_summary, train, write_history
 

@@ -182,25 +182,31 @@ def test_a_blank_drawing_is_refused_in_one_line(tmp_path):
 @pytest.mark.parametrize(
     ("arguments", "status", "last_line"),
     [
-        (["--help"], 0, "the units of the dataset's raw files: the model scales its inputs itself."),
-        (["--background", "purple", "digit.png"], 2, "invalid choice: 'purple' (choose from 'auto', 'dark', 'light')"),
-        (["absent.png"], 1, "absent.png: no such file"),
+        (["predict", "--help"], 0, "the units of the dataset's raw files: the model scales its inputs itself."),
+        (
+            ["predict", "--background", "purple", "digit.png"],
+            2,
+            "invalid choice: 'purple' (choose from 'auto', 'dark', 'light')",
+        ),
+        (["predict", "absent.png"], 1, "absent.png: no such file"),
+        (["serve", "--help"], 0, "adds a Python traceback. Ctrl-C stops it."),
+        (["serve", "--port", "http"], 2, "argument --port: invalid int value: 'http'"),
     ],
-    ids=["help", "bad-choice", "missing-input"],
+    ids=["help", "bad-choice", "missing-input", "serve-help", "serve-bad-port"],
 )
 def test_help_and_argument_errors_answer_without_loading_tensorflow(tmp_path, arguments, status, last_line):
     # `mlp`, then which of the slow libraries the process loaded, as the last line on stderr.
-    command = """if True:
+    command = f"""if True:
         import sys
         from pipeline.cli import main
         try:
             main(sys.argv[1:])
         finally:
-            assert "pipeline.commands.predict" in sys.modules
-            print("loaded:", sorted({"tensorflow", "keras", "mlflow"} & set(sys.modules)), file=sys.stderr)
+            assert "pipeline.commands.{arguments[0]}" in sys.modules
+            print("loaded:", sorted({{"tensorflow", "keras", "mlflow"}} & set(sys.modules)), file=sys.stderr)
     """
     result = subprocess.run(
-        [sys.executable, "-c", command, "predict", *arguments],
+        [sys.executable, "-c", command, *arguments],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(REPOSITORY)},
         capture_output=True,

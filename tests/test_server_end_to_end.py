@@ -272,8 +272,9 @@ def download(server: Server, artifact_uri: str) -> str:
 
 
 def predictions(server: Server, client: MlflowClient, test_inputs: np.ndarray) -> np.ndarray:
+    """Every class's probability per input, from the registered model."""
     model = mlflow.pyfunc.load_model(download(server, client.get_model_version_download_uri(MODEL_NAME, "1")))
-    return np.asarray(model.predict(test_inputs))
+    return np.array([list(row.values()) for row in model.predict(test_inputs)["probabilities"]])
 
 
 def test_backup_restored_into_a_deleted_state_folder_brings_everything_back(

@@ -37,7 +37,7 @@ from pipeline.errors import ConfigError, DataError
 from pipeline.paths import MODEL_FILE
 
 if TYPE_CHECKING:
-    import keras
+    from pipeline.classifier import Classifier
 
 
 # What `--background` may say of a drawing.
@@ -89,64 +89,67 @@ def predict(inputs: list[Path], *, model: str, background: str = "auto") -> list
     """The predicted class of every example in `inputs`, with its probability."""
     if missing := next((path for path in inputs if not path.is_file()), None):
         raise DataError(f"{missing}: no such file")
-    # Imported here rather than at the top, as in load_model: `mlp predict --help` and a wrong argument
-    # answer at once, and only a prediction waits the seconds TensorFlow takes to load.
-    from pipeline.model import class_ids, class_probabilities
-
-    keras_model, dataset = load_model(model)
+    classifier, dataset = load_classifier(model)
     # Every input is read before anything is predicted: a bad one fails the whole call, with its name.
     read = [read_inputs(path, dataset=dataset, background=background) for path in inputs]
     names = [name for path_names, _ in read for name in path_names]
-    outputs = keras_model.predict(np.concatenate([rows for _, rows in read]).astype(np.float32), verbose=0)
-    classes = dataset.class_names
+    answers = classifier.predict(None, np.concatenate([rows for _, rows in read]))
     return [
-        Prediction(name, int(i), classes[i], float(probs[i]), dict(zip(classes, map(float, probs), strict=True)))
-        for name, i, probs in zip(names, class_ids(outputs), class_probabilities(outputs), strict=True)
+        Prediction(
+            name, dataset.class_names.index(row["class"]), row["class"], row["probability"], row["probabilities"]
+        )
+        for name, row in zip(names, answers.to_dict(orient="records"), strict=True)
     ]
 
 
-def load_model(model: str) -> tuple[keras.Model, DatasetConfig]:
-    """The model (a .keras file or a models:/ URI) and the dataset configuration it was trained with."""
+def load_classifier(model: str) -> tuple[Classifier, DatasetConfig]:
+    """The classifier MLflow serves, around the model (a .keras file or a models:/ URI), and the dataset
+    configuration it was trained with."""
     if model.startswith("models:/"):
         return _registered_model(model)
-    from pipeline.evaluate import load_model as load_keras_model  # loads TensorFlow: see predict
+    # Imported here rather than at the top: `mlp predict --help` and a wrong argument answer at once,
+    # and only a prediction waits the seconds TensorFlow takes to load.
+    from pipeline.classifier import Classifier
+    from pipeline.evaluate import load_model
 
-    keras_model = load_keras_model(Path(model))
+    keras_model = load_model(Path(model))
     dataset, width = load_params().dataset, keras_model.input_shape[-1]
     if width != dataset.num_features:  # params.yaml changed since the model was trained
         raise ConfigError(
             f"{model} takes {width} features, but dataset {dataset.name} has {dataset.num_features} "
             f"(input_shape {dataset.input_shape}): run `dvc repro` for the current params.yaml"
         )
-    return keras_model, dataset
+    return Classifier(keras_model, dataset.class_names), dataset
 
 
-def _registered_model(uri: str) -> tuple[keras.Model, DatasetConfig]:
+def _registered_model(uri: str) -> tuple[Classifier, DatasetConfig]:
     match = re.fullmatch(r"models:/(?P<name>[^/@]+)(?:/(?P<version>[0-9]+)|@(?P<alias>[^/@]+))", uri)
     if match is None:
         raise ConfigError(f"--model {uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
-    import mlflow.tensorflow  # loads TensorFlow: see predict
+    import mlflow.tensorflow  # loads TensorFlow: see load_classifier
 
-    from pipeline.tracking import tracking_uri
+    from pipeline.classifier import Classifier
+    from pipeline.tracking import registry_store
 
-    store = tracking_uri()
-    if store.startswith("sqlite:///") and not Path(store.removeprefix("sqlite:///")).exists():
-        # MLflow would create an empty store there and then report the model missing.
-        raise ConfigError(f"--model {uri}: no MLflow store at {store}: train a model first, or set MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(store)
+    store, shown = registry_store(uri)
     client, (name, version, alias) = mlflow.MlflowClient(store), match.group("name", "version", "alias")
     try:
         found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
         recorded = f"runs:/{found.run_id}/config/params.yaml"
         params = read_yaml(mlflow.artifacts.load_text(recorded), recorded)
+        dataset = DatasetConfig.model_validate(params.get("dataset") if isinstance(params, dict) else None)
         with tempfile.TemporaryDirectory() as directory:
             # The version just resolved, even if the alias moves meanwhile.
-            model = mlflow.tensorflow.load_model(f"models:/{name}/{found.version}", dst_path=directory)
+            version_uri = f"models:/{name}/{found.version}"
+            loaded = mlflow.pyfunc.load_model(version_uri, dst_path=directory)
+            if "tensorflow" in loaded.metadata.flavors:  # logged before the classifier: the bare Keras model
+                return Classifier(
+                    mlflow.tensorflow.load_model(version_uri, dst_path=directory), dataset.class_names
+                ), dataset
+            # The classifier itself, not MLflow's wrapper, which takes only the signature's uint8 pixels.
+            return loaded.unwrap_python_model(), dataset
     except (mlflow.exceptions.MlflowException, OSError) as error:
-        shown = re.sub(r"//[^/@]*@", "//", store)  # a server URI may hold a password
         raise ConfigError(f"--model {uri}: {str(error).splitlines()[0]} (MLflow store {shown})") from None
-    try:
-        return model, DatasetConfig.model_validate(params.get("dataset") if isinstance(params, dict) else None)
     except ValidationError as error:
         first = error.errors()[0]
         problem = ".".join(["dataset", *map(str, first["loc"])]) + f": {first['msg']}"
