@@ -70,9 +70,10 @@ def default_artifact_root() -> str:
     return (repository_root() / ARTIFACTS_DIRECTORY).as_uri()
 
 
-def registry_store(model_uri: str) -> tuple[str, str]:
-    """Point MLflow at the store to load registered model `model_uri` from, without creating one: (its URI,
-    the URI to show, without a password)."""
+@contextmanager
+def registered_model_store(model_uri: str) -> Iterator[str]:
+    """Point MLflow at the store to load registered model `model_uri` from, without creating one, and yield its
+    URI; inside, MLflow's failure to find or load the model becomes one line naming the model and the store."""
     store = tracking_uri()
     if store.startswith("sqlite:///") and not Path(store.removeprefix("sqlite:///")).exists():
         # MLflow would create an empty store there and then report the model missing.
@@ -80,7 +81,15 @@ def registry_store(model_uri: str) -> tuple[str, str]:
             f"--model {model_uri}: no MLflow store at {store}: train a model first, or set MLFLOW_TRACKING_URI"
         )
     mlflow.set_tracking_uri(store)
-    return store, re.sub(r"//[^/@]*@", "//", store)
+    try:
+        yield store
+    except (MlflowException, OSError) as error:
+        raise ConfigError(f"--model {model_uri}: {str(error).splitlines()[0]} (MLflow store {shown(store)})") from None
+
+
+def shown(uri: str) -> str:
+    """`uri` as it may be shown: without the password a server URI may hold."""
+    return re.sub(r"//[^/@]*@", "//", uri)
 
 
 def open_store() -> str:

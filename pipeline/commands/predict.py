@@ -129,31 +129,31 @@ def _registered_model(uri: str) -> tuple[Classifier, DatasetConfig]:
     import mlflow.tensorflow  # loads TensorFlow: see load_classifier
 
     from pipeline.classifier import Classifier
-    from pipeline.tracking import registry_store
+    from pipeline.tracking import registered_model_store
 
-    store, shown = registry_store(uri)
-    client, (name, version, alias) = mlflow.MlflowClient(store), match.group("name", "version", "alias")
-    try:
+    with registered_model_store(uri) as store:
+        name, version, alias = match.group("name", "version", "alias")
+        client = mlflow.MlflowClient(store)
         found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
         recorded = f"runs:/{found.run_id}/config/params.yaml"
         params = read_yaml(mlflow.artifacts.load_text(recorded), recorded)
-        dataset = DatasetConfig.model_validate(params.get("dataset") if isinstance(params, dict) else None)
+        try:
+            dataset = DatasetConfig.model_validate(params.get("dataset") if isinstance(params, dict) else None)
+        except ValidationError as error:
+            first = error.errors()[0]
+            problem = ".".join(["dataset", *map(str, first["loc"])]) + f": {first['msg']}"
+            raise ConfigError(
+                f"--model {uri}: its run's config/params.yaml holds no valid dataset config ({problem})"
+            ) from None
         with tempfile.TemporaryDirectory() as directory:
             # The version just resolved, even if the alias moves meanwhile.
             version_uri = f"models:/{name}/{found.version}"
             loaded = mlflow.pyfunc.load_model(version_uri, dst_path=directory)
             if "tensorflow" in loaded.metadata.flavors:  # logged before the classifier: the bare Keras model
-                return Classifier(
-                    mlflow.tensorflow.load_model(version_uri, dst_path=directory), dataset.class_names
-                ), dataset
+                keras_model = mlflow.tensorflow.load_model(version_uri, dst_path=directory)
+                return Classifier(keras_model, dataset.class_names), dataset
             # The classifier itself, not MLflow's wrapper, which takes only the signature's uint8 pixels.
             return loaded.unwrap_python_model(), dataset
-    except (mlflow.exceptions.MlflowException, OSError) as error:
-        raise ConfigError(f"--model {uri}: {str(error).splitlines()[0]} (MLflow store {shown})") from None
-    except ValidationError as error:
-        first = error.errors()[0]
-        problem = ".".join(["dataset", *map(str, first["loc"])]) + f": {first['msg']}"
-    raise ConfigError(f"--model {uri}: its run's config/params.yaml holds no valid dataset config ({problem})")
 
 
 def read_inputs(path: Path, *, dataset: DatasetConfig, background: str = "auto") -> tuple[list[str], np.ndarray]:

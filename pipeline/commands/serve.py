@@ -14,7 +14,6 @@ import json
 import logging
 
 from pipeline.config import load_params
-from pipeline.errors import ConfigError
 
 INVOCATIONS = "/invocations"
 
@@ -33,24 +32,28 @@ def run(arguments: argparse.Namespace) -> None:
     import uvicorn
     from mlflow.pyfunc.scoring_server import init
 
-    from pipeline.tracking import registry_store
+    from pipeline.tracking import registered_model_store, shown
 
     uri = arguments.model or f"models:/{load_params().mlflow.registered_model_name}@champion"
-    _, shown = registry_store(uri)
-    try:
+    with registered_model_store(uri) as store:
         model = mlflow.pyfunc.load_model(uri)
-    except (mlflow.exceptions.MlflowException, OSError) as error:
-        raise ConfigError(f"--model {uri}: {str(error).splitlines()[0]} (MLflow store {shown})") from None
     app = init(model)
     # It warns of `instances` inputs after every refused request, whichever key the request used.
     logging.getLogger("mlflow.pyfunc.scoring_server").setLevel(logging.ERROR)
-    wanted = expected_request(model.metadata.get_input_schema())
+    schema = model.metadata.get_input_schema()
+    tensor = schema.inputs[0] if schema is not None and schema.is_tensor_spec() else None
+    wanted = (
+        f'JSON {{"inputs": [rows of {tensor.shape[-1]} {tensor.type} values]}}.'
+        if tensor
+        else "JSON, as the model's signature says."
+    )
 
     @app.middleware("http")
     async def one_line_errors(request, call_next):
         from fastapi.responses import JSONResponse
 
-        if request.url.path == INVOCATIONS and request.headers.get("content-type", "").startswith("text/csv"):
+        csv = request.headers.get("content-type", "").startswith("text/csv")
+        if tensor and csv and request.url.path == INVOCATIONS:
             # MLflow's CSV reader asks a tensor signature for column names, and answers with a traceback.
             return JSONResponse({"error_code": "BAD_REQUEST", "message": f"text/csv is not read. Send {wanted}"}, 415)
         response = await call_next(request)
@@ -64,7 +67,7 @@ def run(arguments: argparse.Namespace) -> None:
             response.status_code,
         )
 
-    print(f"serving {uri} from {shown} on http://{arguments.host}:{arguments.port}{INVOCATIONS}", flush=True)
+    print(f"serving {uri} from {shown(store)} on http://{arguments.host}:{arguments.port}{INVOCATIONS}", flush=True)
     uvicorn.run(app, host=arguments.host, port=arguments.port, log_level="warning")
 
 
@@ -72,11 +75,3 @@ def one_line(message: str) -> str:
     """The reason in an MLflow scoring error: its last "Error: " part, without the input it quotes."""
     lines = message.rsplit("Error: ", 1)[-1].strip().splitlines()
     return lines[0].strip("'") if lines else "The request could not be read"
-
-
-def expected_request(schema) -> str:
-    """What the model reads, from its signature: e.g. JSON {"inputs": [rows of 784 uint8 values]}."""
-    spec = schema.inputs[0] if schema is not None and schema.is_tensor_spec() else None
-    if spec is None:
-        return 'JSON {"inputs": [...]}, as the model\'s signature says.'
-    return f'JSON {{"inputs": [rows of {spec.shape[-1]} {spec.type} values]}}.'
