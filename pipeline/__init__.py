@@ -10,9 +10,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # What the pipeline downloads from MLflow are small files (a lineage record, a
 # model): a progress bar for each is noise in the logs.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-# A tracking server that does not answer fails the stage within a minute, not after MLflow's default
-# seven retries with 2**n s back-off and 120 s timeouts (minutes per request): three retries after
-# about 1, 2 and 4 s, each attempt at most 10 s. urllib3 logs each retry as a warning.
+# A failing tracking server stops the stage within a minute, not after minutes (docs/crash-safety.md).
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")

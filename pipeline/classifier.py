@@ -14,10 +14,9 @@ KERAS_MODEL = "keras_model"  # the .keras file's name among the logged model's a
 
 
 def class_ids(outputs: np.ndarray) -> np.ndarray:
-    """The class each row of the model's outputs predicts: the one decision rule of the project.
-
-    One sigmoid unit (binary task): class 1 when its probability is above one half, as Keras'
-    accuracy counts it; else the most probable class."""
+    """The class each row of the model's outputs predicts, the one decision rule of the project: for one sigmoid
+    unit (binary task) class 1 when its probability is above one half, as Keras' accuracy counts it; else the most
+    probable class."""
     outputs = np.asarray(outputs)
     if outputs.shape[1] == 1:
         return (outputs[:, 0] > 0.5).astype(np.int64)

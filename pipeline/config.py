@@ -66,7 +66,6 @@ class FileSpec(StrictModel):
     remote_name: FileName | None = None  # the name at the public URLs, where it differs
     size: PositiveInt  # bytes
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
-    # Only where no sha256 is published; sha256 is preferred when both are given.
     md5: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")] | None = None
 
     @model_validator(mode="after")
@@ -103,9 +102,7 @@ class DatasetConfig(StrictModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
     format: Literal[tuple(FORMAT_FILES)]  # type: ignore[valid-type]
-    # multiclass: softmax over num_classes; binary: one sigmoid unit, binary cross-entropy.
     task: Literal["multiclass", "binary"]
-    # Base URLs, tried in order: http(s):// or, for files kept on this machine, file://.
     urls: list[Annotated[str, Field(pattern=r"^(https?|file)://")]] = Field(min_length=1)
     files: dict[str, FileSpec]
     input_shape: list[PositiveInt] = Field(min_length=1, max_length=3)
@@ -114,7 +111,6 @@ class DatasetConfig(StrictModel):
     # unit_interval: pixels / 255; standardize: zero mean, unit variance, fitted on the training split.
     scaling: Literal["unit_interval", "standardize"]
     validation_fraction: float = Field(ge=0.0, lt=1.0)
-    # Only for formats without a published test split (csv): the share held out for testing.
     test_fraction: float | None = Field(default=None, gt=0.0, lt=1.0)
     csv: CsvLayout | None = None
     max_train_samples: PositiveInt | None
@@ -170,7 +166,6 @@ class ModelConfig(StrictModel):
 class OptimizerConfig(StrictModel):
     name: Literal["adam", "sgd", "rmsprop"]
     learning_rate: float = Field(gt=0.0)
-    # Only sgd and rmsprop have momentum; Keras' default is 0.
     momentum: float | None = Field(default=None, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
@@ -181,14 +176,11 @@ class OptimizerConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    # categorical_crossentropy for a softmax over classes, binary_crossentropy
-    # for one sigmoid unit; mse works with either.
     loss: Literal["categorical_crossentropy", "binary_crossentropy", "mse"]
     batch_size: PositiveInt
     epochs: PositiveInt
     early_stopping_patience: PositiveInt | None
-    # Defaults below, so that configs recorded before a key existed still load. host: identical
-    # weights on the same machine; portable: on any x86-64 CPU, slower (pipeline.determinism).
+    # Defaults below, so that configs recorded before a key existed still load (docs/configuration.md).
     determinism: Literal["host", "portable"] = "host"
     learning_rate_schedule: Literal["constant", "cosine"] = "constant"  # cosine: to 0 over all steps
     jit_compile: bool = False  # XLA-compiled steps (host determinism only: XLA compiles for this CPU)

@@ -1,6 +1,5 @@
-"""`train.determinism`: `host` (TensorFlow as installed: identical weights on the same machine) or `portable`
-(the same weights on every x86-64 CPU TensorFlow runs on; reports/portability/README.md). `portable` sets
-variables TensorFlow and oneDNN read once, at start: `enter` re-executes the process with them.
+"""`train.determinism` `host` or `portable` (docs/reproducibility.md, "Portable determinism"): `portable` sets
+variables TensorFlow and oneDNN read once, at start, so `enter` re-executes the process with them.
 """
 
 from __future__ import annotations
@@ -14,10 +13,9 @@ from pipeline.errors import PipelineError
 logger = logging.getLogger(__name__)
 
 PORTABLE_ENVIRONMENT = {
-    # oneDNN's graph rewrites: on by default only on CPUs with some AVX-512/AMX features.
     "TF_ENABLE_ONEDNN_OPTS": "0",
-    # Even without them, matrix products call oneDNN's sgemm, which picks its kernel (and so its order
-    # of additions) by instruction set: cap it at SSE4.1, which every CPU TensorFlow runs on has.
+    # Even without oneDNN's graph rewrites, its sgemm picks its kernel (and so its order of additions) by
+    # instruction set: cap it at SSE4.1, which every CPU TensorFlow runs on has.
     "ONEDNN_MAX_CPU_ISA": "SSE41",
     # Parallel matrix products and reductions split their sums by thread count.
     "TF_NUM_INTRAOP_THREADS": "1",

@@ -123,7 +123,6 @@ def _fetch(session, spec: FileSpec, sources: list[str], path: Path, timeout, att
 
 
 def _download_http(session, url: str, partial: Path, spec: FileSpec, timeout, attempts, backoff_seconds) -> None:
-    """Fill `partial` from `url`, resuming with a Range request after a broken connection."""
     for attempt in range(1, attempts + 1):
         have = partial.stat().st_size if partial.exists() else 0
         if have > spec.size:  # too long, left by an earlier run: start again

@@ -25,7 +25,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from pipeline import registry
+from pipeline import paths, registry
 from pipeline.classifier import class_ids
 from pipeline.config import load_params
 from pipeline.errors import DataError
@@ -33,19 +33,6 @@ from pipeline.figures import save_figure
 from pipeline.files import atomic_path, write_json, write_text
 from pipeline.lineage import REPRODUCES_VARIABLE, add_lock_md5s, dataset_source
 from pipeline.model import weights_sha256
-from pipeline.paths import (
-    CLASSIFICATION_REPORT_FILE,
-    CONFUSION_CSV,
-    CONFUSION_PNG,
-    HISTORY_FILE,
-    LEARNING_CURVES_PNG,
-    METRICS_FILE,
-    MODEL_FILE,
-    PER_CLASS_METRICS_FILE,
-    processed_directory,
-    repair_hint,
-    rerun_hint,
-)
 from pipeline.splits import load_splits, training_targets
 from pipeline.stage import run_stage
 from pipeline.tracking import TEST_SET_TAG, client, log_datasets, log_new_metrics, pipeline_run, read_run_file
@@ -67,13 +54,8 @@ def evaluate(
     loss = model.evaluate(inputs, labels if targets is None else targets, batch_size=1024, verbose=0, return_dict=True)
     predictions = class_ids(model.predict(inputs, batch_size=1024, verbose=0))
     classes = list(range(len(class_names)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predictions, labels=classes, zero_division=0
-    )
-    scores = {"precision": precision, "recall": recall, "f1": f1}
-    report = classification_report(
-        labels, predictions, labels=classes, target_names=class_names, digits=4, zero_division=0
-    )
+    *values, support = precision_recall_fscore_support(labels, predictions, labels=classes, zero_division=0)
+    scores = dict(zip(("precision", "recall", "f1"), values, strict=True))
     return {
         "test": {
             "loss": float(loss["loss"]),
@@ -85,7 +67,9 @@ def evaluate(
             for index, name in enumerate(class_names)
         },
         "predictions": predictions,
-        "report_text": report,
+        "report_text": classification_report(
+            labels, predictions, labels=classes, target_names=class_names, digits=4, zero_division=0
+        ),
         "confusion_matrix": confusion_matrix(labels, predictions, labels=classes),
     }
 
@@ -98,7 +82,6 @@ def write_confusion_csv(labels: np.ndarray, predictions: np.ndarray, path: Path,
 
 
 def plot_confusion_matrix(matrix: np.ndarray, path: Path, *, class_names: list[str]) -> None:
-    """Counts per (true, predicted) class, drawn by scikit-learn's ConfusionMatrixDisplay."""
     figure, axis = plt.subplots(figsize=(7, 6))
     ConfusionMatrixDisplay(matrix, display_labels=class_names).plot(
         ax=axis, cmap="Blues", colorbar=False, xticks_rotation="vertical", values_format="d"
@@ -122,29 +105,30 @@ def plot_learning_curves(history: pd.DataFrame, path: Path) -> None:
 
 def load_model(path: Path) -> keras.Model:
     if not path.exists():
-        raise DataError(f"{path} not found: {rerun_hint('train')}")
+        raise DataError(f"{path} not found: {paths.rerun_hint('train')}")
     try:
         # safe_mode (the default) refuses to deserialize Python code from the file.
         return keras.models.load_model(path, safe_mode=True)
     except Exception as error:  # noqa: BLE001 - any failure to read the model means a damaged file
-        raise DataError(f"{path} is corrupt ({type(error).__name__}: {error}); {repair_hint('train')}") from None
+        raise DataError(f"{path} is corrupt ({type(error).__name__}: {error}); {paths.repair_hint('train')}") from None
 
 
 def write_reports(results: dict, labels: np.ndarray, history: pd.DataFrame, metrics: dict, *, class_names) -> None:
     """The metrics and the reports, logged to the open MLflow run under evaluation/; the plots at its root."""
-    write_json(METRICS_FILE, metrics)
+    write_json(paths.METRICS_FILE, metrics)
     # Per-class scores as one file, not 3 metrics per class: the metrics tab keeps the curves people look at.
-    write_json(PER_CLASS_METRICS_FILE, results["per_class"])
-    write_confusion_csv(labels, results["predictions"], CONFUSION_CSV, class_names=class_names)
-    plot_confusion_matrix(results["confusion_matrix"], CONFUSION_PNG, class_names=class_names)
-    plot_learning_curves(history, LEARNING_CURVES_PNG)
-    write_text(CLASSIFICATION_REPORT_FILE, results["report_text"])
+    write_json(paths.PER_CLASS_METRICS_FILE, results["per_class"])
+    write_confusion_csv(labels, results["predictions"], paths.CONFUSION_CSV, class_names=class_names)
+    plot_confusion_matrix(results["confusion_matrix"], paths.CONFUSION_PNG, class_names=class_names)
+    plot_learning_curves(history, paths.LEARNING_CURVES_PNG)
+    write_text(paths.CLASSIFICATION_REPORT_FILE, results["report_text"])
     # Once, as a table: as a parameter the list would take a line per class on MLflow's compare page.
     mlflow.log_table({"class_index": list(range(len(class_names))), "class_name": class_names}, "class_names.json")
-    for path in (METRICS_FILE, PER_CLASS_METRICS_FILE, CONFUSION_CSV, CLASSIFICATION_REPORT_FILE):
+    reports = (paths.METRICS_FILE, paths.PER_CLASS_METRICS_FILE, paths.CONFUSION_CSV, paths.CLASSIFICATION_REPORT_FILE)
+    for path in reports:
         mlflow.log_artifact(str(path), artifact_path="evaluation")
     # At the root: MLflow's compare page puts only top-level artifacts side by side.
-    for path in (LEARNING_CURVES_PNG, CONFUSION_PNG):
+    for path in (paths.LEARNING_CURVES_PNG, paths.CONFUSION_PNG):
         mlflow.log_artifact(str(path))
 
 
@@ -179,8 +163,8 @@ def main() -> None:
     dataset = params.dataset
     record = read_run_file()
     run_id = record["run_id"]
-    (test_split,) = load_splits(processed_directory(dataset.name), ["test"], dataset)
-    model = load_model(MODEL_FILE)
+    (test_split,) = load_splits(paths.processed_directory(dataset.name), ["test"], dataset)
+    model = load_model(paths.MODEL_FILE)
     targets = training_targets(
         test_split.labels, loss=params.train.loss, task=dataset.task, num_classes=dataset.num_classes
     )
@@ -188,9 +172,9 @@ def main() -> None:
     scope = "full" if dataset.max_test_samples is None else "subset"
 
     with pipeline_run(run_id=run_id):
-        history = pd.read_csv(HISTORY_FILE, index_col="epoch")
+        history = pd.read_csv(paths.HISTORY_FILE, index_col="epoch")
         if history.empty:
-            raise DataError(f"{HISTORY_FILE} holds no epochs: {rerun_hint('train')}")
+            raise DataError(f"{paths.HISTORY_FILE} holds no epochs: {paths.rerun_hint('train')}")
         results = evaluate(model, *test_split, class_names=dataset.class_names, targets=targets)
         accuracy = results["test"]["accuracy"]
         # What `dvc exp show` and `dvc metrics diff` show: the few numbers that decide between runs, and the ids

@@ -42,9 +42,8 @@ REPRODUCES_VARIABLE = "MLP_REPRODUCES_RUN"
 
 
 def log_new_run_lineage(dataset_name: str, raw_files: dict[str, FileSpec]) -> dict[str, Any]:
-    """Log the lineage of the active run, about to train on the dataset's `raw_files` with params.yaml: the record,
-    the environment, the uncommitted diff and conf/ files, and the record's fields people filter runs by as tags;
-    return the record."""
+    """Log the lineage of the active run, about to train on the dataset's `raw_files` with params.yaml (record,
+    environment, uncommitted diff and conf/ files, and run_tags); return the record."""
     code, diff = code_record()
     environment = {**hardware.fingerprint(), "packages": package_versions()}
     params = read_yaml(read_text(PARAMS_FILE), PARAMS_FILE)
@@ -114,9 +113,8 @@ def code_record() -> tuple[dict[str, Any], str]:
 def data_record(dataset_name: str, raw_files: dict[str, FileSpec]) -> dict[str, Any]:
     """Each raw file's sha256 and source, and one digest over them all: `sha256sum <files> | sha256sum`."""
     sources = data_sources(dataset_name, raw_files)
-    names = sorted(spec.name for spec in raw_files.values())
     folder = raw_directory(dataset_name)
-    files = {name: {"sha256": file_digest(folder / name), "source": sources[name]} for name in names}
+    files = {name: {"sha256": file_digest(folder / name), "source": sources[name]} for name in sorted(sources)}
     listing = "".join(f"{entry['sha256']}  {name}\n" for name, entry in files.items())
     return {"sha256": hashlib.sha256(listing.encode("utf-8")).hexdigest(), "files": files}
 

@@ -73,12 +73,9 @@ def make_optimizer(
 
 
 def keras_loss(loss: str) -> str:
-    """The Keras loss for config value `loss`, given that labels are class indices."""
-    # Categorical cross-entropy on one-hot labels is sparse categorical
-    # cross-entropy on the class indices, without a 10x larger label array.
-    if loss == "categorical_crossentropy":
-        return "sparse_categorical_crossentropy"
-    return loss
+    """The Keras loss for config value `loss`, given that labels are class indices: categorical cross-entropy on
+    one-hot labels is sparse categorical cross-entropy on the indices, without a 10x larger label array."""
+    return "sparse_categorical_crossentropy" if loss == "categorical_crossentropy" else loss
 
 
 def draw_architecture(model: keras.Model, path: Path) -> None:

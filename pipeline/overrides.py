@@ -1,8 +1,5 @@
-"""The Hydra overrides that compose conf/ into a given params.yaml, in the form a user types them.
-
-DVC does not pass a stage the overrides of `dvc exp run -S ...`: they are found again by composing,
-first the group choices (`dataset=pima`, `experiment=smoke`) that bring the composition closest to
-params.yaml, then the keys that still differ (`model.dropout_rate=0.3`, `+key=value`, `~key`).
+"""The Hydra overrides that compose conf/ into a given params.yaml, in the form a user types them: the group
+choices, then the keys that still differ (`+key=value`, `~key`); docs/mlflow.md, `config.overrides`.
 """
 
 from __future__ import annotations

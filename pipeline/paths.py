@@ -11,9 +11,7 @@ CONFIG_DIRECTORY = Path("conf")
 LOCK_FILE = Path("dvc.lock")
 REQUIREMENTS_LOCK = Path("requirements.lock")
 
-# Data: DVC-tracked, kept out of git. Each dataset has folders of its own (dvc.yaml names them
-# with ${dataset.name}): datasets whose files share names (MNIST, Fashion-MNIST) never overwrite
-# each other, and switching back to one restores its raw files from DVC's cache.
+# Data: DVC-tracked, kept out of git; a folder per dataset (docs/datasets.md, "Datasets side by side").
 RAW_ROOT = Path("data/raw")
 PROCESSED_ROOT = Path("data/processed")
 MODEL_DIRECTORY = Path("data/model")

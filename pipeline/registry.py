@@ -1,8 +1,5 @@
-"""The Model Registry: one described version per evaluated run, and a champion that is the best.
-
-The alias `champion` goes to the best test accuracy among the versions scored on the dataset's full test set (the
-same digest); a version scored on a subset never takes it, and a reproduction (`mlp reproduce`) registers nothing.
-"""
+"""The Model Registry: one described version per evaluated run, and the alias `champion` on the best test accuracy
+among the versions scored on the same full test set (docs/mlflow.md, "The Model Registry and the champion")."""
 
 from __future__ import annotations
 
@@ -42,9 +39,8 @@ def register(
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
         return version
-    model_id = model_uri.removeprefix("models:/")
     created = client.create_model_version(
-        name, model_uri, run_id=run_id, tags=tags, description=description, model_id=model_id
+        name, model_uri, run_id=run_id, tags=tags, description=description, model_id=model_uri.removeprefix("models:/")
     )
     return str(created.version)
 
@@ -65,25 +61,18 @@ def promote_if_best(client: MlflowClient, name: str, version: str) -> str:
         # Scoring the champion again (a re-run of evaluate) keeps the alias where it was: not a new decision.
         kept = str(client.get_registered_model(name).aliases.get(CHAMPION)) == str(best.version)
         client.set_registered_model_alias(name, CHAMPION, best.version)
-        if str(best.version) == version:
-            others = [candidate for candidate in rivals if str(candidate.version) != version]
-            beaten = max(others, key=_accuracy, default=None)
-            if beaten:
-                against = (
-                    f"{'ahead of' if kept else 'beating'} version {beaten.version}'s {_accuracy(beaten):.4f} "
-                    "on the same full test set"
-                )
-            else:
-                against = f"the {'only version' if kept else 'first'} scored on this full test set"
-            decision = (
-                f"version {version} {'stays' if kept else 'is'} the {CHAMPION} with test accuracy "
-                f"{_accuracy(this):.4f}, {against}"
-            )
-        else:
+        held = f"version {version} {'stays' if kept else 'is'} the {CHAMPION} with test accuracy {_accuracy(this):.4f}"
+        beaten = max((other for other in rivals if str(other.version) != version), key=_accuracy, default=None)
+        if str(best.version) != version:
             decision = (
                 f"version {best.version} stays the {CHAMPION}: its test accuracy {_accuracy(best):.4f} is not "
                 f"beaten by version {version}'s {_accuracy(this):.4f} on the same full test set"
             )
+        elif beaten:
+            against = "ahead of" if kept else "beating"
+            decision = f"{held}, {against} version {beaten.version}'s {_accuracy(beaten):.4f} on the same full test set"
+        else:
+            decision = f"{held}, the {'only version' if kept else 'first'} scored on this full test set"
     client.set_model_version_tag(name, version, "champion_decision", decision)
     return decision
 

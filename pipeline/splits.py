@@ -75,11 +75,9 @@ def load_splits(directory: Path, names: list[str], dataset: DatasetConfig) -> li
                 f"{path} holds labels from {labels.min()} to {labels.max()}, expected class ids 0 to "
                 f"{dataset.num_classes - 1} (dataset {dataset.name}); {repair}"
             )
-        if name != "train":
-            continue
         # A class the model never sees in training cannot be learnt: its test scores would mean nothing.
         missing = np.isin(np.arange(dataset.num_classes), labels, invert=True)
-        if missing.any():
+        if name == "train" and missing.any():
             missing_names = ", ".join(np.asarray(dataset.class_names)[missing])
             raise DataError(
                 f"{path} holds no example of class {missing_names}, expected every one of the "

@@ -1,8 +1,6 @@
-"""How every stage and `mlp` command runs: `run_stage(main)` sets up logging and turns SIGTERM into Ctrl+C (and
-takes SIGINT back), so that a stopped run ends its MLflow run KILLED and exits with status 130. An error of ours
-(pipeline.errors), or a failure of the MLflow store or of the disk, becomes one line on stderr and status 1 without
-a traceback (MLP_TRACEBACK=1 shows it); finished epochs are checkpointed, so the run resumes. Anything else is a
-bug and keeps its traceback.
+"""How every stage and `mlp` command runs (docs/crash-safety.md): SIGTERM and SIGINT end it as Ctrl+C would (its
+MLflow run KILLED, status 130); an error of ours (pipeline.errors) or a failure of the MLflow store or the disk is
+one line and status 1. Anything else is a bug and keeps its traceback.
 """
 
 import errno
@@ -37,7 +35,6 @@ def raise_if_interrupted() -> None:
 # Where MLflow's client, its HTTP stack and its database layer raise from.
 TRACKING_PACKAGES = {"mlflow", "requests", "urllib3", "sqlalchemy"}
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
-MLFLOW_DATABASE_LOGGER = "mlflow.store.db.utils"
 
 
 def causes(error: BaseException) -> list[BaseException]:
@@ -49,7 +46,6 @@ def causes(error: BaseException) -> list[BaseException]:
 
 
 def raised_by_the_store(error: BaseException) -> bool:
-    """Whether MLflow's client, its HTTP stack or its database layer raised `error` or one of its causes."""
     return any(type(link).__module__.split(".")[0] in TRACKING_PACKAGES for link in causes(error))
 
 
@@ -80,25 +76,18 @@ def run_stage(main: Callable[[], None]) -> None:
     if not os.environ.get("MLP_TRACEBACK"):
         # MLflow's SQL store logs every database error with its traceback, then raises it: the raised error
         # is the stage's one line (outside_failure), so the logged copy would only bury it.
-        logging.getLogger(MLFLOW_DATABASE_LOGGER).setLevel(logging.CRITICAL)
-    # `dvc exp remove --queue`/`kill` and CI timeouts send SIGTERM: treat it like
-    # Ctrl-C so an open MLflow run is marked KILLED instead of staying RUNNING.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    # SIGTERM: `dvc exp remove --queue`/`kill` and CI timeouts. SIGINT: `dvc queue kill` and Ctrl+C; a command
+    # a script starts in the background inherits it as ignored, so take it back.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    # A command started in the background by a script inherits SIGINT as
-    # ignored; `dvc queue kill` and Ctrl+C send SIGINT, so take it back.
     signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
     try:
         main()
-    except PipelineError as error:
-        if os.environ.get("MLP_TRACEBACK"):
-            raise
-        logger.error("%s", error)
-        sys.exit(1)
     except KeyboardInterrupt:
         logger.error("interrupted")
         sys.exit(130)
     except Exception as error:
-        failure = outside_failure(error)
+        failure = str(error) if isinstance(error, PipelineError) else outside_failure(error)
         if failure is None or os.environ.get("MLP_TRACEBACK"):
             raise
         logger.error("%s", failure)

@@ -51,8 +51,6 @@ _opened_stores: set[str] = set()
 
 
 def repository_root() -> Path:
-    # DVC sets DVC_ROOT for every stage command, to the original repository even
-    # when the stage runs in a temporary copy.
     return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
 
 
@@ -87,9 +85,9 @@ def registered_model_store(model_uri: str) -> Iterator[str]:
         raise ConfigError(f"--model {model_uri}: {str(error).splitlines()[0]} (MLflow store {shown(store)})") from None
 
 
-def shown(uri: str) -> str:
-    """`uri` as it may be shown: without the password a server URI may hold."""
-    return re.sub(r"//[^/@]*@", "//", uri)
+def shown(text: str) -> str:
+    """`text` as it may be shown: without the user name and password a URL in it may hold."""
+    return re.sub(r"(\w+://)[^/@\s]+@", r"\1", text)
 
 
 def open_store() -> str:
@@ -188,9 +186,8 @@ def end_abandoned_runs(store: MlflowClient) -> None:
 
 
 def ended_status(store: MlflowClient, run_id: str) -> str:
-    """How a run that failed or was killed ends: FAILED, unless its model is registered. A registered model's
-    run had finished its evaluation once; a later re-run of a stage that breaks off does not undo that, and no
-    registered version may point at a FAILED run."""
+    """How a run that failed or was killed ends: FAILED, unless its model is registered. That run finished its
+    evaluation once, which a later broken re-run does not undo; no registered version may point at a FAILED run."""
     try:
         registered = store.search_model_versions(f"run_id = '{run_id}'", max_results=1)
     except MlflowException:  # the store itself is what failed
@@ -207,7 +204,6 @@ def pipeline_run(
     if run_id is None:
         run = mlflow.start_run(
             experiment_id=experiment_id(experiment_name),
-            # A tag "mlflow.runName" in `tags` names the run; else DVC's experiment name does.
             run_name=(tags or {}).get("mlflow.runName") or os.environ.get("DVC_EXP_NAME"),
             tags={**(tags or {}), **owner_tags()},
         )
@@ -221,10 +217,8 @@ def pipeline_run(
         raise
     except BaseException as error:
         status = ended_status(MlflowClient(tracking_uri()), run.info.run_id)
-        if status == "FINISHED":
-            reason = f"a re-run failed ({type(error).__name__}); its registered evaluation stands"
-        else:
-            reason = failure_reason(error)
+        stands = f"a re-run failed ({type(error).__name__}); its registered evaluation stands"
+        reason = stands if status == "FINISHED" else failure_reason(error)
         if not raised_by_the_store(error):  # a failing store would make the stage wait out its retries once more
             mlflow.set_tag(FAILURE_REASON, reason)
         mlflow.end_run(status)
@@ -233,10 +227,8 @@ def pipeline_run(
 
 
 def failure_reason(error: BaseException) -> str:
-    """One line for a run's failure.reason tag: the exception's type and message, without the user name and
-    password a URL in the message may carry."""
-    message = " ".join(f"{type(error).__name__}: {error}".split())
-    return re.sub(r"(\w+://)[^/@\s]+@", r"\1", message)[:MAX_REASON_CHARACTERS]
+    """One line for a run's failure.reason tag: the exception's type and message, shown() without a login."""
+    return shown(" ".join(f"{type(error).__name__}: {error}".split()))[:MAX_REASON_CHARACTERS]
 
 
 def reopen_run(run_id: str) -> mlflow.ActiveRun:
@@ -286,14 +278,12 @@ def log_datasets(splits: dict[str, Split], *, dataset_name: str, source: str, co
     """Log each non-empty split as an MLflow dataset input (MLflow computes its digest)."""
     # The source's kind named, not left to MLflow to guess: it registers its local-file source twice (for ""
     # and "file"), so a mirror's file:// URI would "be interpreted in multiple ways" in a warning on every run.
-    located = (
-        HTTPDatasetSource(source) if source.startswith(("http://", "https://")) else LocalArtifactDatasetSource(source)
-    )
+    kind = HTTPDatasetSource if source.startswith(("http://", "https://")) else LocalArtifactDatasetSource
     for name, split in splits.items():
         if not len(split.labels):
             continue
         dataset = mlflow.data.from_numpy(
-            split.inputs, targets=split.labels, name=f"{dataset_name}-{name}", source=located
+            split.inputs, targets=split.labels, name=f"{dataset_name}-{name}", source=kind(source)
         )
         split_context = "validation" if name == "validation" else context
         try:

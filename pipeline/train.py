@@ -1,11 +1,9 @@
-"""Stage `train`: fit the MLP on the training split and log the run to MLflow.
+"""Stage `train`: fit the MLP on the training split and log the run to MLflow (docs/mlflow.md: what it records).
 
 Reads params `seed`, `dataset`, `model`, `optimizer`, `train`, `mlflow.experiment_name` and data/processed/; writes
 data/model/model.keras, data/model/mlflow_run.json (the MLflow run and logged model, for the evaluate stage),
 reports/training_history.csv (one row per epoch, for `dvc plots`) and the architecture: reports/model_summary.txt,
-reports/model_config.json and reports/architecture.png. The run gets the chosen params, per-epoch metrics, the
-classifier (pipeline.classifier: the Keras model, answering with class names) with a signature and an
-input example, the lineage (pipeline.lineage) and the weights' sha256.
+reports/model_config.json and reports/architecture.png.
 `--hash-only` trains without writing anything and prints the weights' sha256 (for repeatability checks).
 """
 
@@ -26,33 +24,15 @@ import pandas as pd
 import tensorflow as tf
 from mlflow.models import infer_signature
 
-from pipeline import classifier, determinism, lineage
+from pipeline import classifier, determinism, lineage, paths, tracking
 from pipeline.classifier import Classifier
 from pipeline.config import ModelConfig, OptimizerConfig, Params, TrainConfig, flatten, load_params
 from pipeline.errors import ConfigError
 from pipeline.files import atomic_path, write_json, write_text
 from pipeline.model import build_mlp, draw_architecture, keras_loss, make_optimizer, weights_sha256
-from pipeline.paths import (
-    ARCHITECTURE_FILE,
-    HISTORY_FILE,
-    MODEL_CONFIG_FILE,
-    MODEL_FILE,
-    PARAMS_FILE,
-    SUMMARY_FILE,
-    processed_directory,
-)
 from pipeline.search import trial as search_trial
 from pipeline.splits import Split, load_splits, training_targets
 from pipeline.stage import run_stage
-from pipeline.tracking import (
-    epoch_logger,
-    log_datasets,
-    pipeline_run,
-    repository_root,
-    run_exists,
-    set_experiment_tag,
-    write_run_file,
-)
 from pipeline.training import (
     Checkpoint,
     EpochCheckpointer,
@@ -86,9 +66,8 @@ def train(
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Build, compile and fit the MLP, resuming from `checkpoint` when it holds a saved state; return the model and
     {metric: [value per epoch]}. `scaling` is dataset.scaling, which the model's first layer applies (None: none)."""
-    # Seeded here, right before the first random draw: anything that ran before
-    # (MLflow picks run names with Python's global `random`, which Keras also
-    # draws initializer seeds from) cannot change the weights.
+    # Seeded here, right before the first random draw: anything that ran before (MLflow picks run names with
+    # Python's global `random`, which Keras also draws initializer seeds from) cannot change the weights.
     determinism.require(train_config.determinism)
     keras.utils.set_random_seed(seed)  # Python's, NumPy's and TensorFlow's generators
     tf.config.experimental.enable_op_determinism()
@@ -125,13 +104,7 @@ def train(
         jit_compile=train_config.jit_compile and train_config.determinism == "host",
     )
     logger.info("fitted in %.1f s", time.perf_counter() - start)  # benchmarks/training_speed.py reads it
-    check_finite(
-        state.history,
-        inputs=training.inputs,
-        learning_rate=optimizer_config.learning_rate,
-        weight_decay=model_config.l2_weight_decay,
-        initial_penalty=penalty,
-    )
+    check_finite(state.history, training.inputs, model_config, optimizer_config, penalty)
     return model, state.history
 
 
@@ -166,10 +139,10 @@ def model_summary(model: keras.Model) -> str:
 
 def write_architecture(model: keras.Model) -> None:
     """The summary, the definition Keras rebuilds the network from (Sequential.from_config), a diagram; all logged."""
-    write_text(SUMMARY_FILE, model_summary(model))
-    write_json(MODEL_CONFIG_FILE, model.get_config())
-    draw_architecture(model, ARCHITECTURE_FILE)
-    for path in (SUMMARY_FILE, MODEL_CONFIG_FILE, ARCHITECTURE_FILE):
+    write_text(paths.SUMMARY_FILE, model_summary(model))
+    write_json(paths.MODEL_CONFIG_FILE, model.get_config())
+    draw_architecture(model, paths.ARCHITECTURE_FILE)
+    for path in (paths.SUMMARY_FILE, paths.MODEL_CONFIG_FILE, paths.ARCHITECTURE_FILE):
         mlflow.log_artifact(str(path), artifact_path="architecture")
 
 
@@ -182,17 +155,14 @@ def log_model(model: keras.Model, example_inputs: np.ndarray, class_names: list[
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=Path(classifier.__file__),
-        artifacts={classifier.KERAS_MODEL: str(MODEL_FILE)},
+        artifacts={classifier.KERAS_MODEL: str(paths.MODEL_FILE)},
         model_config={"class_names": class_names},
         signature=signature,
         input_example=example_inputs,
-        # Listed rather than inferred: inference re-loads the model in a
-        # subprocess, and would pick the GPU build of TensorFlow.
+        # Listed, not inferred: inference re-loads the model in a subprocess, and would pick TensorFlow's GPU build.
         pip_requirements=[
             f"tensorflow-cpu=={tf.__version__}",
-            f"keras=={keras.__version__}",
-            f"mlflow=={mlflow.__version__}",
-            f"pandas=={pd.__version__}",
+            *(f"{package.__name__}=={package.__version__}" for package in (keras, mlflow, pd)),
         ],
     )
     return info.model_uri
@@ -219,8 +189,8 @@ def chosen_params(params: Params) -> dict:
 def record_inputs(run: mlflow.ActiveRun, params: Params, splits: dict[str, Split]) -> None:
     """What a new run records before training: the params, the config file, the lineage and the datasets."""
     # MLflow 3 opens an experiment without this tag in its GenAI view, which hides the model registry.
-    set_experiment_tag(run.info.experiment_id, "mlflow.experimentKind", "custom_model_development")
-    set_experiment_tag(  # the description MLflow shows above the runs; a user's stays
+    tracking.set_experiment_tag(run.info.experiment_id, "mlflow.experimentKind", "custom_model_development")
+    tracking.set_experiment_tag(  # the description MLflow shows above the runs; a user's stays
         run.info.experiment_id,
         "mlflow.note.content",
         "Keras MLPs trained by this pipeline's `dvc repro` and `dvc exp run`, one run each: its name says what "
@@ -229,11 +199,11 @@ def record_inputs(run: mlflow.ActiveRun, params: Params, splits: dict[str, Split
         keep=True,
     )
     mlflow.log_params(chosen_params(params))
-    mlflow.log_artifact(str(PARAMS_FILE), artifact_path="config")
+    mlflow.log_artifact(str(paths.PARAMS_FILE), artifact_path="config")
     record = lineage.log_new_run_lineage(params.dataset.name, params.dataset.files)
     mlflow.set_tag("mlflow.runName", run_name(record["config"]["overrides"]))
     source = lineage.dataset_source(params.dataset.name, params.dataset.files, params.dataset.urls)
-    log_datasets(splits, dataset_name=params.dataset.name, source=source, context="training")
+    tracking.log_datasets(splits, dataset_name=params.dataset.name, source=source, context="training")
 
 
 def train_and_log(params: Params, training: Split, validation: Split) -> keras.Model:
@@ -242,34 +212,33 @@ def train_and_log(params: Params, training: Split, validation: Split) -> keras.M
     splits = {"train": training, "validation": validation}
     settings = params.model_dump(include={"seed", "model", "optimizer", "train"}) | search_trial.checkpoint_owner()
     key = fingerprint(settings, [array for split in splits.values() for array in split], Path(__file__).parent)
-    with Checkpoint(repository_root(), key) as checkpoint:
+    with Checkpoint(tracking.repository_root(), key) as checkpoint:
         saved = checkpoint.load()
-        resumed_run = saved[0].run_id if saved and run_exists(saved[0].run_id) else None
+        resumed_run = saved[0].run_id if saved and tracking.run_exists(saved[0].run_id) else None
         # A search trial's tags (none unless `mlp search` runs this) make a new run the study run's child.
         # Named by DVC's experiment name until record_inputs adds what the run changed.
         tags = search_trial.run_tags()
-        with pipeline_run(params.mlflow.experiment_name, run_id=resumed_run, tags=tags) as run:
+        with tracking.pipeline_run(params.mlflow.experiment_name, run_id=resumed_run, tags=tags) as run:
             run_id = run.info.run_id
             logger.info("MLflow run %s%s", run_id, " (continued after a crash)" if resumed_run else "")
             if not resumed_run:
                 record_inputs(run, params, splits)
-            checkpointed = saved[0].history if resumed_run else {}
-            log_epoch = keras.callbacks.LambdaCallback(on_epoch_end=epoch_logger(run_id, checkpointed=checkpointed))
+            log_epoch = tracking.epoch_logger(run_id, checkpointed=saved[0].history if resumed_run else {})
             model, history = train_with_params(
                 params,
                 training,
                 validation,
-                callbacks=[log_epoch, *search_trial.callbacks()],
+                callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=log_epoch), *search_trial.callbacks()],
                 checkpoint=checkpoint,
                 run_id=run_id,
             )
-            with atomic_path(MODEL_FILE) as temporary:  # never a half-written model
+            with atomic_path(paths.MODEL_FILE) as temporary:  # never a half-written model
                 model.save(temporary)
-            write_history(history, HISTORY_FILE)
+            write_history(history, paths.HISTORY_FILE)
             write_architecture(model)
             mlflow.log_param("model.parameter_count", model.count_params())
             mlflow.set_tag("model.weights_sha256", weights_sha256(model))
-            write_run_file(run, model_uri=log_model(model, training.inputs[:5], params.dataset.class_names))
+            tracking.write_run_file(run, model_uri=log_model(model, training.inputs[:5], params.dataset.class_names))
         checkpoint.remove()
     return model
 
@@ -284,7 +253,7 @@ def main() -> None:
     arguments = parser.parse_args()
     params = load_params()
     determinism.enter(params.train.determinism)
-    processed = processed_directory(params.dataset.name)
+    processed = paths.processed_directory(params.dataset.name)
     training, validation = load_splits(processed, ["train", "validation"], params.dataset)
     if params.train.batch_size > len(training.labels):  # params.yaml alone cannot know the row count
         raise ConfigError(

@@ -5,13 +5,10 @@ own `train_step` and `test_step` under XLA, 64 steps per call, with Keras' callb
 benchmarks/training_speed.py puts it beside `model.fit` at its fastest (XLA, 64 steps per execution, op
 determinism off) in one run: 35,094 against 27,994 images per second (+25%) on a 2-core AMD EPYC, 2026-12-06.
 
-A resumed training ends bitwise identical to an uninterrupted one: each epoch's order is seeded by (seed, epoch),
-and the checkpoint saved at every epoch end holds every variable of the model (the dropout layers' seed state
-too) and of the optimizer. Checkpoints live in .checkpoints/ at the repository root (DVC deletes a stage's outputs
-before running it), named by a fingerprint of the train params, the data, the code and the packages, and locked
-by the process using one. Why not `keras.callbacks.BackupAndRestore`: it works for `model.fit` alone; it writes
-the weights and the epoch in two files, so a kill between the two resumes with the wrong weights; and it holds
-none of the history, early stopping's counters and best weights, or the MLflow run.
+A resumed training ends bitwise identical to an uninterrupted one (docs/crash-safety.md: what the checkpoint
+holds, where it lives, what names it). Why not `keras.callbacks.BackupAndRestore`: it works for `model.fit` alone;
+it writes the weights and the epoch in two files, so a kill between the two resumes with the wrong weights; and it
+holds none of the history, early stopping's counters and best weights, or the MLflow run.
 """
 
 from __future__ import annotations
@@ -31,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 from filelock import FileLock, Timeout
 
+from pipeline.config import ModelConfig, OptimizerConfig
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path
 from pipeline.paths import CHECKPOINTS_DIRECTORY, REQUIREMENTS_LOCK
@@ -56,14 +54,19 @@ def fit(
     epochs: int,
     validation: tuple[np.ndarray, np.ndarray] | None,
     callbacks: list[keras.callbacks.Callback],
-    jit_compile: bool = False,
+    jit_compile: bool,
 ) -> None:
     """Keras' `model.fit` for data in memory, each epoch one call of one compiled loop: the model's own train_step
     on batches gathered by the epoch's seeded order; callbacks get the epoch hooks with the logs `fit` gives."""
     inputs, targets = tf.constant(inputs), tf.constant(targets)
     validation = tuple(tf.constant(array) for array in validation) if validation is not None else None
     run_epoch = epoch_loop(model, batch_size, jit_compile=jit_compile)
-    run_validation = validation_loop(model, batch_size)
+
+    @tf.function
+    def run_validation(inputs: tf.Tensor, targets: tf.Tensor) -> None:
+        for start in tf.range(0, tf.shape(inputs)[0], batch_size):
+            model.test_step((inputs[start : start + batch_size], targets[start : start + batch_size]))
+
     # Variables are created before the loops are traced: never inside a loop body.
     model.optimizer.build(model.trainable_variables)
     model.evaluate(inputs[:1], targets[:1], verbose=0)
@@ -90,11 +93,10 @@ def epoch_loop(model: keras.Model, batch_size: int, *, jit_compile: bool):
     """One epoch of training steps in a given order, as a graph function: the full batches STEPS_PER_CALL
     at a time in one call, then the last partial batch in another; with `jit_compile`, XLA compiles them.
 
-    XLA fuses each step's many small operations (dropout, the optimizer's update)
-    into few kernels, and a call for many steps saves the per-step dispatch. The
-    batches are gathered before each call (XLA runs a gather inside its loop far
-    slower), padded to STEPS_PER_CALL so that one compiled program serves every
-    call. The weights are the same as stepping batch by batch with the same step."""
+    XLA fuses each step's many small operations (dropout, the optimizer's update) into few kernels, and a call for
+    many steps saves the per-step dispatch. The batches are gathered before each call (XLA runs a gather inside its
+    loop far slower), padded to STEPS_PER_CALL so that one compiled program serves every call. The weights are the
+    same as stepping batch by batch with the same step."""
     step = tf.function(model.train_step, jit_compile=jit_compile)
 
     @tf.function(jit_compile=jit_compile)
@@ -118,15 +120,6 @@ def epoch_loop(model: keras.Model, batch_size: int, *, jit_compile: bool):
             step((tf.gather(inputs, batch), tf.gather(targets, batch)))
 
     return run_epoch
-
-
-def validation_loop(model: keras.Model, batch_size: int):
-    @tf.function
-    def run_validation(inputs: tf.Tensor, targets: tf.Tensor) -> None:
-        for start in tf.range(0, tf.shape(inputs)[0], batch_size):
-            model.test_step((inputs[start : start + batch_size], targets[start : start + batch_size]))
-
-    return run_validation
 
 
 def metric_results(model: keras.Model, loop, *arguments: tf.Tensor) -> dict[str, float]:
@@ -213,8 +206,7 @@ class Checkpoint:
 
     def restore(self, model: keras.Model) -> TrainingState:
         """The saved state, its variables put back into the built and compiled `model`; else a fresh state."""
-        loaded = self.load()
-        if loaded is None:
+        if (loaded := self.load()) is None:
             return TrainingState()
         state, variables = loaded
         model.optimizer.build(model.trainable_variables)
@@ -262,9 +254,8 @@ def saved_list(variables: dict[str, np.ndarray], prefix: str) -> list[np.ndarray
 
 
 class EpochCheckpointer(keras.callbacks.Callback):
-    """Keeps every epoch's metrics and saves the training state after each epoch; on a resume, puts early
-    stopping's counters and best weights back. It runs after early stopping and before the caller's
-    callbacks: a non-finite loss and early stopping decide before the state is saved."""
+    """Keeps every epoch's metrics and saves the training state after each epoch; on a resume, puts early stopping's
+    counters and best weights back. Its place among the callbacks: train.train()."""
 
     def __init__(
         self, checkpoint: Checkpoint | None, state: TrainingState, early_stopping: keras.callbacks.EarlyStopping | None
@@ -307,24 +298,20 @@ def weight_penalty(model: keras.Model) -> float:
 
 
 def check_finite(
-    history: dict[str, list[float]],
-    *,
-    inputs: np.ndarray,
-    learning_rate: float,
-    weight_decay: float,
-    initial_penalty: float,
+    history: dict[str, list[float]], inputs: np.ndarray, model: ModelConfig, optimizer: OptimizerConfig, penalty: float
 ) -> None:
     """Training stops at the first epoch whose loss is not finite: the run fails there, naming the likely cause from
-    what can be checked: the inputs, the weight decay (its penalty at the initial weights, and its step), and
+    what can be checked: the inputs, the weight decay (its `penalty` at the initial weights, and its step), and
     otherwise the learning rate."""
     if not history or math.isfinite(loss := history["loss"][-1]):
         return
+    learning_rate, weight_decay = optimizer.learning_rate, model.l2_weight_decay
     if np.issubdtype(inputs.dtype, np.floating) and (count := int(np.count_nonzero(~np.isfinite(inputs)))):
         cause = f"The training inputs hold {count:,} NaN or infinite values: fix the data they come from"
-    elif initial_penalty > float(np.finfo(np.float32).max):  # the loss is float32
+    elif penalty > float(np.finfo(np.float32).max):  # the loss is float32
         cause = (
             f"Lower model.l2_weight_decay (now {weight_decay:g}): the penalty it adds to the loss is already "
-            f"{initial_penalty:.3g} at the initial weights, beyond float32's range"
+            f"{penalty:.3g} at the initial weights, beyond float32's range"
         )
     elif learning_rate * weight_decay >= 1:
         # Gradient descent on the penalty alone scales each weight by 1 - 2 x learning rate x decay: from a product

@@ -1,7 +1,5 @@
-"""Stage `validate`: refuse a params.yaml that no stage would accept, whatever changed in it.
-
-Reads all of params.yaml; writes nothing. DVC runs a stage only when a key it declares changed, so an unknown key
-(`dvc exp run -S +foo=1`) would be recorded without any stage noticing: this stage declares the whole file.
+"""Stage `validate`: refuse a params.yaml that no stage would accept, whatever changed in it. Reads all of it (so
+that any change, even an unknown key, runs this stage: docs/configuration.md, "Validation"); writes nothing.
 """
 
 from __future__ import annotations

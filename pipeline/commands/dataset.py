@@ -196,10 +196,9 @@ def base_url(url: str) -> str:
 def _describe_idx(paths: dict[str, Path], class_names: list[str] | None) -> dict:
     shape = decoders.read_idx(paths["train_images"], dimensions=3).shape[1:]
     # The stages' own checks (counts, shapes, label range); labels are bytes: at most 256 classes.
+    limit = len(class_names) if class_names else 256
     labels = [
-        decoders.read_idx_images_and_labels(
-            paths[f"{split}_images"], paths[f"{split}_labels"], shape, len(class_names) if class_names else 256
-        )[1]
+        decoders.read_idx_images_and_labels(paths[f"{split}_images"], paths[f"{split}_labels"], shape, limit).labels
         for split in ("train", "test")
     ]
     num_classes = len(class_names) if class_names else max(int(part.max(initial=0)) for part in labels) + 1

@@ -1,6 +1,5 @@
-"""`mlp diff RUN_A RUN_B [--json]`: what differs between two runs (params, code, data, environment, test
-metrics) and whether their test accuracies really do: McNemar's exact test on their paired per-example
-predictions, beside the spread `mlp tolerance` measured across seeds for run A's configuration."""
+"""`mlp diff RUN_A RUN_B [--json]`: what differs between two runs and whether their test accuracies really do
+(McNemar's exact test, beside the seed spread): docs/reproducibility.md, "Comparing two runs"."""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ def run(arguments: argparse.Namespace) -> None:
         raise PipelineError(f"--tolerance {arguments.tolerance}: a difference of accuracy, between 0 and 1")
     reproduction = reproduce(arguments.run_id, repository_top(), arguments.tolerance)
     print(reproduction.report(arguments.run_id))
-    sys.exit(EXIT_STATUS[reproduction.verdict])
+    sys.exit(EXIT_STATUS[reproduction.judge()[0]])
 
 
 def check_repeatability() -> bool:

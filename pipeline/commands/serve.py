@@ -42,11 +42,9 @@ def run(arguments: argparse.Namespace) -> None:
     logging.getLogger("mlflow.pyfunc.scoring_server").setLevel(logging.ERROR)
     schema = model.metadata.get_input_schema()
     tensor = schema.inputs[0] if schema is not None and schema.is_tensor_spec() else None
-    wanted = (
-        f'JSON {{"inputs": [rows of {tensor.shape[-1]} {tensor.type} values]}}.'
-        if tensor
-        else "JSON, as the model's signature says."
-    )
+    wanted = "JSON, as the model's signature says."
+    if tensor:
+        wanted = f'JSON {{"inputs": [rows of {tensor.shape[-1]} {tensor.type} values]}}.'
 
     @app.middleware("http")
     async def one_line_errors(request, call_next):
@@ -61,11 +59,9 @@ def run(arguments: argparse.Namespace) -> None:
             return response
         body = b"".join([chunk async for chunk in response.body_iterator])
         error = json.loads(body) if body.startswith(b"{") else {"message": body.decode(errors="replace")}
-        message = one_line(error.get("message", ""))
-        return JSONResponse(
-            {"error_code": error.get("error_code", "BAD_REQUEST"), "message": f"{message.rstrip('.')}. Send {wanted}"},
-            response.status_code,
-        )
+        message = f"{one_line(error.get('message', '')).rstrip('.')}. Send {wanted}"
+        error_code = error.get("error_code", "BAD_REQUEST")
+        return JSONResponse({"error_code": error_code, "message": message}, response.status_code)
 
     print(f"serving {uri} from {shown(store)} on http://{arguments.host}:{arguments.port}{INVOCATIONS}", flush=True)
     uvicorn.run(app, host=arguments.host, port=arguments.port, log_level="warning")

@@ -40,13 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     archive.add_argument("--output", type=Path, help="the archive to write (default: backups/ in the state folder)")
     restore = actions.add_parser("restore", help="replace the server's databases and artifacts with an archive's")
     restore.add_argument("archive", type=Path)
+    state_dir = Path(os.environ.get("MLP_SERVER_STATE", STATE_DIRECTORY))
+    state_help = "the server's state folder (default: $MLP_SERVER_STATE or %(default)s)"
     for action in actions.choices.values():
-        action.add_argument(
-            "--state-dir",
-            type=Path,
-            default=Path(os.environ.get("MLP_SERVER_STATE", STATE_DIRECTORY)),
-            help="the server's state folder (default: $MLP_SERVER_STATE or %(default)s)",
-        )
+        action.add_argument("--state-dir", type=Path, default=state_dir, help=state_help)
 
 
 def run(arguments: argparse.Namespace) -> None:

@@ -24,8 +24,6 @@ WEIGHTS_TAG = "model.weights_sha256"
 
 @dataclass(frozen=True)
 class RecordedRun:
-    """What a run's lineage record says produced it."""
-
     run_id: str
     commit: str
     diff_artifact: str | None  # the uncommitted diff to apply to the commit, if the tree was dirty
@@ -100,7 +98,6 @@ def lineage_from_tags(run_id: str, tags: dict[str, str]) -> dict[str, Any]:
     params = artifact_text(run_id, PARAMS_ARTIFACT)
     if params is None:
         return {}
-    dirty = tags.get("git.dirty") == "true"
     lock: dict[str, dict[str, dict[str, str]]] = {}
     for name, md5 in tags.items():
         if name.startswith("dvc.lock."):
@@ -112,7 +109,7 @@ def lineage_from_tags(run_id: str, tags: dict[str, str]) -> dict[str, Any]:
         if name.startswith("data.") and name.endswith(".sha256")
     }
     return {
-        "code": {"commit": tags.get("git.commit"), "diff": DIFF_ARTIFACT if dirty else None},
+        "code": {"commit": tags.get("git.commit"), "diff": DIFF_ARTIFACT if tags.get("git.dirty") == "true" else None},
         "data": {"files": files},
         "config": {"params": read_yaml(params, "the run's config/params.yaml")},
         "dvc": lock,

@@ -1,7 +1,5 @@
-"""A recorded run rebuilt and compared (`mlp reproduce RUN_ID`): its commit, recorded diff and params.yaml
-in a temporary git worktree sharing this repository's DVC cache and remotes, its raw data verified (or pulled
-from DVC when the commit's dvc.lock fits the recorded config and code), `dvc repro --force` into the same
-MLflow store; then every test metric, the weights, the data, the environment and the stage inputs compared."""
+"""A recorded run rebuilt in a temporary git worktree and compared (`mlp reproduce RUN_ID`), step by step as
+docs/reproducibility.md ("Reproducing a run") describes."""
 
 from __future__ import annotations
 
@@ -132,7 +130,7 @@ def compare(
     if recorded.lock:
         reproduced_lock = (json_artifact(new_run_id, LINEAGE_ARTIFACT) or {}).get("dvc", {})
         reproduction.stage_inputs = lock_differences(recorded.lock, reproduced_lock)
-    client.set_tag(new_run_id, "reproduction.verdict", reproduction.verdict)
+    client.set_tag(new_run_id, "reproduction.verdict", reproduction.judge()[0])
     return reproduction
 
 

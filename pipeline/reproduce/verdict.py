@@ -1,16 +1,15 @@
-"""The three verdicts of `mlp reproduce` (identical 0, equivalent 3, mismatch 1), how a reproduction reaches one,
-and the tolerances it is judged by. In an identical environment the same operations in the same order give the
-same bits, so any difference there is a mismatch. In another one (another CPU or thread count rounds differently)
-the weights may differ, but no test metric may move further than another seed moves it: `mlp tolerance`
-measures that spread into reports/tolerance/<configuration sha256>.json (small, meant to be committed)."""
+"""How `mlp reproduce` reaches its verdict, and the tolerances it judges by. In an identical environment the same
+operations in the same order give the same bits, so any difference there is a mismatch. In another one (another CPU
+or thread count rounds differently) the weights may differ, but no test metric may move further than another seed
+moves it: `mlp tolerance` measures that spread into reports/tolerance/<configuration sha256>.json (committed)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline import hardware
 from pipeline.config import Params
 from pipeline.errors import PipelineError
 from pipeline.paths import REPORTS_DIRECTORY
@@ -24,8 +23,7 @@ UNMEASURED_KEYS = {"seed", "mirror", "mlflow"}
 
 def configuration_sha256(params: Params) -> str:
     """sha256 of the configuration without seed, mirror and MLflow names: the key of its tolerance file."""
-    measured = params.model_dump(mode="json", exclude=UNMEASURED_KEYS)
-    return hashlib.sha256(json.dumps(measured, sort_keys=True).encode("utf-8")).hexdigest()
+    return hardware.digest(params.model_dump(mode="json", exclude=UNMEASURED_KEYS))
 
 
 def tolerance_file(params: Params, repository: Path = Path()) -> Path:
@@ -112,10 +110,6 @@ class Reproduction:
                 "another seed moves it"
             )
         return EQUIVALENT, f"equivalent within tolerance (environment differs: {changed})"
-
-    @property
-    def verdict(self) -> str:
-        return self.judge()[0]
 
     def report(self, original_run_id: str) -> str:
         lines = [f"reproduction {self.run_id} of run {original_run_id}:"]

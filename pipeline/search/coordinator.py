@@ -141,8 +141,7 @@ def create_study(study_name: str, location: str, search: Search, *, max_epochs: 
 
 def parent_run(study: optuna.Study, experiment_name: str) -> str:
     """The study's MLflow run, parent of every trial's: created by the first `mlp search`, reopened by the next."""
-    run_id = study.user_attrs.get(PARENT_RUN_ATTRIBUTE)
-    if run_id:
+    if run_id := study.user_attrs.get(PARENT_RUN_ATTRIBUTE):
         client().update_run(run_id, status="RUNNING")
         return run_id
     tags = {"search.study": study.study_name, "search.role": "study"}
@@ -158,8 +157,7 @@ def end_parent_run(study: optuna.Study, run_id: str, status: str) -> None:
 
 
 def run_workers(search: Search, study: optuna.Study, location: str, *, workers: int) -> None:
-    """Run the workers until each has found the budget spent, then wait for the trials others run (another
-    `mlp search`, another machine) to end: the report then counts every trial as it ended."""
+    """Run the workers to the budget, then wait for other commands' trials: the report counts each as it ended."""
     deadline = time.time() + 60 * (search.budget.timeout_minutes or 10**9)
     stop = threading.Event()
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="worker")
@@ -212,15 +210,12 @@ def fail_abandoned_trials(study: optuna.Study) -> None:
 
 
 def tag_run(trial: FrozenTrial, state: str) -> None:
-    run_id = trial.user_attrs.get(search_storage.RUN_ATTRIBUTE)
-    if run_id:
+    if run_id := trial.user_attrs.get(search_storage.RUN_ATTRIBUTE):
         client().set_tag(run_id, search_storage.STATE_TAG, state)
 
 
 def work(search: Search, study_name: str, location: str, deadline: float, stop: threading.Event) -> None:
-    """One worker: run the study's trials, one at a time, until the budget is spent or `stop` is set.
-
-    Its own storage and study objects: the sampler it sets for each trial is no other worker's."""
+    """One worker, with its own storage and study objects: the sampler it sets for a trial is no other worker's."""
     study = search_storage.open_study(study_name, search_storage.open_storage(location))
     states: list[TrialState] = []
 
@@ -240,7 +235,6 @@ def work(search: Search, study_name: str, location: str, deadline: float, stop: 
 
 
 def budget_left(study: optuna.Study, search: Search, deadline: float) -> bool:
-    """Whether another trial may start: before the deadline, and fewer than n_trials counted or running."""
     counted = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
     return time.time() < deadline and (search.budget.n_trials is None or len(counted) < search.budget.n_trials)
 

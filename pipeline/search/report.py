@@ -91,7 +91,6 @@ def evaluate_best(search: Search, study_name: str, trial, *, parent_run_id: str)
 
 def write_report(study: optuna.Study, search: Search, path: Path, *, parent_run_id: str) -> Path:
     directory = REPORTS_DIRECTORY / "search" / study.study_name
-    directory.mkdir(parents=True, exist_ok=True)
     frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "user_attrs", "duration"))
     write_text(directory / "trials.csv", frame.to_csv(index=False))
     facts = counts(study)
@@ -182,14 +181,12 @@ def readme(study_name: str, path: Path, facts: dict, *, plots: list[Path]) -> st
         f"Median trial: {facts['median_trial_seconds']} s, of which "
         f"{facts['overhead_seconds_per_trial']} s beyond fitting (DVC, process start, MLflow).",
     ]
-    best = facts.get("best_trial")
-    if best:
+    if best := facts.get("best_trial"):
         metric = next(key for key in best if key.startswith("val_"))
         lines += ["", f"## Best trial: {best['number']} (`{best['experiment']}`)", "", "| parameter | value |"]
         lines += ["|---|---|"] + [f"| `{name}` | {value} |" for name, value in best["params"].items()]
         lines += ["", f"- {metric}: {best[metric]:.4f}", f"- MLflow run: `{best['mlflow_run_id']}`"]
-        test = facts.get("test")
-        if test:
+        if test := facts.get("test"):
             same = "the same as" if test["same_weights_as_the_trial"] else "NOT the same as"
             lines += [
                 f"- test accuracy (evaluated once, on this trial only, by `{test['experiment']}`): "

@@ -1,6 +1,5 @@
 """A team tracking server on one machine: PostgreSQL from a pip wheel, `mlflow server` in front of it.
 
-`mlp server start|stop|status|backup|restore` drive it; everything it keeps is in one git-ignored state
-folder (pipeline.server.state). No password is ever on a command line or in a URI: the server and the
-tools read them from files there.
+Everything it keeps is in one git-ignored state folder (pipeline.server.state). No password is ever on a
+command line or in a URI: the server and the tools read them from files there.
 """

@@ -141,16 +141,14 @@ def launch(state: StateFolder, settings: Settings) -> Runtime:
         raise ServerError(f"{error}: see {log_path}") from None
     if settings.auth:
         create_as_admin(url, state.admin_password())
-    runtime = Runtime(
-        mlflow_pid=process.pid, mlflow_started=psutil.Process(process.pid).create_time(), postgres_port=port, url=url
-    )
+    started = psutil.Process(process.pid).create_time()
+    runtime = Runtime(mlflow_pid=process.pid, mlflow_started=started, postgres_port=port, url=url)
     write_text(state.runtime_file, runtime.model_dump_json(indent=2) + "\n")
     logger.info("MLflow server at %s, started in %.1f s", url, time.monotonic() - began)
     return runtime
 
 
 def write_auth_config(state: StateFolder, postgres_port: int) -> None:
-    """MLflow's basic-auth configuration; its users database lives in the same PostgreSQL."""
     text = (
         "[mlflow]\n"
         "default_permission = READ\n"
@@ -175,21 +173,17 @@ def command(state: StateFolder, settings: Settings, postgres_port: int) -> list[
     return arguments
 
 
-def pipeline_names(config_directory: Path = CONFIG_DIRECTORY) -> tuple[set[str], set[str]]:
+def pipeline_names() -> tuple[set[str], set[str]]:
     """(experiment names, registered model names): the default config with each dataset, and each experiment file."""
-    if not (config_directory / "config.yaml").is_file():
+    if not (CONFIG_DIRECTORY / "config.yaml").is_file():
         return set(), set()  # not started from the repository: nothing to reserve
     overrides = [
         f"{group}={path.stem}"
         for group in ("dataset", "experiment")
-        for path in (config_directory / group).glob("*.yaml")
+        for path in (CONFIG_DIRECTORY / group).glob("*.yaml")
     ]
-    experiments, models = set(), set()
-    for override in overrides:
-        names = read_yaml(compose([override], config_directory), f"conf/ with {override}")["mlflow"]
-        experiments.add(names["experiment_name"])
-        models.add(names["registered_model_name"])
-    return experiments, models
+    names = [read_yaml(compose([override]), f"conf/ with {override}")["mlflow"] for override in overrides]
+    return {name["experiment_name"] for name in names}, {name["registered_model_name"] for name in names}
 
 
 def create_as_admin(url: str, password: str) -> None:
@@ -274,12 +268,8 @@ def stop_mlflow(state: StateFolder) -> int | None:
 
 def stop(state: StateFolder) -> list[str]:
     """Stop the MLflow server, then PostgreSQL; what was stopped."""
-    stopped = []
-    if pid := stop_mlflow(state):
-        stopped.append(f"MLflow server (pid {pid})")
-    if pid := postgres.stop(state):
-        stopped.append(f"PostgreSQL (pid {pid})")
-    return stopped
+    pids = {"MLflow server": stop_mlflow(state), "PostgreSQL": postgres.stop(state)}
+    return [f"{name} (pid {pid})" for name, pid in pids.items() if pid]
 
 
 def status(state: StateFolder) -> tuple[list[str], bool]:

@@ -43,12 +43,8 @@ TABLE_ALIGNMENT = "|" + "---|" * 5 + "---:|" * (len(TABLE_COLUMNS) - 5) + "---|"
 
 def csv_record(row: StudyRow, measured: Measured | None, study_name: str) -> dict[str, str]:
     """A row's CSV record: every column, "" for the figures of a row not run."""
-    record = dict.fromkeys(CSV_COLUMNS, "")
+    record = dict.fromkeys(CSV_COLUMNS, "") | row.model_dump(include={"row", "layers", "regularizer", "optimizer"})
     record.update(
-        row=row.row,
-        layers=row.layers,
-        regularizer=row.regularizer,
-        optimizer=row.optimizer,
         relu="yes" if row.relu else "none",
         published_train=f"{row.published_train:.2f}",
         published_test=f"{row.published_test:.2f}",

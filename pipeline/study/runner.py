@@ -37,8 +37,7 @@ def run_experiment(
     # Experiments that start together (two search workers) queue for the repository's lock instead of failing.
     command = [sys.executable, "-m", "dvc", "--wait-for-lock", "exp", "run", "--temp", "--name", name, *stages]
     command += [argument for override in overrides for argument in ("-S", override)]
-    stderr = subprocess.STDOUT if output else None
-    process = subprocess.Popen(command, env=env, stdout=output, stderr=stderr)
+    process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT if output else None)
     try:
         return process.wait()
     except KeyboardInterrupt:
@@ -61,10 +60,9 @@ def stop_experiments(signal_number: int) -> None:
 
 
 def current_commit() -> str:
-    commit = git_or_empty("rev-parse", "--verify", "--quiet", "HEAD")
-    if not commit:
-        raise PipelineError("a study runs from a git commit: commit the project first")
-    return commit
+    if commit := git_or_empty("rev-parse", "--verify", "--quiet", "HEAD"):
+        return commit
+    raise PipelineError("a study runs from a git commit: commit the project first")
 
 
 def resolve_baseline(revision: str) -> str:
