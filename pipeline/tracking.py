@@ -23,7 +23,6 @@ from filelock import FileLock
 from mlflow.data.sources import HTTPDatasetSource, LocalArtifactDatasetSource
 from mlflow.entities import LifecycleStage, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.server import get_app_client
 from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
 from mlflow.tracking import MlflowClient
@@ -157,6 +156,9 @@ def check_managed_by_admin(resource_type: str, resource_id: str, name: str) -> N
         return  # a server without basic auth: nobody manages anything
     admins = {user["username"]: user["is_admin"] for user in verify_rest_response(listed, "users/list").json()["users"]}
     users = [user for user, is_admin in admins.items() if not is_admin and (admins[username] or user == username)]
+    # Imported here: mlflow.server loads MLflow's whole web app (1.5 s), and only a server with basic auth gets here.
+    from mlflow.server import get_app_client
+
     permissions = get_app_client("basic-auth", uri)
     for user in users:
         if permissions.get_user_permission(user, resource_type, resource_id).permission == "MANAGE":
