@@ -223,7 +223,11 @@ def test_flatten_uses_dotted_keys():
     }
 
 
-@pytest.mark.parametrize("stage", ["download", "preprocess", "train", "evaluate"])
+# The stages that import Keras take tens of seconds to start: they run in make test-slow.
+KERAS_STAGES = [pytest.param(stage, marks=pytest.mark.slow) for stage in ("train", "evaluate")]
+
+
+@pytest.mark.parametrize("stage", ["download", "preprocess", *KERAS_STAGES])
 def test_stage_refuses_bad_config_before_touching_anything(tmp_path: Path, stage):
     (tmp_path / "params.yaml").write_text(with_change("train.epochs", 0))
     result = subprocess.run(

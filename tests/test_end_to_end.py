@@ -339,6 +339,7 @@ def test_an_unknown_key_fails_the_run_whichever_way_it_came(project):
         (path / "params.yaml").write_text(original)
 
 
+@pytest.mark.slow  # tens of seconds: runs in make test-slow
 def test_exp_run_composes_overrides_and_links_mlflow(project, client):
     path, _ = project
     # -S composes conf/ afresh, so the tiny dataset and one epoch are chosen again.
@@ -378,6 +379,7 @@ def test_exp_run_composes_overrides_and_links_mlflow(project, client):
     assert "champion" in version.tags["champion_decision"]
 
 
+@pytest.mark.slow  # tens of seconds: runs in make test-slow
 def test_mlp_ui_serves_the_store_and_links_the_model_training_view_with_the_deciding_columns(project, client):
     path, _ = project
     port = free_port()
@@ -401,6 +403,7 @@ def test_mlp_ui_serves_the_store_and_links_the_model_training_view_with_the_deci
             server.terminate()
 
 
+@pytest.mark.slow  # tens of seconds: runs in make test-slow
 def test_evaluating_again_finds_the_runs_version_and_a_reproduction_registers_nothing(project, client):
     path, _ = project
     name, run_id = f"{TINY_DATASET}-mlp", metrics_of(path)["mlflow_run_id"]
@@ -416,6 +419,7 @@ def test_evaluating_again_finds_the_runs_version_and_a_reproduction_registers_no
     assert len(client.get_metric_history(run_id, "test_accuracy")) == 1
 
 
+@pytest.mark.slow  # tens of seconds: runs in make test-slow
 def test_a_failing_re_evaluation_leaves_the_registered_run_finished(project, client):
     path, _ = project
     run_id = metrics_of(path)["mlflow_run_id"]

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPOSITORY
 
 from pipeline.determinism import PORTABLE_ENVIRONMENT
@@ -25,6 +26,7 @@ def test_the_committed_hash_belongs_to_the_portable_mode_as_it_is():
     assert EXPECTED["environment"] == PORTABLE_ENVIRONMENT
 
 
+@pytest.mark.slow  # tens of seconds: runs in make test-slow
 def test_portable_training_gives_the_committed_weights_on_this_cpu():
     result = subprocess.run(
         [sys.executable, "benchmarks/portability.py", "--child", "portable"],

@@ -96,6 +96,7 @@ def test_training_twice_in_separate_processes_gives_the_same_weights(project, cl
     assert hashes[0] == client.get_run(run_id).data.tags["model.weights_sha256"]
 
 
+@pytest.mark.slow  # tens of seconds: runs in make test-slow
 def test_another_seed_gives_other_weights(project, client):
     path, run_id, _ = project
     params = path / "params.yaml"
@@ -226,6 +227,7 @@ def test_reproduce_reports_a_mismatch_when_the_recorded_config_was_tampered_with
     assert "verdict: MISMATCH in an identical environment" in result.stdout
 
 
+@pytest.mark.slow  # tens of seconds: runs in make test-slow
 def test_an_uncommitted_config_file_marks_the_run_dirty_and_is_stored_with_it(project, client):
     """A new conf/ file that is not committed: the run says dirty, warns, and keeps the file."""
     path, _, _ = project

@@ -64,6 +64,7 @@ def test_secrets_are_generated_once_and_readable_by_their_owner_only(tmp_path):
     assert stat.S_IMODE(state.pgpass_file.stat().st_mode) == 0o600
 
 
+@pytest.mark.slow  # tens of seconds: runs in make test-slow
 def test_user_errors_are_one_line_without_a_traceback(tmp_path):
     code, out, err = mlp_server("status", state_dir=tmp_path / "none")
     assert code == 3 and "no server here" in out

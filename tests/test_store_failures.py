@@ -123,6 +123,7 @@ def namespaces_work(folder) -> bool:
     return probe.returncode == 0
 
 
+@pytest.mark.slow  # tens of seconds: runs in make test-slow
 def test_a_read_only_store_fails_in_one_line(tmp_path):
     store = tmp_path / "store"
     store.mkdir()
@@ -137,6 +138,7 @@ def test_a_read_only_store_fails_in_one_line(tmp_path):
     assert "readonly" in line or "read-only" in line
 
 
+@pytest.mark.slow  # tens of seconds: runs in make test-slow
 def test_a_read_only_artifact_folder_fails_in_one_line(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     first, _ = open_a_run(tmp_path, uri, LOG_AN_ARTIFACT)
