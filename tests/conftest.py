@@ -131,13 +131,22 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run(command: list[str], cwd: Path, check: bool = True, **environment: str) -> subprocess.CompletedProcess:
-    """Run a command as a user would in a shell, with this test run's virtual environment first on PATH."""
+def run(
+    command: list[str], cwd: Path, check: bool = True, log: Path | None = None, **environment: str
+) -> subprocess.CompletedProcess:
+    """Run a command as a user would in a shell, with this test run's virtual environment first on PATH.
+    `log`: a file for its output instead of pipes, for a command that leaves processes behind (`dvc queue
+    start`): they inherit the output, and a pipe one of them holds would keep this call waiting."""
     env = {**os.environ, "PATH": f"{BIN_DIRECTORY}{os.pathsep}{os.environ.get('PATH', '')}", **environment}
     for variable in ("MLFLOW_TRACKING_URI", "MLP_DATA_MIRROR", "DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
         if variable not in environment:
             env.pop(variable, None)
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    if log is None:
+        result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    else:
+        with log.open("w") as output:
+            result = subprocess.run(command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT, text=True)
+        result.stdout, result.stderr = log.read_text(), ""
     if check and result.returncode != 0:
         raise AssertionError(
             f"{' '.join(command)} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"

@@ -92,12 +92,16 @@ def run_queue(path: Path, rates: list[float], **environment: str) -> tuple[str, 
     sweep = ",".join(str(rate) for rate in rates)  # Hydra's sweep syntax: one experiment per value
     run(["dvc", "exp", "run", "--queue", *TINY, "-S", f"model.dropout_rate={sweep}"], cwd=path)
     began = time.monotonic()
-    started = run(["dvc", "queue", "start", "-j", "2"], cwd=path, **environment)
+    started = run(
+        ["dvc", "queue", "start", "-j", "2"], cwd=path, log=path.with_name(f"{path.name}-queue.log"), **environment
+    )
     while (status := run(["dvc", "queue", "status"], cwd=path).stdout) and any(
         word in status for word in ("Queued", "Running")
     ):
         assert time.monotonic() - began < 1800, status
         time.sleep(5)
+    # A worker can miss the empty queue and stay (seen after a JSONDecodeError in its log): stop it.
+    run(["dvc", "queue", "stop"], cwd=path)
     print(f"\n{len(rates)} experiments, dvc queue start -j 2: {time.monotonic() - began:.1f} s")
     names = [line.split()[1] for line in status.splitlines()[1:] if len(line.split()) == 5]
     assert len(names) == len(rates), status
