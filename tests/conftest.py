@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -152,6 +153,22 @@ def run(
             f"{' '.join(command)} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
         )
     return result
+
+
+def start_queue_and_wait(path: Path, *options: str, timeout: float = 1800, **environment: str) -> tuple[str, str]:
+    """`dvc queue start`, wait until nothing is queued or running, then `dvc queue stop`: (the last `dvc queue
+    status`, what `dvc queue start` printed). A worker can miss the empty queue and stay (seen after a
+    JSONDecodeError in its log): it is stopped, and its inherited output is a file, not a pipe to wait on."""
+    log = path.with_name(f"{path.name}-queue.log")
+    started = run(["dvc", "queue", "start", *options], cwd=path, log=log, **environment)
+    deadline = time.monotonic() + timeout
+    while (status := run(["dvc", "queue", "status"], cwd=path).stdout) and any(
+        word in status for word in ("Queued", "Running")
+    ):
+        assert time.monotonic() < deadline, f"queue still busy after {timeout} s:\n{status}"
+        time.sleep(5)
+    run(["dvc", "queue", "stop"], cwd=path)
+    return status, started.stdout
 
 
 def copy_repository(destination: Path) -> Path:

@@ -17,22 +17,12 @@ import urllib.request
 import numpy as np
 import pytest
 import yaml
-from conftest import BIN_DIRECTORY, TINY_DATASET, copy_repository, make_tiny_project, run
+from conftest import BIN_DIRECTORY, TINY_DATASET, copy_repository, make_tiny_project, run, start_queue_and_wait
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 
 TINY = [f"dataset={TINY_DATASET}", "train.epochs=1"]
-
-
-def wait_for_queue(path, timeout_seconds=900):
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
-        status = run(["dvc", "queue", "status"], cwd=path).stdout
-        if "Queued" not in status and "Running" not in status:
-            return status
-        time.sleep(5)
-    raise AssertionError(f"queue still busy after {timeout_seconds} s:\n{status}")
 
 
 def test_queued_sweep_and_temp_run_land_in_the_repository_store(tmp_path, tiny_dataset_server):
@@ -41,9 +31,7 @@ def test_queued_sweep_and_temp_run_land_in_the_repository_store(tmp_path, tiny_d
         ["dvc", "exp", "run", "--queue", *(f"-S{override}" for override in TINY), "-Smodel.dropout_rate=0.1,0.2"],
         cwd=path,
     )
-    run(["dvc", "queue", "start"], cwd=path, log=tmp_path / "queue.log")
-    status = wait_for_queue(path)
-    run(["dvc", "queue", "stop"], cwd=path)  # a worker that missed the empty queue (tests/test_team.py)
+    status, _ = start_queue_and_wait(path, timeout=900)
     assert "Failed" not in status, status
     run(["dvc", "exp", "run", "--temp", "-n", "temporary", *(f"-S{override}" for override in TINY)], cwd=path)
 

@@ -18,7 +18,16 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from conftest import REPOSITORY, TINY_DATASET, QuietHandler, ServedDataset, free_port, make_tiny_project, run
+from conftest import (
+    REPOSITORY,
+    TINY_DATASET,
+    QuietHandler,
+    ServedDataset,
+    free_port,
+    make_tiny_project,
+    run,
+    start_queue_and_wait,
+)
 from mlflow.server import get_app_client
 from mlflow.tracking import MlflowClient
 
@@ -92,21 +101,12 @@ def run_queue(path: Path, rates: list[float], **environment: str) -> tuple[str, 
     sweep = ",".join(str(rate) for rate in rates)  # Hydra's sweep syntax: one experiment per value
     run(["dvc", "exp", "run", "--queue", *TINY, "-S", f"model.dropout_rate={sweep}"], cwd=path)
     began = time.monotonic()
-    started = run(
-        ["dvc", "queue", "start", "-j", "2"], cwd=path, log=path.with_name(f"{path.name}-queue.log"), **environment
-    )
-    while (status := run(["dvc", "queue", "status"], cwd=path).stdout) and any(
-        word in status for word in ("Queued", "Running")
-    ):
-        assert time.monotonic() - began < 1800, status
-        time.sleep(5)
-    # A worker can miss the empty queue and stay (seen after a JSONDecodeError in its log): stop it.
-    run(["dvc", "queue", "stop"], cwd=path)
+    status, started = start_queue_and_wait(path, "-j", "2", **environment)
     print(f"\n{len(rates)} experiments, dvc queue start -j 2: {time.monotonic() - began:.1f} s")
     names = [line.split()[1] for line in status.splitlines()[1:] if len(line.split()) == 5]
     assert len(names) == len(rates), status
     logs = {name: run(["dvc", "queue", "logs", name], cwd=path, check=False).stdout for name in names}
-    logs["dvc queue start"] = started.stdout + started.stderr
+    logs["dvc queue start"] = started
     return status, logs
 
 
