@@ -22,14 +22,23 @@ INTERRUPTED = threading.Event()
 
 
 def _raise_keyboard_interrupt(signal_number: int, frame: object) -> None:
-    INTERRUPTED.set()
-    raise KeyboardInterrupt(f"signal {signal_number}")
+    # Only the first signal raises. Ctrl+C in a terminal reaches the whole process group and `mlp study` or
+    # `mlp search` passes it on: a repeat would cut short the cleanup that ends the MLflow run KILLED.
+    if not INTERRUPTED.is_set():
+        INTERRUPTED.set()
+        raise KeyboardInterrupt(f"signal {signal_number}")
 
 
 def raise_if_interrupted() -> None:
     """Raise the KeyboardInterrupt of a SIGINT or SIGTERM that Python dropped (see INTERRUPTED)."""
     if INTERRUPTED.is_set():
         raise KeyboardInterrupt("interrupted")
+
+
+def interrupted(error: BaseException) -> bool:
+    """Whether `error` ends the program as an interruption: a KeyboardInterrupt, or the error TensorFlow raised
+    instead of the signal's KeyboardInterrupt when it landed while a function was traced (SystemError, ValueError)."""
+    return isinstance(error, KeyboardInterrupt) or INTERRUPTED.is_set()
 
 
 # Where MLflow's client, its HTTP stack and its database layer raise from.
@@ -83,10 +92,10 @@ def run_stage(main: Callable[[], None]) -> None:
     signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
     try:
         main()
-    except KeyboardInterrupt:
-        logger.error("interrupted")
-        sys.exit(130)
-    except Exception as error:
+    except (KeyboardInterrupt, Exception) as error:
+        if interrupted(error):
+            logger.error("interrupted")
+            sys.exit(130)
         failure = str(error) if isinstance(error, PipelineError) else outside_failure(error)
         if failure is None or os.environ.get("MLP_TRACEBACK"):
             raise

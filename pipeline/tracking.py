@@ -34,7 +34,7 @@ from pipeline.files import write_json
 from pipeline.paths import ARTIFACTS_DIRECTORY, RUN_FILE, STORE_FILE, repair_hint, rerun_hint
 from pipeline.run_owner import owner_is_alive, owner_of, owner_tags
 from pipeline.splits import Split
-from pipeline.stage import raise_if_interrupted, raised_by_the_store
+from pipeline.stage import interrupted, raise_if_interrupted, raised_by_the_store
 
 logger = logging.getLogger(__name__)
 
@@ -214,10 +214,10 @@ def pipeline_run(
     try:
         yield run
         raise_if_interrupted()  # a signal Python dropped: the run ends KILLED, not FINISHED
-    except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
-        raise
     except BaseException as error:
+        if interrupted(error):
+            mlflow.end_run("KILLED")
+            raise
         status = ended_status(MlflowClient(tracking_uri()), run.info.run_id)
         stands = f"a re-run failed ({type(error).__name__}); its registered evaluation stands"
         reason = stands if status == "FINISHED" else failure_reason(error)

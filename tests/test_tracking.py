@@ -135,6 +135,35 @@ def test_a_stopped_stage_marks_its_run_killed(tmp_path, sent, inherited_sigint):
     assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id).info.status == "KILLED"
 
 
+def test_a_stage_interrupted_while_tensorflow_traces_marks_its_run_killed(tmp_path):
+    """A SIGINT that lands while TensorFlow traces a function comes out of Keras as another error (SystemError or
+    ValueError, seen in model.evaluate); Ctrl+C in a terminal, then `mlp study`, send a second SIGINT while the
+    stage ends, which must not cut its cleanup short. The run still ends KILLED, and the stage exits 130."""
+    script = (
+        "import os, signal\n"
+        "from pathlib import Path\n"
+        "from pipeline.stage import run_stage\n"
+        "from pipeline.tracking import pipeline_run\n"
+        "def main():\n"
+        "    with pipeline_run(experiment_name='test') as run:\n"
+        "        print(run.info.run_id, flush=True)\n"
+        "        try:\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "        except KeyboardInterrupt:\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "            Path('cleaned-up').touch()\n"
+        "            raise SystemError('error return without exception set')\n"
+        "run_stage(main)\n"
+    )
+    process = start_script(script, tmp_path)
+    run_id = process.stdout.readline().strip()
+    output = "".join(process.communicate(timeout=60))
+    assert process.returncode == 130, output
+    assert "interrupted" in output and "Traceback" not in output, output
+    assert (tmp_path / "cleaned-up").exists(), "the second SIGINT cut the cleanup short"
+    assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id).info.status == "KILLED"
+
+
 def start_script(script: str, cwd, **options) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-c", script],
