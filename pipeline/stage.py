@@ -22,11 +22,13 @@ INTERRUPTED = threading.Event()
 
 
 def _raise_keyboard_interrupt(signal_number: int, frame: object) -> None:
-    # Only the first signal raises. Ctrl+C in a terminal reaches the whole process group and `mlp study` or
-    # `mlp search` passes it on: a repeat would cut short the cleanup that ends the MLflow run KILLED.
-    if not INTERRUPTED.is_set():
-        INTERRUPTED.set()
-        raise KeyboardInterrupt(f"signal {signal_number}")
+    # Only the first signal counts. Ctrl+C in a terminal reaches the whole process group and `mlp study` or
+    # `mlp search` passes it on: a repeat would cut short the cleanup that ends the MLflow run KILLED, or, once
+    # Python has put back the default handlers on its way out, kill the process (status -2 instead of 130).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    INTERRUPTED.set()
+    raise KeyboardInterrupt(f"signal {signal_number}")
 
 
 def raise_if_interrupted() -> None:
@@ -47,9 +49,12 @@ DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
 
 
 def causes(error: BaseException) -> list[BaseException]:
-    """The error and the errors it was raised from or during, the first failure last."""
+    """The error and the errors it was raised from or during, the first failure last; an interruption they were
+    raised while handling is not one of them."""
     chain = [error]
     while (cause := chain[-1].__cause__ or chain[-1].__context__) is not None and cause not in chain:
+        if isinstance(cause, KeyboardInterrupt):
+            break
         chain.append(cause)
     return chain
 
@@ -94,7 +99,9 @@ def run_stage(main: Callable[[], None]) -> None:
         main()
     except (KeyboardInterrupt, Exception) as error:
         if interrupted(error):
-            logger.error("interrupted")
+            # A store or disk failure while the stage ended (its run then not KILLED) is named as well.
+            failure = None if isinstance(error, KeyboardInterrupt) else outside_failure(error)
+            logger.error("interrupted%s", f"; then {failure}" if failure else "")
             sys.exit(130)
         failure = str(error) if isinstance(error, PipelineError) else outside_failure(error)
         if failure is None or os.environ.get("MLP_TRACEBACK"):

@@ -77,6 +77,24 @@ def test_an_interrupted_program_exits_with_status_130(body):
     assert result.stderr.splitlines()[-1].endswith(" pipeline ERROR: interrupted")
 
 
+def test_a_store_failure_while_an_interrupted_stage_ends_is_named_with_the_interruption():
+    # Ending the MLflow run KILLED can fail too (here the disk): the user learns why it is not KILLED.
+    body = (
+        "import errno, os, signal\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "    except KeyboardInterrupt:\n"
+        "        raise OSError(errno.ENOSPC, 'No space left on device')"
+    )
+    result = run_stage_with(body)
+    assert result.returncode == 130, result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.endswith(
+        " pipeline ERROR: interrupted; then OSError: [Errno 28] No space left on device: free "
+        "space or fix permissions there, then run the stage again (the run resumes)"
+    ), last
+
+
 def test_a_signal_python_drops_in_a_finalizer_still_stops_the_stage_at_the_next_check():
     # Python prints "Exception ignored in ..." for the KeyboardInterrupt raised while __del__ runs and goes on.
     code = (
